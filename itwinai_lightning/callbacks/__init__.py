@@ -1,0 +1,4 @@
+"""Callbacks that drop into any Trainer. Imported by the CLI so short class names resolve in YAML.
+
+Only light imports here (no NVML init, no py-spy process, no torch.profiler start at import time).
+"""

@@ -1,0 +1,39 @@
+"""Save the resolved config (secrets redacted) into the run directory and the RunRecord."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import yaml
+from lightning.pytorch.cli import SaveConfigCallback
+from typing_extensions import override
+
+from itwinai_lightning import records
+from itwinai_lightning.secrets import redact
+
+
+class RecordingSaveConfigCallback(SaveConfigCallback):
+    """Writes ``<run_dir>/config.yaml`` (redacted) and the RunRecord's ``config`` section, on rank 0.
+
+    Unlike Lightning's, it never writes secrets to disk and does not depend on a logger's ``log_dir``:
+    the run directory is ``trainer.default_root_dir``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["save_to_log_dir"] = False
+        super().__init__(*args, **kwargs)
+
+    def resolved_config(self) -> dict[str, Any]:
+        text = self.parser.dump(self.config, skip_none=False, skip_check=True)
+        loaded = yaml.safe_load(text) or {}
+        return redact(loaded)
+
+    @override
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        config = self.resolved_config()
+        run_dir = records.run_dir_of(trainer)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        Path(run_dir, self.config_filename).write_text(yaml.safe_dump(config, sort_keys=False))
+        records.contribute(trainer, fields={"config": config, "stage": stage})

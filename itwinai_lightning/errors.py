@@ -1,0 +1,44 @@
+"""User-facing errors: one clear line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """An error caused by the user's input (config, CLI flags, environment), not by a bug.
+
+    The CLI prints ``itwinai-lightning: error: <message>`` and exits with code 2. The message must name
+    the offending key or file and say what to do.
+    """
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional backend is not installed."""
+
+    def __init__(self, module: str, extra: str, hint: str | None = None) -> None:
+        how = hint or f'pip install "itwinai-lightning[{extra}]"'
+        super().__init__(f"'{module}' is not installed; it is needed for this feature. Install it with: {how}")
+        self.module = module
+        self.extra = extra
+
+
+def require(module: str, extra: str, hint: str | None = None):  # type: ignore[no-untyped-def]
+    """Import an optional dependency or raise :class:`MissingExtraError` naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        if err.name is not None and not module.startswith(err.name.split(".")[0]):
+            raise  # the module exists but one of *its* dependencies is broken: show the real error
+        raise MissingExtraError(module, extra, hint) from err
+
+
+def exit_with_error(message: str) -> NoReturn:
+    """Print one error line to stderr and exit with code 2."""
+    print(f"itwinai-lightning: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)

@@ -1,0 +1,238 @@
+"""RunRecord: the one JSON file every run writes (``<run_dir>/run_record.json``) and every report reads.
+
+The run directory is ``trainer.default_root_dir`` (``--trainer.default_root_dir``): the benchmark runner
+and the SLURM scripts give each run its own. Only global rank 0 writes; callbacks aggregate across ranks
+first and then call :func:`contribute` / :func:`contribute_epoch`.
+
+Schema (version :data:`SCHEMA_VERSION`); units are in the key names (``_s`` seconds, ``_wh`` watt-hours,
+``_w`` watts, ``_pct`` percent, ``_gb`` GiB)::
+
+    schema_version   int
+    run_id           str     unique per run
+    created_at       str     ISO-8601 UTC, first write
+    updated_at       str     ISO-8601 UTC, last write
+    status           str     "running" | "completed" | "failed" | "interrupted"
+    error            str|None
+    run_dir          str
+    config           dict    resolved run config (secrets redacted), written by the CLI
+    strategy         str     short name or class name (e.g. "hpc_ddp", "DDPStrategy")
+    launcher         str     see cluster.py: torchrun|horovodrun|mpirun|srun|ray|local
+    world_size       int     number of processes
+    num_nodes        int
+    devices_per_node int
+    accelerator      str     "cpu" | "cuda" | ...
+    device_names     list[str]
+    precision        str
+    global_batch_size int|None   samples per optimizer step across all ranks
+    hostnames        list[str]
+    versions         dict[str, str]   python, torch, lightning, itwinai_lightning
+    epochs           list[dict]  one entry per epoch, merged from several callbacks, keyed by "epoch":
+        epoch, wall_time_s, steps, samples, samples_per_s,
+        step_time_mean_s, step_time_p50_s, step_time_p90_s, step_time_p99_s,
+        energy_wh (sum over ranks), gpu_util_mean_pct / gpu_util_max_pct / gpu_power_mean_w
+        ({"min","mean","max"} across ranks), cpu_util_mean_pct, host_mem_max_gb
+    summary          dict   run-level figures:
+        fit_wall_time_s, time_to_first_step_s, mean_epoch_time_s, samples_per_s, total_samples,
+        energy_wh, energy_per_sample_wh, gpu_util_mean_pct, gpu_power_mean_w, cpu_util_mean_pct
+    sections         dict[str, dict]  free-form, one per contributor, e.g.
+        "pyspy": {"categories": {name: fraction}, ...}
+        "torch_profiler": {"fractions": {"compute","communication","memcpy","other"}, "overlap": f}
+        "benchmark": {"grid_point": ..., "repetition": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+SCHEMA_VERSION = 1
+RECORD_FILENAME = "run_record.json"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def record_path(run_dir: str | os.PathLike[str]) -> Path:
+    return Path(run_dir) / RECORD_FILENAME
+
+
+def run_dir_of(trainer: pl.Trainer) -> Path:
+    """The run directory owned by this run: ``trainer.default_root_dir``."""
+    return Path(trainer.default_root_dir)
+
+
+def new_record(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": uuid.uuid4().hex[:12],
+        "created_at": _now(),
+        "updated_at": _now(),
+        "status": "running",
+        "error": None,
+        "run_dir": str(Path(run_dir).resolve()),
+        "config": {},
+        "strategy": None,
+        "launcher": None,
+        "world_size": 1,
+        "num_nodes": 1,
+        "devices_per_node": 1,
+        "accelerator": None,
+        "device_names": [],
+        "precision": None,
+        "global_batch_size": None,
+        "hostnames": [platform.node()],
+        "versions": {},
+        "epochs": [],
+        "summary": {},
+        "sections": {},
+    }
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a RunRecord from a file or a run directory; raise ValueError naming the file if unreadable."""
+    p = Path(path)
+    if p.is_dir():
+        p = record_path(p)
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read RunRecord {p}: {err}") from err
+    if not isinstance(data, dict) or "schema_version" not in data:
+        raise ValueError(f"{p} is not a RunRecord (no schema_version)")
+    if int(data["schema_version"]) > SCHEMA_VERSION:
+        raise ValueError(
+            f"{p} has RunRecord schema {data['schema_version']}, newer than this itwinai-lightning "
+            f"understands ({SCHEMA_VERSION}); upgrade itwinai-lightning"
+        )
+    return data
+
+
+def save(record: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> Path:
+    """Write atomically (temp file + rename), so a reader never sees half a record."""
+    path = record_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = dict(record)
+    record["updated_at"] = _now()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".run_record.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh, indent=2, sort_keys=False, default=_json_default)
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return repr(obj)
+
+
+def load_or_new(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = record_path(run_dir)
+    return load(path) if path.exists() else new_record(run_dir)
+
+
+def _merge_epoch(record: dict[str, Any], epoch: int, values: Mapping[str, Any]) -> None:
+    for entry in record["epochs"]:
+        if entry.get("epoch") == epoch:
+            entry.update(values)
+            return
+    record["epochs"].append({"epoch": epoch, **values})
+    record["epochs"].sort(key=lambda e: e["epoch"])
+
+
+def update(
+    run_dir: str | os.PathLike[str],
+    *,
+    fields: Mapping[str, Any] | None = None,
+    summary: Mapping[str, Any] | None = None,
+    epoch: int | None = None,
+    epoch_values: Mapping[str, Any] | None = None,
+    section: str | None = None,
+    section_values: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Read-merge-write the record in ``run_dir``. Top-level ``fields`` replace, the rest merge."""
+    record = load_or_new(run_dir)
+    if fields:
+        record.update(fields)
+    if summary:
+        record["summary"].update(summary)
+    if epoch is not None and epoch_values:
+        _merge_epoch(record, epoch, epoch_values)
+    if section is not None and section_values is not None:
+        record["sections"].setdefault(section, {}).update(section_values)
+    save(record, run_dir)
+    return record
+
+
+def describe_trainer(trainer: pl.Trainer) -> dict[str, Any]:
+    """Top-level fields a Trainer can tell: strategy, launcher, world size, devices, precision, versions."""
+    import lightning
+    import torch
+
+    from itwinai_lightning import __version__
+    from itwinai_lightning.cluster import detect
+
+    strategy = trainer.strategy
+    name = getattr(strategy, "short_name", None) or type(strategy).__name__
+    root = getattr(strategy, "root_device", None)
+    accelerator = root.type if root is not None else "cpu"
+    device_names = []
+    if accelerator == "cuda" and torch.cuda.is_available():
+        device_names = [torch.cuda.get_device_name(root)]
+    return {
+        "strategy": name,
+        "launcher": detect().launcher,
+        "world_size": int(trainer.world_size),
+        "num_nodes": int(trainer.num_nodes),
+        "devices_per_node": int(trainer.num_devices),
+        "accelerator": accelerator,
+        "device_names": device_names,
+        "precision": str(trainer.precision),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "lightning": lightning.__version__,
+            "itwinai_lightning": __version__,
+        },
+    }
+
+
+def contribute(
+    trainer: pl.Trainer,
+    *,
+    summary: Mapping[str, Any] | None = None,
+    epoch: int | None = None,
+    epoch_values: Mapping[str, Any] | None = None,
+    section: str | None = None,
+    section_values: Mapping[str, Any] | None = None,
+    fields: Mapping[str, Any] | None = None,
+) -> None:
+    """Merge figures into this run's record. Call on every rank; only global rank 0 writes."""
+    if trainer.global_rank != 0:
+        return
+    run_dir = run_dir_of(trainer)
+    merged = describe_trainer(trainer)
+    if fields:
+        merged.update(fields)
+    update(
+        run_dir,
+        fields=merged,
+        summary=summary,
+        epoch=epoch,
+        epoch_values=epoch_values,
+        section=section,
+        section_values=section_values,
+    )

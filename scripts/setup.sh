@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install itwinai-lightning with every extra and the engines its tests use, into the current Python.
+#
+#   bash scripts/setup.sh            # python packages (+ Horovod build, cached) ; system packages if root
+#   SKIP_APT=1 bash scripts/setup.sh # no apt-get (e.g. not root, or on a cluster with modules)
+#   SKIP_HOROVOD=1 ...               # skip the Horovod build (~5 min on 2 cores, once; the wheel is cached)
+#   TORCH_SPEC='torch==2.13.0' ...   # which torch to install when none is installed yet
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ "${SKIP_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # MPI (mpirun, mpi4py), a local SLURM (tests start slurmctld/slurmd on localhost), build tools
+  apt-get install -y -qq --no-install-recommends \
+    openmpi-bin libopenmpi-dev slurmd slurmctld slurm-client munge build-essential >/dev/null
+fi
+
+# torch first: a CPU-only machine should not pull a multi-GB CUDA build through another package
+$PY -c 'import torch' 2>/dev/null || $PY -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+$PY -m pip install -q -e ".[all,dev]"
+# yProv4ML: 3.2.3 is the last release importable on Python 3.11; it declares torchvision, which it does not
+# import and which would replace the CPU torch, so install it without dependencies (ours are in [prov]).
+$PY -c 'import yprov4ml' 2>/dev/null || $PY -m pip install -q --no-deps "yprov4ml==3.2.3"
+if [ "${SKIP_HOROVOD:-0}" != 1 ]; then
+  bash scripts/install-horovod.sh
+fi
+echo "itwinai-lightning installed: $($PY -c 'import itwinai_lightning; print(itwinai_lightning.__version__)')"

@@ -1,0 +1,42 @@
+"""Shared fixtures. Engine fixtures skip locally when the engine is missing and fail under CI=true."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.engines import require, require_executable
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real one-node SLURM (localhost) for the whole session. ``cluster.env`` has SLURM_CONF."""
+    from tests.helpers import slurm_cluster as sc
+
+    require_executable("slurmctld", "apt-get install slurmd slurmctld slurm-client munge")
+    directory = tmp_path_factory.mktemp("slurm")
+    try:
+        cluster = sc.start(directory)
+    except (OSError, TimeoutError) as err:
+        require(False, "a local SLURM cluster", f"start failed: {err}")
+        raise
+    yield cluster
+    sc.stop(directory)
+
+
+@pytest.fixture
+def python_env() -> dict[str, str]:
+    """Environment for child processes: this interpreter's path first, the repo importable, quiet warnings."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    return env
