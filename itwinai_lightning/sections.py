@@ -1,0 +1,138 @@
+"""Split a subcommand's own section (``tune:``, ``benchmark:``, ``slurm:``) out of LightningCLI arguments.
+
+``tune``/``benchmark``/``slurm`` take the same ``--config`` files and dotted overrides as ``fit``, plus a
+section of their own, given in any of the YAML files or as ``--<section>.<key> VALUE`` flags. This module
+removes that section and hands back (a) the section's values and (b) the arguments for LightningCLI, with
+config files rewritten (to a temporary copy) only when they contained the section.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from itwinai_lightning.errors import UserError
+
+CONFIG_FLAGS = ("--config", "-c")
+
+
+def load_yaml_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file (and line) and say what is wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {str(path)!r} must hold a mapping (key: value), not {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge; ``override`` wins; lists are replaced, not concatenated."""
+    out = deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = deepcopy(value)
+    return out
+
+
+def set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = target
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_value(text: str) -> Any:
+    """CLI values are YAML scalars/flow collections: ``3`` -> 3, ``[1, 2]`` -> [1, 2], ``true`` -> True."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def split_section(
+    argv: Sequence[str],
+    section: str,
+    defaults: Mapping[str, Any] | None = None,
+    workdir: str | Path | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Return ``(section_values, lightning_argv)``.
+
+    Section values merge, in order: ``defaults``, each config file's ``section:`` (later files win), then
+    ``--section.key value`` / ``--section.key=value`` flags. Config files without the section pass through
+    unchanged; those with it are replaced by a copy without it under ``workdir`` (default: a temp dir).
+    """
+    values: dict[str, Any] = deepcopy(dict(defaults or {}))
+    flags: list[tuple[str, Any]] = []
+    rest: list[str] = []
+    tmp_dir: Path | None = Path(workdir) if workdir is not None else None
+    prefix = f"--{section}."
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key, eq, inline = arg.partition("=")
+        if key in CONFIG_FLAGS or (key == "--config" and eq):
+            if eq:
+                path = inline
+            else:
+                if i + 1 >= len(args):
+                    raise UserError(f"{arg} needs a file path")
+                path, i = args[i + 1], i + 1
+            data = load_yaml_file(path)
+            if section in data:
+                own = data.pop(section) or {}
+                if not isinstance(own, dict):
+                    raise UserError(f"config file {path!r}: '{section}:' must be a mapping of options")
+                values = deep_merge(values, own)
+                if tmp_dir is None:
+                    tmp_dir = Path(tempfile.mkdtemp(prefix=f"itwinai-{section}-"))
+                tmp_dir.mkdir(parents=True, exist_ok=True)
+                copy = tmp_dir / f"{len(rest)}-{Path(path).name}"
+                copy.write_text(yaml.safe_dump(data, sort_keys=False))
+                path = str(copy)
+            rest += ["--config", path]
+        elif key.startswith(prefix):
+            if eq:
+                raw = inline
+            else:
+                if i + 1 >= len(args):
+                    raise UserError(f"{arg} needs a value")
+                raw, i = args[i + 1], i + 1
+            flags.append((key[len(prefix) :], parse_value(raw)))
+        else:
+            rest.append(arg)
+        i += 1
+    for dotted, value in flags:
+        set_dotted(values, dotted, value)
+    return values, rest
+
+
+def check_known_keys(values: Mapping[str, Any], known: Sequence[str], section: str) -> None:
+    """Raise a UserError naming an unknown ``section.key`` and listing the accepted ones."""
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise UserError(
+            f"unknown option '{section}.{unknown[0]}'; accepted: {', '.join(sorted(known))}"
+        )
