@@ -1,0 +1,277 @@
+"""PNG plots of the benchmark table (matplotlib, Agg backend, no pyplot global state).
+
+Every plot is always produced: when the runs hold no data for it (no GPU, no power sensor, profiling
+off) the image says so instead of being missing, so a report always has the same sections.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from itwinai_lightning.benchmark import scaling
+from itwinai_lightning.benchmark.table import FRACTIONS, Row, series_label
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+Series = tuple[str, str, str]
+PLOTS: dict[str, str] = {
+    "epoch_time": "Epoch time",
+    "speedup": "Speedup",
+    "efficiency": "Parallel efficiency",
+    "throughput": "Throughput",
+    "utilisation": "Device utilisation",
+    "energy": "Energy",
+    "breakdown": "Computation vs communication",
+    "scaling_model": "Fitted scaling model",
+}
+MARKERS = "osD^vP*X"
+
+
+def _figure(ncols: int = 1) -> tuple[Figure, list[Axes]]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0 * ncols if ncols > 1 else 7.5, 4.6), dpi=100, layout="constrained")
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _png(fig: Figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _workers_axis(ax: Axes, workers: Sequence[int]) -> None:
+    ticks = sorted(set(workers))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("workers (processes)")
+    ax.grid(True, alpha=0.3)
+
+
+def _no_data(ax: Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, wrap=True, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _series(rows: Sequence[Row]) -> list[Series]:
+    return sorted({r.series for r in rows})
+
+
+def _lines(
+    ax: Axes, rows: Sequence[Row], value: Callable[[Row], float | None], scale: float = 1.0
+) -> list[int]:
+    """One line per series; returns the worker counts drawn."""
+    all_series = _series(rows)
+    drawn: list[int] = []
+    for i, series in enumerate(all_series):
+        pts = [(r.workers, v * scale) for r in rows if r.series == series and (v := value(r)) is not None]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], label=series_label(series, all_series))
+        drawn += list(xs)
+    return drawn
+
+
+def _line_plot(
+    rows: Sequence[Row], value: Callable[[Row], float | None], title: str, ylabel: str, empty: str
+) -> tuple[Figure, Axes, list[int]]:
+    fig, (ax,) = _figure()
+    drawn = _lines(ax, rows, value)
+    ax.set_title(title)
+    if drawn:
+        _workers_axis(ax, drawn)
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="best", fontsize=9)
+    else:
+        _no_data(ax, empty)
+    return fig, ax, drawn
+
+
+def plot_epoch_time(rows: Sequence[Row], **_: Any) -> Figure:
+    fig, ax, drawn = _line_plot(
+        rows,
+        lambda r: r.epoch_time_s,
+        "Epoch time (median over repetitions)",
+        "epoch time [s]",
+        "no run completed",
+    )
+    for r in rows:  # min-max over repetitions
+        if r.epoch_time_min_s is not None and r.epoch_time_max_s is not None and r.repetitions > 1:
+            ax.vlines(r.workers, r.epoch_time_min_s, r.epoch_time_max_s, colors="grey", alpha=0.6)
+    if drawn:
+        ax.set_ylim(bottom=0)
+    return fig
+
+
+def plot_speedup(rows: Sequence[Row], **_: Any) -> Figure:
+    fig, ax, drawn = _line_plot(
+        rows, lambda r: r.speedup, "Speedup relative to the smallest run", "speedup [x]", "no run completed"
+    )
+    if drawn:
+        lo, hi = min(drawn), max(drawn)
+        ax.plot([lo, hi], [1.0, hi / lo], "k--", linewidth=1, label="ideal (linear)")
+        ax.set_yscale("log", base=2)  # log-log: the ideal line is straight
+        ticks = [t / lo for t in sorted(set(drawn))]
+        ax.set_yticks(ticks)
+        ax.set_yticklabels([f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.legend(loc="best", fontsize=9)
+    return fig
+
+
+def plot_efficiency(rows: Sequence[Row], threshold_pct: float = 70.0, **_: Any) -> Figure:
+    fig, ax, drawn = _line_plot(
+        rows,
+        lambda r: r.efficiency_pct,
+        "Parallel efficiency = speedup / (N / N0)",
+        "efficiency [%]",
+        "no run completed",
+    )
+    if drawn:
+        ax.axhline(100.0, color="k", linestyle="--", linewidth=1, label="ideal (100 %)")
+        ax.axhline(threshold_pct, color="tab:red", linestyle=":", label=f"threshold ({threshold_pct:g} %)")
+        ax.set_ylim(0, max(110.0, *(r.efficiency_pct or 0 for r in rows)) * 1.05)
+        ax.legend(loc="best", fontsize=9)
+    return fig
+
+
+def plot_throughput(rows: Sequence[Row], **_: Any) -> Figure:
+    fig, ax, drawn = _line_plot(
+        rows,
+        lambda r: r.samples_per_s,
+        "Training throughput (all workers)",
+        "throughput [samples/s]",
+        "no throughput recorded\n(TimingMonitor not in these runs)",
+    )
+    if drawn:
+        ax.set_ylim(bottom=0)
+    return fig
+
+
+def plot_utilisation(rows: Sequence[Row], **_: Any) -> Figure:
+    if any(r.gpu_util_pct is not None for r in rows):
+        fig, ax, _d = _line_plot(
+            rows, lambda r: r.gpu_util_pct, "GPU utilisation (mean over ranks)", "GPU utilisation [%]", ""
+        )
+    else:
+        fig, ax, _d = _line_plot(
+            rows,
+            lambda r: r.cpu_util_pct,
+            "CPU utilisation (no GPU utilisation recorded: CPU-only runs)",
+            "CPU utilisation [%]",
+            "no GPU or CPU utilisation recorded\n(GPUMonitor not in these runs)",
+        )
+    if _d:
+        ax.set_ylim(bottom=0)
+    return fig
+
+
+def plot_energy(rows: Sequence[Row], **_: Any) -> Figure:
+    fig, (left, right) = _figure(2)
+    drawn = _lines(left, rows, lambda r: r.energy_per_epoch_wh)
+    drawn_s = _lines(right, rows, lambda r: r.energy_per_sample_wh, scale=1000.0)
+    left.set_title("Energy per epoch (all devices)")
+    right.set_title("Energy per training sample")
+    for ax, pts, label in ((left, drawn, "energy [Wh / epoch]"), (right, drawn_s, "energy [mWh / sample]")):
+        if pts:
+            _workers_axis(ax, pts)
+            ax.set_ylabel(label)
+            ax.set_ylim(bottom=0)
+            ax.legend(loc="best", fontsize=9)
+        else:
+            _no_data(ax, "no energy recorded\n(no GPU power sensor in these runs)")
+    return fig
+
+
+def plot_breakdown(rows: Sequence[Row], **_: Any) -> Figure:
+    fig, (ax,) = _figure()
+    prof = [r for r in rows if r.compute_s is not None or r.communication_s is not None]
+    ax.set_title("Where an epoch goes (torch profiler)")
+    if not prof:
+        _no_data(ax, "no profiling data\n(run the benchmark with --benchmark.profile true)")
+        return fig
+    all_series = _series(rows)
+    labels = [f"{series_label(r.series, all_series)}, N={r.workers}" for r in prof]
+    bottom = [0.0] * len(prof)
+    colours = {"compute": "tab:blue", "communication": "tab:red", "memcpy": "tab:olive", "other": "tab:gray"}
+    names = {
+        "compute": "computation",
+        "communication": "communication",
+        "memcpy": "memory copy",
+        "other": "other",
+    }
+    for name in FRACTIONS:
+        vals = [getattr(r, f"{name}_s") or 0.0 for r in prof]
+        ax.bar(range(len(prof)), vals, bottom=bottom, label=names[name], color=colours[name])
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax.set_xticks(range(len(prof)))
+    ax.set_xticklabels(labels, fontsize=8, rotation=35, ha="right")
+    ax.set_ylabel("time per epoch [s]")
+    ax.legend(loc="best", fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def plot_scaling_model(
+    rows: Sequence[Row], models: dict[Series, scaling.ScalingModel] | None = None, **_: Any
+) -> Figure:
+    import numpy as np
+
+    fig, (ax,) = _figure()
+    ax.set_title("Fitted scaling model  T(N) = a/N + b·log2(N) + c")
+    models = models or {}
+    if not models:
+        _no_data(ax, "no series with two or more worker counts to fit")
+        return fig
+    all_series = _series(rows)
+    top_measured = max(m.max_measured for m in models.values())
+    sizes = scaling.extrapolation_sizes(top_measured)
+    for i, (series, model) in enumerate(sorted(models.items())):
+        colour = f"C{i % 10}"
+        label = series_label(series, all_series)
+        pts = [(r.workers, r.epoch_time_s) for r in rows if r.series == series and r.epoch_time_s is not None]
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, MARKERS[i % len(MARKERS)], color=colour, label=f"{label}: measured")
+        fine_in = np.geomspace(1, model.max_measured, 50)
+        fine_out = np.geomspace(model.max_measured, sizes[-1], 50)
+        ax.plot(fine_in, model.predict(fine_in), "-", color=colour, label=f"{label}: fit (R²={model.r2:.3f})")
+        ax.plot(fine_out, model.predict(fine_out), "--", color=colour)
+    ax.axvspan(top_measured, sizes[-1], color="orange", alpha=0.12, label="extrapolation (not measured)")
+    ax.text(
+        (top_measured * sizes[-1]) ** 0.5, 0.95, "EXTRAPOLATION", transform=ax.get_xaxis_transform(),
+        ha="center", va="top", color="darkorange", fontweight="bold",
+    )  # fmt: skip
+    _workers_axis(ax, sizes)
+    ax.set_ylabel("epoch time [s]")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+RENDERERS: dict[str, Callable[..., Figure]] = {
+    "epoch_time": plot_epoch_time,
+    "speedup": plot_speedup,
+    "efficiency": plot_efficiency,
+    "throughput": plot_throughput,
+    "utilisation": plot_utilisation,
+    "energy": plot_energy,
+    "breakdown": plot_breakdown,
+    "scaling_model": plot_scaling_model,
+}
+
+
+def render_all(rows: Sequence[Row], **kwargs: Any) -> dict[str, bytes]:
+    """name -> PNG bytes for every plot in :data:`PLOTS`."""
+    return {name: _png(RENDERERS[name](rows, **kwargs)) for name in PLOTS}

@@ -1,0 +1,246 @@
+"""``benchmark report DIR [DIR ...]``: RunRecords -> CSV, PNG plots, one self-contained HTML page.
+
+The report reads only RunRecords (``run_record.json``, found recursively), so runs made on other
+machines or clusters can be copied side by side and merged into one report.
+
+Outputs (in ``out``, default the first DIR)::
+
+    benchmark_summary.csv   one row per configuration (see table.py for every column's definition)
+    benchmark_runs.csv      one row per run, failed ones with their error text
+    report.json             the table, the recommendation and the fitted scaling models
+    plots/<name>.png        one PNG per plot in plots.PLOTS
+    report.html             everything above in one file (PNGs embedded as base64), no external assets
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from itwinai_lightning.benchmark import plots, scaling
+from itwinai_lightning.benchmark.table import (
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    Row,
+    Run,
+    aggregate,
+    collect,
+    recommend,
+    series_label,
+)
+from itwinai_lightning.errors import UserError
+
+DEFAULT_THRESHOLD_PCT = 70.0
+
+
+@dataclass
+class Report:
+    """What :func:`build` produced, for callers and tests."""
+
+    out: Path
+    runs: list[Run]
+    rows: list[Row]
+    recommendation: dict[str, Any]
+    models: dict[tuple[str, str, str], scaling.ScalingModel]
+    files: dict[str, Path]
+    warnings: list[str]
+
+
+def fit_models(runs: Sequence[Run]) -> dict[tuple[str, str, str], scaling.ScalingModel]:
+    """One model per series with at least two distinct worker counts among completed runs."""
+    models = {}
+    by_series: dict[tuple[str, str, str], list[Run]] = {}
+    for run in runs:
+        if run.ok:
+            by_series.setdefault((run.strategy, run.launcher, run.scaling), []).append(run)
+    for series, members in by_series.items():
+        if len({r.workers for r in members}) < 2:
+            continue
+        mode = series[2] if series[2] in scaling.MODES else "strong"
+        models[series] = scaling.fit([r.workers for r in members], [r.epoch_time_s for r in members], mode)
+    return models
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.{digits}g}"
+    return str(value)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row[k] is None else row[k]) for k in columns})
+
+
+def recommendation_lines(rec: Mapping[str, Any], rows: Sequence[Row]) -> list[str]:
+    """The recommendation as short sentences (used in the HTML page and printed by the CLI)."""
+    all_series = sorted({r.series for r in rows})
+
+    def name(d: Mapping[str, Any]) -> str:
+        label = series_label((d["strategy"], d["launcher"], d["scaling"]), all_series)
+        return f"{label} with {d['workers']} workers"
+
+    lines = []
+    fastest = rec.get("fastest")
+    lines.append(
+        f"Fastest: {name(fastest)} ({fastest['epoch_time_s']:.3g} s per epoch)."
+        if fastest
+        else "Fastest: no run completed."
+    )
+    least = rec.get("least_energy")
+    lines.append(
+        f"Least energy per sample: {name(least)} ({least['energy_per_sample_wh'] * 1000:.3g} mWh per sample)."
+        if least
+        else "Least energy per sample: no energy recorded (needs GPUMonitor and a GPU with a power sensor)."
+    )
+    threshold = rec["threshold_pct"]
+    for drop in rec.get("efficiency_drop", []):
+        label = series_label((drop["strategy"], drop["launcher"], drop["scaling"]), all_series)
+        if drop["below_at_workers"] is not None:
+            lines.append(
+                f"{label}: efficiency drops below {threshold:g} % at {drop['below_at_workers']} workers "
+                f"({drop['efficiency_pct']:.0f} %)."
+            )
+        elif drop["max_measured"] is not None:
+            lines.append(
+                f"{label}: efficiency stays above {threshold:g} % up to {drop['max_measured']} workers."
+            )
+    return lines
+
+
+def _table_html(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in columns) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;
+text-align:right}th{background:#eee}.rec{background:#eef6ee;border-left:4px solid #3a3;padding:.6em 1em}
+.warn{background:#fff4e5;border-left:4px solid #e80;padding:.6em 1em}img{max-width:100%;display:block}
+.err{text-align:left;font-family:monospace;white-space:pre-wrap;max-width:700px}"""
+
+
+def _html(report: Report, images: Mapping[str, bytes], sources: Sequence[str]) -> str:
+    rec_items = "".join(
+        f"<li>{html.escape(s)}</li>" for s in recommendation_lines(report.recommendation, report.rows)
+    )
+    model_rows = []
+    for series, model in sorted(report.models.items()):
+        opt = model.optimal_workers()
+        model_rows.append(
+            {
+                "series": series_label(series, sorted(report.models)),
+                "formula": model.formula(),
+                "R²": model.r2,
+                "measured N": ", ".join(map(str, model.measured_workers)),
+                "optimum N (model)": opt,
+                "note": "constant fixed at 0 (fewer than 3 sizes)" if model.underdetermined else "",
+            }
+        )
+    failed = [r.as_row() for r in report.runs if not r.ok]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>itwinai-lightning benchmark report</title>",
+        f"<style>{_CSS}</style></head><body><h1>Benchmark report</h1>",
+        f"<p>{len(report.runs)} runs ({sum(r.ok for r in report.runs)} completed) from "
+        f"{html.escape(', '.join(sources))}; generated {datetime.now(UTC).isoformat(timespec='seconds')}."
+        "</p>",
+        f"<h2>Recommendation</h2><div class='rec'><ul>{rec_items}</ul></div>",
+        "<h2>Results (median over repetitions)</h2>",
+        "<p>speedup = epoch time(N0) / epoch time(N); efficiency = speedup / (N / N0), N0 = the smallest "
+        "worker count of the same strategy, launcher and scaling mode.</p>",
+        _table_html(SUMMARY_COLUMNS, [r.as_row() for r in report.rows]),
+    ]
+    for name, title in plots.PLOTS.items():
+        data = base64.b64encode(images[name]).decode("ascii")
+        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{name}' src='data:image/png;base64,{data}'>")
+        if name == "scaling_model" and model_rows:
+            parts.append(
+                "<p class='warn'>Curves beyond the largest measured worker count (shaded, dashed) are "
+                "<b>extrapolation</b> from the fitted model, not measurements.</p>"
+            )
+            parts.append(_table_html(list(model_rows[0]), model_rows))
+    if failed:
+        parts.append(f"<h2>Failed runs ({len(failed)})</h2>")
+        cols = ("strategy", "launcher", "workers", "repetition", "status", "run_dir", "error")
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f"<td class='{'err' if c == 'error' else ''}'>{html.escape(_fmt(r[c]))}</td>" for c in cols
+            )
+            + "</tr>"
+            for r in failed
+        )
+        parts.append(
+            "<table><thead><tr>"
+            + "".join(f"<th>{c}</th>" for c in cols)
+            + f"</tr></thead><tbody>{body}</tbody></table>"
+        )
+    if report.warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings)
+        parts.append(f"<h2>Skipped files</h2><div class='warn'><ul>{items}</ul></div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def build(
+    dirs: Sequence[str | Path], out: str | Path | None = None, threshold_pct: float = DEFAULT_THRESHOLD_PCT
+) -> Report:
+    """Read every RunRecord under ``dirs`` and write the report into ``out`` (default: the first DIR)."""
+    if not dirs:
+        raise UserError("benchmark report needs at least one directory holding run_record.json files")
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise UserError(f"benchmark report: {str(d)!r} is not a directory")
+    runs, warnings = collect(dirs)
+    if not runs:
+        raise UserError(
+            f"no run_record.json found under {', '.join(map(str, dirs))}; run 'benchmark' first or point "
+            "'benchmark report' at a directory holding runs"
+        )
+    if not 0 < threshold_pct <= 100:
+        raise UserError(f"--threshold must be a percentage in (0, 100], got {threshold_pct}")
+    out_dir = Path(out) if out is not None else Path(dirs[0])
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    rows = aggregate(runs)
+    models = fit_models(runs)
+    report = Report(out_dir, runs, rows, recommend(rows, threshold_pct), models, {}, warnings)
+    images = plots.render_all(rows, models=models, threshold_pct=threshold_pct)
+    for name, png in images.items():
+        path = out_dir / "plots" / f"{name}.png"
+        path.write_bytes(png)
+        report.files[name] = path
+    report.files["summary_csv"] = out_dir / "benchmark_summary.csv"
+    _write_csv(report.files["summary_csv"], SUMMARY_COLUMNS, [r.as_row() for r in rows])
+    report.files["runs_csv"] = out_dir / "benchmark_runs.csv"
+    _write_csv(report.files["runs_csv"], RUN_COLUMNS, [r.as_row() for r in runs])
+    report.files["json"] = out_dir / "report.json"
+    payload = {
+        "rows": [r.as_row() for r in rows],
+        "recommendation": report.recommendation,
+        "recommendation_text": recommendation_lines(report.recommendation, rows),
+        "models": [
+            {"strategy": s[0], "launcher": s[1], "scaling": s[2], **m.as_dict()}
+            for s, m in sorted(models.items())
+        ],
+        "warnings": warnings,
+    }
+    report.files["json"].write_text(json.dumps(payload, indent=2))
+    report.files["html"] = out_dir / "report.html"
+    report.files["html"].write_text(_html(report, images, [str(d) for d in dirs]))
+    return report

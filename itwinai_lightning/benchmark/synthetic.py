@@ -1,0 +1,129 @@
+"""Synthetic RunRecords from a known scaling law (tests, the report benchmark, trying the report out).
+
+Each record follows records.py's schema exactly as the monitoring callbacks would write it, with the
+epoch time from :mod:`scaling`'s law plus optional multiplicative noise, so a fit must recover the law.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from itwinai_lightning import records
+from itwinai_lightning.benchmark.scaling import basis
+
+
+def epoch_time(workers: int, law: Sequence[float], mode: str = "strong") -> float:
+    """``law = (compute, communication, serial)`` seconds; see scaling.py."""
+    row = basis([workers], mode)[0]
+    return float(sum(c * b for c, b in zip(law, row, strict=True)))
+
+
+def make_record(
+    run_dir: Path,
+    strategy: str,
+    workers: int,
+    repetition: int,
+    law: Sequence[float],
+    *,
+    mode: str = "strong",
+    launcher: str = "torchrun",
+    samples_per_epoch: int = 4096,
+    epochs: int = 2,
+    power_w_per_worker: float | None = 250.0,
+    noise: float = 0.0,
+    rng: random.Random | None = None,
+    profile: bool = True,
+) -> dict[str, Any]:
+    """Build and save one completed RunRecord in ``run_dir``; returns the record."""
+    rng = rng or random.Random(0)
+    rec = records.new_record(run_dir)
+    law_t = epoch_time(workers, law, mode)
+    entries = []
+    for e in range(epochs):
+        t = law_t * (1.0 + rng.gauss(0.0, noise)) if noise else law_t
+        entry: dict[str, Any] = {
+            "epoch": e,
+            "wall_time_s": t,
+            "steps": samples_per_epoch // 64,
+            "samples": samples_per_epoch,
+            "samples_per_s": samples_per_epoch / t,
+        }
+        if power_w_per_worker is not None:
+            util = max(5.0, 95.0 - 8.0 * (workers.bit_length() - 1))
+            entry["energy_wh"] = power_w_per_worker * workers * t / 3600.0
+            entry["gpu_util_mean_pct"] = {"min": util - 2, "mean": util, "max": util + 2}
+            entry["gpu_power_mean_w"] = {"min": power_w_per_worker, "mean": power_w_per_worker, "max": 260.0}
+        entries.append(entry)
+    total_t = sum(e["wall_time_s"] for e in entries)
+    total_samples = samples_per_epoch * epochs
+    summary: dict[str, Any] = {
+        "fit_wall_time_s": total_t + 1.0,
+        "time_to_first_step_s": 0.5,
+        "mean_epoch_time_s": total_t / epochs,
+        "samples_per_s": total_samples / total_t,
+        "total_samples": total_samples,
+        "cpu_util_mean_pct": 80.0,
+    }
+    if power_w_per_worker is not None:
+        energy = sum(e["energy_wh"] for e in entries)
+        util = entries[0]["gpu_util_mean_pct"]["mean"]
+        summary |= {
+            "energy_wh": energy,
+            "energy_per_sample_wh": energy / total_samples,
+            "gpu_util_mean_pct": util,
+            "gpu_power_mean_w": power_w_per_worker,
+        }
+    sections: dict[str, Any] = {
+        "benchmark": {
+            "strategy": strategy,
+            "workers": workers,
+            "repetition": repetition,
+            "launcher": launcher,
+            "scaling": mode,
+            "grid_point": f"{strategy}-w{workers}-r{repetition}",
+        }
+    }
+    if profile:
+        comm_t = basis([workers], mode)[0][1] * law[1]
+        comm = comm_t / law_t if law_t > 0 else 0.0
+        sections["torch_profiler"] = {
+            "fractions": {"compute": 0.85 * (1 - comm), "communication": comm, "memcpy": 0.05 * (1 - comm),
+                          "other": 0.10 * (1 - comm)},
+            "overlap": 0.1,
+        }  # fmt: skip
+    rec.update(
+        status="completed",
+        strategy=strategy,
+        launcher=launcher,
+        world_size=workers,
+        devices_per_node=min(workers, 4),
+        num_nodes=max(1, workers // 4),
+        accelerator="cuda" if power_w_per_worker is not None else "cpu",
+        global_batch_size=64,
+        epochs=entries,
+        summary=summary,
+        sections=sections,
+    )
+    records.save(rec, run_dir)
+    return rec
+
+
+def make_grid(
+    root: Path,
+    strategies: dict[str, Sequence[float]],
+    workers: Sequence[int],
+    repetitions: int = 1,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """One record per strategy x workers x repetition under ``root/<strategy>-w<N>-r<rep>``."""
+    rng = random.Random(kwargs.pop("seed", 0))
+    out = []
+    for strategy, law in strategies.items():
+        for n in workers:
+            for rep in range(repetitions):
+                run_dir = root / f"{strategy}-w{n}-r{rep}"
+                out.append(make_record(run_dir, strategy, n, rep, law, rng=rng, **kwargs))
+    return out

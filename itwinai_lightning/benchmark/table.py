@@ -1,0 +1,290 @@
+"""RunRecords -> one row per run -> one row per configuration (median over repetitions) -> recommendation.
+
+Definitions (per series = one strategy x launcher x scaling mode; ``N0`` = its smallest worker count):
+
+* ``epoch_time_s``: median over repetitions of the run's mean epoch wall time
+  (``summary.mean_epoch_time_s``, else the mean of ``epochs[].wall_time_s``).
+* ``speedup = epoch_time(N0) / epoch_time(N)`` -- relative to the series' own baseline.
+* ``efficiency_pct = 100 * speedup / (N / N0)`` -- 100 % is ideal scaling.
+* ``energy_per_epoch_wh``, ``energy_per_sample_wh``, ``samples_per_s``, ``gpu_util_pct``,
+  ``cpu_util_pct``: medians over repetitions of the RunRecord figures; empty when no run measured them.
+* ``compute_s`` / ``communication_s`` / ``memcpy_s`` / ``other_s``: the torch-profiler fractions times the
+  epoch time (only when the profiling callback ran).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from itwinai_lightning import records
+
+FRACTIONS = ("compute", "communication", "memcpy", "other")
+RUN_COLUMNS = (
+    "strategy", "launcher", "scaling", "workers", "repetition", "status", "epoch_time_s", "samples_per_s",
+    "energy_per_epoch_wh", "energy_per_sample_wh", "gpu_util_pct", "cpu_util_pct", "global_batch_size",
+    "run_dir", "error",
+)  # fmt: skip
+SUMMARY_COLUMNS = (
+    "strategy", "launcher", "scaling", "workers", "repetitions", "failed", "epoch_time_s", "epoch_time_min_s",
+    "epoch_time_max_s", "speedup", "efficiency_pct", "samples_per_s", "energy_per_epoch_wh",
+    "energy_per_sample_wh", "gpu_util_pct", "cpu_util_pct", "compute_s", "communication_s", "memcpy_s",
+    "other_s",
+)  # fmt: skip
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, Mapping):  # cross-rank {"min","mean","max"}
+        value = value.get("mean")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+@dataclass
+class Run:
+    """The figures of one RunRecord that the report uses."""
+
+    strategy: str
+    launcher: str
+    scaling: str
+    workers: int
+    repetition: int
+    status: str
+    run_dir: str
+    error: str | None = None
+    epoch_time_s: float | None = None
+    samples_per_s: float | None = None
+    energy_per_epoch_wh: float | None = None
+    energy_per_sample_wh: float | None = None
+    gpu_util_pct: float | None = None
+    cpu_util_pct: float | None = None
+    global_batch_size: int | None = None
+    fractions: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed" and self.epoch_time_s is not None
+
+    def as_row(self) -> dict[str, Any]:
+        return {col: getattr(self, col) for col in RUN_COLUMNS}
+
+
+def run_from_record(rec: Mapping[str, Any]) -> Run:
+    """Extract one :class:`Run` from a RunRecord dict (schema in records.py)."""
+    bench = (rec.get("sections") or {}).get("benchmark") or {}
+    summary = rec.get("summary") or {}
+    epochs = [e for e in rec.get("epochs") or [] if isinstance(e, Mapping)]
+    epoch_time = _num(summary.get("mean_epoch_time_s"))
+    if epoch_time is None:
+        epoch_time = _mean(_num(e.get("wall_time_s")) for e in epochs)
+    energy_epoch = _mean(_num(e.get("energy_wh")) for e in epochs)
+    total_energy = _num(summary.get("energy_wh"))
+    if energy_epoch is None and total_energy is not None and epochs:
+        energy_epoch = total_energy / len(epochs)
+    per_sample = _num(summary.get("energy_per_sample_wh"))
+    total_samples = _num(summary.get("total_samples"))
+    if per_sample is None and total_energy is not None and total_samples:
+        per_sample = total_energy / total_samples
+    samples_per_s = _num(summary.get("samples_per_s"))
+    if samples_per_s is None:
+        samples_per_s = _mean(_num(e.get("samples_per_s")) for e in epochs)
+    gpu = _num(summary.get("gpu_util_mean_pct"))
+    if gpu is None:
+        gpu = _mean(_num(e.get("gpu_util_mean_pct")) for e in epochs)
+    cpu = _num(summary.get("cpu_util_mean_pct"))
+    if cpu is None:
+        cpu = _mean(_num(e.get("cpu_util_mean_pct")) for e in epochs)
+    prof = ((rec.get("sections") or {}).get("torch_profiler") or {}).get("fractions") or {}
+    fractions = {k: v for k in FRACTIONS if (v := _num(prof.get(k))) is not None}
+    workers = bench.get("workers") or rec.get("world_size") or 1
+    batch = rec.get("global_batch_size")
+    return Run(
+        strategy=str(bench.get("strategy") or rec.get("strategy") or "unknown"),
+        launcher=str(bench.get("launcher") or rec.get("launcher") or "unknown"),
+        scaling=str(bench.get("scaling") or "strong"),
+        workers=int(workers),
+        repetition=int(bench.get("repetition") or 0),
+        status=str(rec.get("status") or "unknown"),
+        run_dir=str(rec.get("run_dir") or ""),
+        error=rec.get("error"),
+        epoch_time_s=epoch_time,
+        samples_per_s=samples_per_s,
+        energy_per_epoch_wh=energy_epoch,
+        energy_per_sample_wh=per_sample,
+        gpu_util_pct=gpu,
+        cpu_util_pct=cpu,
+        global_batch_size=int(batch) if isinstance(batch, int | float) else None,
+        fractions=fractions,
+    )
+
+
+def collect(dirs: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
+    """All RunRecords under ``dirs`` (recursively); unreadable files are returned as warnings."""
+    runs: list[Run] = []
+    warnings: list[str] = []
+    seen: set[Path] = set()
+    for directory in dirs:
+        for path in sorted(Path(directory).rglob(records.RECORD_FILENAME)):
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            try:
+                run = run_from_record(records.load(path))
+            except (ValueError, TypeError) as err:
+                warnings.append(str(err))
+                continue
+            if not run.run_dir:
+                run.run_dir = str(path.parent)
+            runs.append(run)
+    return runs, warnings
+
+
+@dataclass
+class Row:
+    """One configuration (series x worker count), aggregated over its completed repetitions."""
+
+    strategy: str
+    launcher: str
+    scaling: str
+    workers: int
+    repetitions: int
+    failed: int
+    epoch_time_s: float | None
+    epoch_time_min_s: float | None
+    epoch_time_max_s: float | None
+    speedup: float | None = None
+    efficiency_pct: float | None = None
+    samples_per_s: float | None = None
+    energy_per_epoch_wh: float | None = None
+    energy_per_sample_wh: float | None = None
+    gpu_util_pct: float | None = None
+    cpu_util_pct: float | None = None
+    compute_s: float | None = None
+    communication_s: float | None = None
+    memcpy_s: float | None = None
+    other_s: float | None = None
+
+    @property
+    def series(self) -> tuple[str, str, str]:
+        return (self.strategy, self.launcher, self.scaling)
+
+    def as_row(self) -> dict[str, Any]:
+        return {col: getattr(self, col) for col in SUMMARY_COLUMNS}
+
+
+def aggregate(runs: Sequence[Run]) -> list[Row]:
+    """Median over repetitions per configuration; speedup and efficiency against each series' smallest N."""
+    groups: dict[tuple[str, str, str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.strategy, run.launcher, run.scaling, run.workers), []).append(run)
+    rows: list[Row] = []
+    for (strategy, launcher, scaling, workers), members in sorted(groups.items()):
+        ok = [r for r in members if r.ok]
+        times = [r.epoch_time_s for r in ok if r.epoch_time_s is not None]
+        row = Row(
+            strategy=strategy,
+            launcher=launcher,
+            scaling=scaling,
+            workers=workers,
+            repetitions=len(ok),
+            failed=len(members) - len(ok),
+            epoch_time_s=_median(times),
+            epoch_time_min_s=min(times) if times else None,
+            epoch_time_max_s=max(times) if times else None,
+            samples_per_s=_median(r.samples_per_s for r in ok),
+            energy_per_epoch_wh=_median(r.energy_per_epoch_wh for r in ok),
+            energy_per_sample_wh=_median(r.energy_per_sample_wh for r in ok),
+            gpu_util_pct=_median(r.gpu_util_pct for r in ok),
+            cpu_util_pct=_median(r.cpu_util_pct for r in ok),
+        )
+        if row.epoch_time_s is not None:
+            for name in FRACTIONS:
+                frac = _median(r.fractions.get(name) for r in ok)
+                if frac is not None:
+                    setattr(row, f"{name}_s", frac * row.epoch_time_s)
+        rows.append(row)
+    base: dict[tuple[str, str, str], Row] = {}
+    for row in rows:  # sorted by workers within a series: the first timed row is the baseline
+        if row.epoch_time_s is not None and row.series not in base:
+            base[row.series] = row
+    for row in rows:
+        ref = base.get(row.series)
+        if ref is None or row.epoch_time_s is None or ref.epoch_time_s is None or row.epoch_time_s <= 0:
+            continue
+        row.speedup = ref.epoch_time_s / row.epoch_time_s
+        row.efficiency_pct = 100.0 * row.speedup / (row.workers / ref.workers)
+    return rows
+
+
+def series_label(series: tuple[str, str, str], all_series: Sequence[tuple[str, str, str]]) -> str:
+    """Readable legend label: the strategy, plus launcher/scaling only where they differ across series."""
+    strategy, launcher, scaling = series
+    extra = []
+    if len({s[1] for s in all_series}) > 1:
+        extra.append(launcher)
+    if len({s[2] for s in all_series}) > 1:
+        extra.append(f"{scaling} scaling")
+    return f"{strategy} ({', '.join(extra)})" if extra else strategy
+
+
+def recommend(rows: Sequence[Row], threshold_pct: float = 70.0) -> dict[str, Any]:
+    """Fastest configuration, least energy per sample, and where efficiency first drops below threshold."""
+    timed = [r for r in rows if r.epoch_time_s is not None]
+    out: dict[str, Any] = {"threshold_pct": threshold_pct, "fastest": None, "least_energy": None}
+    if timed:
+        best = min(timed, key=lambda r: (r.epoch_time_s, r.workers))
+        out["fastest"] = {
+            "strategy": best.strategy,
+            "launcher": best.launcher,
+            "scaling": best.scaling,
+            "workers": best.workers,
+            "epoch_time_s": best.epoch_time_s,
+        }
+    energetic = [r for r in rows if r.energy_per_sample_wh is not None]
+    if energetic:
+        best = min(energetic, key=lambda r: (r.energy_per_sample_wh, r.workers))
+        out["least_energy"] = {
+            "strategy": best.strategy,
+            "launcher": best.launcher,
+            "scaling": best.scaling,
+            "workers": best.workers,
+            "energy_per_sample_wh": best.energy_per_sample_wh,
+        }
+    drops: list[dict[str, Any]] = []
+    for series in sorted({r.series for r in rows}):
+        mine = [r for r in rows if r.series == series and r.efficiency_pct is not None]
+        below = next(
+            (r for r in mine if r.efficiency_pct is not None and r.efficiency_pct < threshold_pct), None
+        )
+        drops.append(
+            {
+                "strategy": series[0],
+                "launcher": series[1],
+                "scaling": series[2],
+                "below_at_workers": below.workers if below else None,
+                "efficiency_pct": below.efficiency_pct if below else None,
+                "max_measured": max((r.workers for r in mine), default=None),
+            }
+        )
+    out["efficiency_drop"] = drops
+    return out
