@@ -115,7 +115,7 @@ def detect(env: Mapping[str, str] | None = None) -> ClusterInfo:
     if env.get("SLURM_STEP_ID") is not None and env.get("SLURM_PROCID") is not None:
         world = _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", default=1) or 1
         nodes = _int(env, "SLURM_STEP_NUM_NODES", "SLURM_NNODES", default=1) or 1
-        local_world = _int(env, "SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE", default=world // nodes)
+        local_world = _int(env, "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", default=world // nodes)
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
         return ClusterInfo(
             launcher="srun",
@@ -159,7 +159,8 @@ def _detect_mpi(env: Mapping[str, str], job_id: str | None) -> ClusterInfo | Non
         world = _int(env, "OMPI_COMM_WORLD_SIZE", default=1) or 1
         local_rank = _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", default=0) or 0
         local_world = _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", default=world) or world
-        node_rank = _int(env, "OMPI_COMM_WORLD_NODE_RANK", default=rank // max(1, local_world)) or 0
+        # OMPI_COMM_WORLD_NODE_RANK is the rank *within* the node (like the local rank), not the node's index
+        node_rank = rank // max(1, local_world)
     elif "PMI_RANK" in env and "PMI_SIZE" in env:
         flavour = "mpich"
         rank = _int(env, "PMI_RANK", default=0) or 0
