@@ -26,18 +26,31 @@ Schema (version :data:`SCHEMA_VERSION`); units are in the key names (``_s`` seco
     global_batch_size int|None   samples per optimizer step across all ranks
     hostnames        list[str]
     versions         dict[str, str]   python, torch, lightning, itwinai_lightning
+    stage            str     the LightningCLI subcommand (written by the CLI)
     epochs           list[dict]  one entry per epoch, merged from several callbacks, keyed by "epoch":
-        epoch, wall_time_s, steps, samples, samples_per_s,
-        step_time_mean_s, step_time_p50_s, step_time_p90_s, step_time_p99_s,
+        epoch, ranks (processes that contributed),
+        wall_time_s (incl. validation), train_time_s, val_time_s, steps, samples (all ranks), samples_per_s,
+        step_time_mean_s, step_time_p50_s, step_time_p90_s, step_time_p99_s   (TimingMonitor: slowest rank's)
         energy_wh (sum over ranks), gpu_util_mean_pct / gpu_util_max_pct / gpu_power_mean_w
-        ({"min","mean","max"} across ranks), cpu_util_mean_pct, host_mem_max_gb
+        ({"min","mean","max"} across ranks), cpu_util_mean_pct (mean over ranks), host_mem_max_gb (max over
+        ranks), integrated_energy_wh (trapezoid only, for comparison with the counter)
+        <key>_ranks      {"min","mean","max"} across ranks of a per-rank figure, e.g. wall_time_s_ranks,
+                         step_time_p50_s_ranks, energy_wh_ranks, gpu_power_max_w_ranks, gpu_temp_max_c_ranks,
+                         gpu_mem_used_max_gb_ranks, gpu_sm_clock_mean_mhz_ranks, cpu_util_mean_pct_ranks
     summary          dict   run-level figures:
         fit_wall_time_s, time_to_first_step_s, mean_epoch_time_s, samples_per_s, total_samples,
-        energy_wh, energy_per_sample_wh, gpu_util_mean_pct, gpu_power_mean_w, cpu_util_mean_pct
+        energy_wh, energy_per_sample_wh (derived), gpu_util_mean_pct, gpu_power_mean_w, cpu_util_mean_pct,
+        epochs_completed, step_time_p50_s (median over epochs), host_mem_max_gb, gpu_mem_used_max_gb
     sections         dict[str, dict]  free-form, one per contributor, e.g.
         "pyspy": {"categories": {name: fraction}, ...}
         "torch_profiler": {"fractions": {"compute","communication","memcpy","other"}, "overlap": f}
         "benchmark": {"grid_point": ..., "repetition": ...}
+        "device_monitor": {"backend", "gpu_device", "gpu_unavailable_reason", "interval_s",
+                           "energy_source" ("counter"|"integrated"|"mixed"|"none"), "counter_resets",
+                           "read_errors", "run": whole-run figures shaped like an epoch entry}
+
+Changes are additive within a schema version: readers must ignore keys they do not know. Every Trainer
+is one run: its first :func:`contribute` replaces a finished record left in the directory by an earlier run.
 """
 
 from __future__ import annotations
@@ -57,6 +70,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 RECORD_FILENAME = "run_record.json"
+FINISHED = ("completed", "failed", "interrupted")
 
 
 def _now() -> str:
@@ -153,6 +167,14 @@ def _merge_epoch(record: dict[str, Any], epoch: int, values: Mapping[str, Any]) 
     record["epochs"].sort(key=lambda e: e["epoch"])
 
 
+def _derive(record: dict[str, Any]) -> None:
+    """Figures that combine two contributors' numbers (e.g. GPUMonitor's energy, TimingMonitor's samples)."""
+    summary = record["summary"]
+    energy, samples = summary.get("energy_wh"), summary.get("total_samples")
+    if isinstance(energy, int | float) and isinstance(samples, int | float) and samples > 0:
+        summary["energy_per_sample_wh"] = energy / samples
+
+
 def update(
     run_dir: str | os.PathLike[str],
     *,
@@ -162,9 +184,19 @@ def update(
     epoch_values: Mapping[str, Any] | None = None,
     section: str | None = None,
     section_values: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Read-merge-write the record in ``run_dir``. Top-level ``fields`` replace, the rest merge."""
+    """Read-merge-write the record in ``run_dir``. Top-level ``fields`` replace, the rest merge.
+
+    With ``run_id``: a *finished* record of another run (status completed/failed/interrupted) is replaced
+    by a new one, so re-running in the same directory never merges two runs' epochs; a record still
+    "running" (e.g. pre-seeded by the benchmark runner with its section) is adopted.
+    """
     record = load_or_new(run_dir)
+    if run_id is not None and record.get("run_id") != run_id:
+        if record.get("status") in FINISHED:
+            record = new_record(run_dir)
+        record["run_id"] = run_id
     if fields:
         record.update(fields)
     if summary:
@@ -173,6 +205,7 @@ def update(
         _merge_epoch(record, epoch, epoch_values)
     if section is not None and section_values is not None:
         record["sections"].setdefault(section, {}).update(section_values)
+    _derive(record)
     save(record, run_dir)
     return record
 
@@ -223,6 +256,10 @@ def contribute(
     """Merge figures into this run's record. Call on every rank; only global rank 0 writes."""
     if trainer.global_rank != 0:
         return
+    run_id = getattr(trainer, "_itwinai_run_id", None)
+    if run_id is None:  # one Trainer = one run: its first contribution starts a fresh record
+        run_id = uuid.uuid4().hex[:12]
+        trainer._itwinai_run_id = run_id  # type: ignore[attr-defined]
     run_dir = run_dir_of(trainer)
     merged = describe_trainer(trainer)
     if fields:
@@ -235,4 +272,5 @@ def contribute(
         epoch_values=epoch_values,
         section=section,
         section_values=section_values,
+        run_id=run_id,
     )

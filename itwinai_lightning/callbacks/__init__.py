@@ -2,3 +2,8 @@
 
 Only light imports here (no NVML init, no py-spy process, no torch.profiler start at import time).
 """
+
+from itwinai_lightning.callbacks.device_monitor import GPUMonitor
+from itwinai_lightning.callbacks.timing import TimingMonitor
+
+__all__ = ["GPUMonitor", "TimingMonitor"]

@@ -1,0 +1,97 @@
+"""The small interface every device backend implements, the psutil host backend, and backend selection.
+
+A backend returns a :data:`Reading` (metric name -> value) from ``read()``; it may leave out what it
+cannot measure. Metric names carry their unit:
+
+=====================  =====  ==========================================================
+key                    unit   meaning
+=====================  =====  ==========================================================
+``gpu_util_pct``       %      GPU busy time over the driver's last sample period
+``gpu_mem_used_gb``    GiB    device memory in use (all processes on that GPU / MIG slice)
+``gpu_power_w``        W      board power draw
+``gpu_temp_c``         °C     GPU temperature
+``gpu_sm_clock_mhz``   MHz    SM clock
+``gpu_energy_j``       J      cumulative energy counter (since driver load); absent if unsupported
+``cpu_util_pct``       %      host CPU utilisation, all cores of the node
+``host_mem_gb``        GiB    resident memory of this rank's process and its children
+=====================  =====  ==========================================================
+
+GPU backends are tried in the order of :data:`GPU_BACKENDS` (NVML today; an ``amdsmi`` opener with
+the same signature can be appended). Each opener returns a backend or raises
+:class:`BackendUnavailable` with a reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+Reading = dict[str, float]
+GIB = float(2**30)
+
+
+class BackendUnavailable(RuntimeError):
+    """This backend cannot monitor the requested device here (no library, no device, no permission)."""
+
+
+@runtime_checkable
+class DeviceBackend(Protocol):
+    """What the sampler needs from a device: a name, a reading, and a way to let go."""
+
+    name: str
+    device_name: str
+
+    def read(self) -> Reading: ...
+
+    def close(self) -> None: ...
+
+
+class HostBackend:
+    """Host CPU utilisation and this process's resident memory, via psutil (works everywhere)."""
+
+    name = "psutil"
+
+    def __init__(self, include_children: bool = True) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._process = psutil.Process()
+        self.include_children = include_children
+        self.device_name = f"cpu x{psutil.cpu_count() or 1}"
+        psutil.cpu_percent(interval=None)  # the first call only primes the counter
+
+    def read(self) -> Reading:
+        rss = float(self._process.memory_info().rss)
+        if self.include_children:
+            for child in self._process.children(recursive=True):
+                with contextlib.suppress(self._psutil.Error):  # a worker that just exited
+                    rss += child.memory_info().rss
+        return {"cpu_util_pct": float(self._psutil.cpu_percent(interval=None)), "host_mem_gb": rss / GIB}
+
+    def close(self) -> None:
+        pass
+
+
+#: ``opener(local_index, torch_uuid) -> DeviceBackend``; raises BackendUnavailable with a reason.
+GpuOpener = Callable[[int, "str | None"], DeviceBackend]
+
+
+def _open_nvml(local_index: int, torch_uuid: str | None) -> DeviceBackend:
+    from itwinai_lightning.monitoring.nvml import NVMLBackend
+
+    return NVMLBackend.open(local_index, torch_uuid)
+
+
+GPU_BACKENDS: list[GpuOpener] = [_open_nvml]
+
+
+def open_gpu_backend(local_index: int, torch_uuid: str | None = None) -> tuple[DeviceBackend | None, str]:
+    """The first GPU backend that can monitor CUDA device ``local_index``; else ``(None, reasons)``."""
+    reasons = []
+    for opener in GPU_BACKENDS:
+        try:
+            return opener(local_index, torch_uuid), ""
+        except BackendUnavailable as err:
+            reasons.append(str(err))
+    return None, "; ".join(reasons) or "no GPU backend configured"
