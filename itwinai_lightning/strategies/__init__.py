@@ -34,5 +34,12 @@ def register(name: str, target: str, description: str, **init_params: Any) -> No
 
 # Each strategy module registers itself here (one line per short name). Keep imports out of this file.
 register("hpc_ddp", "itwinai_lightning.strategies.ddp:HPCDDPStrategy", "launcher-aware DDP with timeout")
-register("hpc_deepspeed", "itwinai_lightning.strategies.deepspeed:HPCDeepSpeedStrategy", "DeepSpeed ZeRO on CPU or CUDA")
+register(
+    "hpc_deepspeed",
+    "itwinai_lightning.strategies.deepspeed:HPCDeepSpeedStrategy",
+    "DeepSpeed ZeRO on CPU or CUDA",
+)
 register("horovod", "itwinai_lightning.strategies.horovod:HorovodStrategy", "Horovod data parallelism")
+register(
+    "ray_ddp", "itwinai_lightning.strategies.ray:RayDDPStrategy", "DDP on Ray actors, local or a cluster"
+)

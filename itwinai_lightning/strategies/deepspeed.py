@@ -1,0 +1,154 @@
+"""``hpc_deepspeed``: Lightning's DeepSpeed strategy, launcher-aware and usable on CPU (gloo) as on CUDA.
+
+Lightning's :class:`~lightning.pytorch.strategies.DeepSpeedStrategy` refuses any accelerator but CUDA.
+DeepSpeed itself runs on CPU (its CPU accelerator, gloo collectives), so this subclass lifts three CUDA-only
+assumptions when the accelerator is the CPU: the accelerator check, the device index (DeepSpeed wants
+``torch.device("cpu", local_rank)``) and the device-index validation. On CUDA it behaves like the stock one.
+
+Importing this module does not import DeepSpeed (Lightning's own module imports it lazily too); building the
+strategy does, and raises :class:`~itwinai_lightning.errors.MissingExtraError` when it is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import ClusterEnvironment
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from typing_extensions import override
+
+from itwinai_lightning.errors import UserError, require
+from itwinai_lightning.strategies.environment import LauncherEnvironment, make_cluster_environment
+
+ZERO_STAGES = (0, 1, 2, 3)
+
+
+def _load_config(config: str | Path | dict[str, Any] | None) -> dict[str, Any] | None:
+    """A DeepSpeed config given as a dict (YAML mapping) or a path to a JSON file; ``None`` stays ``None``."""
+    if config is None:
+        return None
+    if isinstance(config, dict):
+        return copy.deepcopy(config)
+    path = Path(config)
+    if not path.is_file():
+        raise UserError(f"strategy.init_args.config: DeepSpeed config file '{path}' does not exist")
+    try:
+        loaded = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"strategy.init_args.config: '{path}' is not valid JSON ({err.msg}, line {err.lineno})"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"strategy.init_args.config: '{path}' must hold a JSON object")
+    return loaded
+
+
+class HPCDeepSpeedStrategy(DeepSpeedStrategy):
+    """DeepSpeed ZeRO on CPU or CUDA, under any launcher (torchrun, srun, mpirun, Lightning's own).
+
+    Arguments (all settable from YAML under ``trainer.strategy.init_args``):
+
+    ============================  ==========================================================================
+    ``stage``                     ZeRO stage 0, 1, 2 or 3 (default 2)
+    ``offload_optimizer``         keep optimizer state on the CPU (ZeRO 1-3)
+    ``offload_parameters``        keep parameters on the CPU (ZeRO 3)
+    ``config``                    a raw DeepSpeed config: a mapping or a path to a JSON file; it replaces the
+                                  config built from the arguments above (Lightning fills in batch sizes,
+                                  precision and gradient clipping from the Trainer)
+    ``process_group_backend``     ``gloo`` / ``nccl`` / ``ccl``; default: nccl on CUDA, gloo on CPU
+    ``**kwargs``                  any other :class:`~lightning.pytorch.strategies.DeepSpeedStrategy` argument
+    ============================  ==========================================================================
+
+    Precision is ``trainer.precision``: ``32-true`` or ``bf16-mixed`` on CPU, also ``16-mixed`` on GPU.
+    With an offloaded optimizer and a plain torch optimizer, ``zero_force_ds_cpu_optimizer`` defaults to false
+    so any optimizer works (DeepSpeedCPUAdam is faster).
+
+    The strategy logs nothing itself; checkpoints are DeepSpeed checkpoint *directories* (one shard per rank
+    with ZeRO 1-3) and resume with ``ckpt_path``.
+    """
+
+    def __init__(
+        self,
+        stage: int = 2,
+        offload_optimizer: bool = False,
+        offload_parameters: bool = False,
+        config: str | Path | dict[str, Any] | None = None,
+        process_group_backend: str | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        **kwargs: Any,
+    ) -> None:
+        require("deepspeed", "deepspeed")
+        if stage not in ZERO_STAGES:
+            raise UserError(
+                f"strategy.init_args.stage: ZeRO stage must be one of {ZERO_STAGES}, got {stage!r}"
+            )
+        if offload_parameters and stage != 3:
+            raise UserError(
+                "strategy.init_args.offload_parameters needs stage: 3 (ZeRO-3 partitions parameters)"
+            )
+        if offload_optimizer and stage == 0:
+            raise UserError("strategy.init_args.offload_optimizer needs stage 1, 2 or 3")
+        raw = _load_config(config)
+        if raw is not None and offload_optimizer:
+            raw.setdefault("zero_force_ds_cpu_optimizer", False)
+        if cluster_environment is None:
+            cluster_environment = make_cluster_environment()
+        super().__init__(
+            zero_optimization=True,
+            stage=stage,
+            offload_optimizer=offload_optimizer,
+            offload_parameters=offload_parameters,
+            config=raw,
+            process_group_backend=process_group_backend,
+            cluster_environment=cluster_environment,
+            **kwargs,
+        )
+        if raw is None and offload_optimizer and self.config is not None:
+            self.config.setdefault("zero_force_ds_cpu_optimizer", False)
+
+    @property
+    def _on_cpu(self) -> bool:
+        return self.accelerator is not None and not isinstance(self.accelerator, CUDAAccelerator)
+
+    @property
+    @override
+    def root_device(self) -> torch.device:
+        if self._on_cpu:
+            return torch.device("cpu", self.local_rank)  # DeepSpeed reads the index as its local rank
+        return super().root_device
+
+    @override
+    def setup_environment(self) -> None:
+        if not self._on_cpu:
+            super().setup_environment()
+            return
+        precision = getattr(self.precision_plugin, "precision", "32-true")
+        if precision in ("16-mixed", "16-true"):
+            raise UserError(
+                f"trainer.precision: DeepSpeed on CPU has no fp16 ({precision!r}); "
+                "use 'bf16-mixed' or '32-true'"
+            )
+        DDPStrategy.setup_environment(self)  # the stock DeepSpeed strategy stops here on a CPU accelerator
+
+    @override
+    def _configure_launcher(self) -> None:
+        env = self.cluster_environment
+        if isinstance(env, LauncherEnvironment):  # torchrun/srun/mpirun: layout must match trainer.devices
+            env.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
+        super()._configure_launcher()
+
+    @override
+    def setup_distributed(self) -> None:
+        if not self._on_cpu:
+            super().setup_distributed()
+            return
+        # on CPU every rank's device is "cpu": the stock device-index validation does not apply
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
