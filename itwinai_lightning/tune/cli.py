@@ -1,0 +1,129 @@
+"""``python -m itwinai_lightning tune --config base.yaml --config search.yaml [--tune.key VALUE ...]``.
+
+The ``tune:`` section (see :mod:`itwinai_lightning.tune.settings`) is split from the LightningCLI
+arguments; everything else is the ordinary ``fit`` configuration every trial starts from. All checks
+(options, distributions, that every searched key exists in the LightningCLI config and accepts the
+sampled values) run before Ray is imported; a mistake prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from itwinai_lightning.errors import UserError
+from itwinai_lightning.sections import split_section
+from itwinai_lightning.tune.search_space import Distribution, override_args
+from itwinai_lightning.tune.settings import DEFAULTS, TuneSettings, parse_settings
+
+HELP = """usage: itwinai-lightning tune --config BASE.yaml [--config SEARCH.yaml ...] [--tune.KEY VALUE ...]
+
+Ray Tune hyper-parameter search over any LightningCLI config. Each trial is the ordinary fit with the
+sampled values as dotted overrides. The 'tune:' section (in any config file, or --tune.KEY flags):
+
+  search_space:            {model.init_args.lr: {loguniform: [1.0e-4, 1.0e-1]},
+                            data.init_args.batch_size: {choice: [32, 64]}}
+                           distributions: uniform, quniform, loguniform, randint, choice, grid
+  metric / mode            val_loss / min
+  num_samples              4          max_concurrent_trials  null     time_budget_s  null
+  scheduler                fifo | asha | hyperband | median | pbt   (or {type: asha, grace_period: 1})
+  search_alg               random | optuna | hyperopt               (or {type: optuna, ...})
+  workers_per_trial        1 = concurrent single-process trials; N = N-worker DDP trials (Ray Train)
+  cpus_per_worker / gpus_per_worker   1 / 0        max_failures  0     seed  null
+  output_dir / name        tune_runs / sweep -> results.csv, best.yaml, trials/<id>/
+  resume                   true: continue the interrupted sweep in output_dir/name
+  ray                      {address: null|auto|HOST:PORT, num_cpus: null, temp_dir: null}
+
+Outputs: a live progress table, <output_dir>/<name>/results.csv and best.yaml, which
+'itwinai-lightning fit --config best.yaml' re-runs.
+"""
+
+
+def _parse_base(lightning_argv: list[str], space: dict[str, Distribution]) -> tuple[int, dict[str, Any]]:
+    """Build the LightningCLI once (no Ray) to check the base config and every searched key and value.
+
+    Returns the base ``trainer.max_epochs`` and the base trainer settings.
+    """
+    from itwinai_lightning.cli import run_lightning_cli
+
+    representative = {key: dist.representative() for key, dist in space.items()}
+    cli = run_lightning_cli([*lightning_argv, *override_args(representative)], run=False)
+    parser = cli.parser
+    for key, dist in space.items():
+        for value in dist.values_to_check():
+            try:
+                config = parser.parse_args([*lightning_argv, *override_args({key: value})])
+            except UserError as err:
+                raise UserError(f"tune.search_space.{key} (value {value!r}): {err}") from None
+            if _lookup(config, key) is _MISSING:
+                raise UserError(
+                    f"tune.search_space.{key}: not a key of the LightningCLI config; "
+                    "check the spelling (e.g. model.init_args.lr) with: itwinai-lightning fit --print_config"
+                )
+    max_epochs = cli.trainer.max_epochs
+    base_config = parser.parse_args(lightning_argv)
+    trainer = {"enable_progress_bar": _lookup(base_config, "trainer.enable_progress_bar")}
+    if max_epochs is None or max_epochs < 1:
+        max_epochs = 1000
+    return int(max_epochs), trainer
+
+
+_MISSING = object()
+
+
+def _lookup(config: Any, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        try:
+            node = node[part]
+        except (KeyError, TypeError):
+            return _MISSING
+    return node
+
+
+def prepare(argv: list[str]) -> tuple[TuneSettings, list[str], int, dict[str, Any]]:
+    """Everything before Ray: split the section, validate options, search space and keys."""
+    with tempfile.TemporaryDirectory(prefix="itwinai-tune-") as scratch:
+        values, lightning_argv = split_section(argv, "tune", DEFAULTS, workdir=scratch)
+    settings = parse_settings(values)
+    settings.experiment_dir.mkdir(parents=True, exist_ok=True)
+    # keep the config copies without the tune: section next to the results (resume needs them)
+    values, lightning_argv = split_section(argv, "tune", DEFAULTS, workdir=settings.experiment_dir / "configs")
+    lightning_argv = _absolute_configs(lightning_argv)
+    max_epochs, base_trainer = _parse_base(lightning_argv, settings.space)
+    return settings, lightning_argv, max_epochs, base_trainer
+
+
+def _absolute_configs(argv: list[str]) -> list[str]:
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg in ("--config", "-c"):
+            out[i + 1] = str(Path(out[i + 1]).resolve())
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """Run the sweep; 0 when at least one trial finished, 1 when all failed, 2 on bad input."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(HELP)
+        return 0
+    if not any(a in ("--config", "-c") or a.startswith("--config=") for a in argv):
+        raise UserError("tune needs a base config: itwinai-lightning tune --config base.yaml --config search.yaml")
+    settings, lightning_argv, max_epochs, base_trainer = prepare(argv)
+
+    from itwinai_lightning.tune import results
+    from itwinai_lightning.tune.launcher import run_sweep
+
+    grid = run_sweep(settings, lightning_argv, max_epochs)
+    rows = results.collect(grid, settings, max_epochs)
+    results.write_csv(rows, settings, settings.experiment_dir / "results.csv")
+    best = results.best_row(rows, settings)
+    if best is not None:
+        results.write_best_yaml(best, settings, base_trainer, settings.experiment_dir / "best.yaml")
+    results.print_summary(rows, settings, best)
+    if best is None or math.isnan(best.metric):
+        print(f"tune: no trial reported {settings.metric!r}; see the errors above")
+        return 1
+    return 0

@@ -1,0 +1,133 @@
+"""Run a validated sweep on Ray Tune: concurrent single-process trials or N-worker DDP trials.
+
+=====================  =========================================================================
+mode                   what one trial is
+=====================  =========================================================================
+workers_per_trial: 1   a function trainable running the fit in its own Ray worker process
+                       (``cpus_per_worker``/``gpus_per_worker`` reserved); trials run concurrently
+workers_per_trial: N   a function trainable with a tiny CPU share that drives a Ray Train (V2)
+                       ``TorchTrainer`` of N workers, each running the fit with ``ray_ddp``; Ray
+                       Train's ``TuneReportCallback`` forwards metrics and checkpoints to Tune
+=====================  =========================================================================
+
+Ray (and the search-algorithm packages) are imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from itwinai_lightning.errors import require
+from itwinai_lightning.strategies.ray import init_ray
+from itwinai_lightning.tune.search_space import to_param_space
+from itwinai_lightning.tune.settings import TuneSettings
+
+#: CPU share of the function trainable that only drives a TorchTrainer (it must not hold a whole CPU)
+DRIVER_CPU = 0.01
+
+
+def make_scheduler(settings: TuneSettings, max_epochs: int) -> Any:
+    """FIFO, ASHA, HyperBand, median stopping or PBT, with per-epoch time units."""
+    from ray.tune import schedulers
+
+    options = dict(settings.scheduler_options)
+    name = settings.scheduler
+    if name == "fifo":
+        return schedulers.FIFOScheduler()
+    if name == "asha":
+        options.setdefault("max_t", max_epochs)
+        options.setdefault("grace_period", 1)
+        return schedulers.ASHAScheduler(time_attr="training_iteration", **options)
+    if name == "hyperband":
+        options.setdefault("max_t", max_epochs)
+        return schedulers.HyperBandScheduler(time_attr="training_iteration", **options)
+    if name == "median":
+        options.setdefault("grace_period", 1)
+        return schedulers.MedianStoppingRule(time_attr="training_iteration", **options)
+    options.pop("hyperparam_mutations", None)
+    options.setdefault("perturbation_interval", 1)
+    mutations = {key: dist.to_mutation() for key, dist in settings.mutations.items()}
+    return schedulers.PopulationBasedTraining(
+        time_attr="training_iteration", hyperparam_mutations=mutations, **options
+    )
+
+
+def make_search_alg(settings: TuneSettings) -> Any:
+    """``None`` (Ray's random/grid generator), Optuna or HyperOpt; each honours ``tune.seed``."""
+    options = dict(settings.search_alg_options)
+    if settings.search_alg == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=settings.seed, **options)
+    if settings.search_alg == "optuna":
+        require("optuna", "ray")
+        from ray.tune.search.optuna import OptunaSearch
+
+        if settings.seed is not None:
+            options.setdefault("seed", settings.seed)
+        return OptunaSearch(**options)
+    require("hyperopt", "ray")
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    if settings.seed is not None:
+        options.setdefault("random_state_seed", settings.seed)
+    return HyperOptSearch(**options)
+
+
+def make_trainable(settings: TuneSettings, base_argv: list[str]) -> Any:
+    from ray import tune
+
+    from itwinai_lightning.tune import trial
+
+    experiment = str(settings.experiment_dir)
+    workers = settings.workers_per_trial
+    if workers == 1:
+        trainable = tune.with_parameters(trial.run_trial, base_argv=base_argv, experiment_dir=experiment)
+        resources = {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker}
+    else:
+        trainable = tune.with_parameters(
+            trial.run_ddp_trial,
+            base_argv=base_argv,
+            experiment_dir=experiment,
+            workers=workers,
+            cpus_per_worker=settings.cpus_per_worker,
+            gpus_per_worker=settings.gpus_per_worker,
+        )
+        resources = {"cpu": DRIVER_CPU}
+    return tune.with_resources(trainable, resources)
+
+
+def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int) -> Any:
+    """Start (or resume) the sweep and block until it ends; returns Ray's ``ResultGrid``."""
+    init_ray(settings.ray["address"], settings.ray["num_cpus"], settings.ray["temp_dir"])
+    from ray import tune
+
+    trainable = make_trainable(settings, base_argv)
+    path = str(settings.experiment_dir)
+    if settings.resume and tune.Tuner.can_restore(path):
+        print(f"tune: resuming the sweep in {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
+    run_config = tune.RunConfig(
+        name=settings.name,
+        storage_path=str(settings.output_dir),
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints),
+        verbose=1,
+    )
+    tune_config = tune.TuneConfig(
+        metric=settings.metric,
+        mode=settings.mode,
+        num_samples=settings.num_samples,
+        max_concurrent_trials=settings.max_concurrent_trials,
+        time_budget_s=settings.time_budget_s,
+        scheduler=make_scheduler(settings, max_epochs),
+        search_alg=make_search_alg(settings),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=to_param_space(settings.space),
+        tune_config=tune_config,
+        run_config=run_config,
+    )
+    return tuner.fit()

@@ -1,0 +1,246 @@
+"""One trial = the ordinary fit path with the sampled overrides, reporting each epoch to Ray.
+
+``fit_trial`` builds the trial's run with :func:`itwinai_lightning.cli.run_lightning_cli` (``run=False``) from
+the sweep's base arguments plus ``--<dotted.key>=<value>`` overrides, adds :class:`TuneReporter`, and calls
+``trainer.fit`` -- from the trial's latest Tune checkpoint when Ray hands one over (resume, PBT exploit).
+Runs in Ray worker processes; Ray is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import yaml
+from typing_extensions import override
+
+from itwinai_lightning.secrets import redact
+from itwinai_lightning.tune.search_space import override_args, plain_values
+
+CHECKPOINT_FILE = "trial.ckpt"
+PARAMS_FILE = "params.jsonl"
+CONFIG_FILE = "trial_config.yaml"
+
+#: reports one epoch: (metrics, directory holding CHECKPOINT_FILE)
+ReportFn = Callable[[dict[str, float], str], None]
+
+
+class TuneReporter(pl.Callback):
+    """Reports every training epoch to Ray (Tune or Train) with a checkpoint, and records the trial's params.
+
+    ==========================  ======================================================================
+    reported key                meaning (unit)
+    ==========================  ======================================================================
+    every scalar in             as logged by the model (e.g. ``val_loss`` MSE, ``val_psnr`` dB)
+    ``trainer.callback_metrics``
+    ``epoch``                   epochs completed (count)
+    ``lr``                      learning rate of the first optimizer's first param group (as used)
+    ``trial_train_time_s``      seconds spent inside ``trainer.fit`` epochs so far in this process
+    ==========================  ======================================================================
+
+    On (re)start it appends to ``<run_dir>/params.jsonl``: start epoch, whether a checkpoint was restored,
+    the trial's sampled params and the optimizer's learning rate actually in use. After a restore, the
+    optimizers' hyper-parameters (lr, momentum, weight decay, ...) are reset to the values this trial was
+    configured with, so a PBT-mutated value really takes effect instead of the checkpoint's old one.
+    """
+
+    def __init__(self, report: ReportFn, params: Mapping[str, Any], trial_id: str, restored: bool) -> None:
+        self._report = report
+        self._restored = restored
+        self._params = dict(params)
+        self._trial_id = trial_id
+        self._epoch_start = 0.0
+        self._train_time_s = 0.0
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        restored = self._restored
+        if restored:
+            _reset_optimizer_hparams(trainer, pl_module)
+        if trainer.is_global_zero:
+            entry = {
+                "trial_id": self._trial_id,
+                "start_epoch": trainer.current_epoch,
+                "restored": restored,
+                "params": self._params,
+                "optimizer_lr": _current_lr(trainer),
+                "time": time.time(),
+            }
+            run_dir = Path(trainer.default_root_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / PARAMS_FILE, "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"tune_trial_id": self._trial_id, **self._params})
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._train_time_s += time.perf_counter() - self._epoch_start
+        metrics: dict[str, float] = {}
+        for key, value in trainer.callback_metrics.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                metrics[key] = float(value.item())
+            elif isinstance(value, int | float):
+                metrics[key] = float(value)
+        metrics["epoch"] = trainer.current_epoch + 1
+        lr = _current_lr(trainer)
+        if lr is not None:
+            metrics["lr"] = lr
+        metrics["trial_train_time_s"] = self._train_time_s
+        with tempfile.TemporaryDirectory(prefix="itwinai-trial-") as directory:
+            trainer.save_checkpoint(os.path.join(directory, CHECKPOINT_FILE))
+            self._report(metrics, directory)
+        self._epoch_start = time.perf_counter()
+
+
+def _current_lr(trainer: pl.Trainer) -> float | None:
+    if not trainer.optimizers or not trainer.optimizers[0].param_groups:
+        return None
+    return float(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _reset_optimizer_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """Keep the restored optimizer *state* (moments) but this trial's configured hyper-parameters."""
+    from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
+
+    fresh_optimizers, fresh_schedulers = _init_optimizers_and_lr_schedulers(pl_module)
+    for restored, fresh in zip(trainer.optimizers, fresh_optimizers, strict=False):
+        for group, fresh_group in zip(restored.param_groups, fresh.param_groups, strict=False):
+            for key, value in fresh_group.items():
+                if key != "params":
+                    group[key] = value
+    for config, fresh_config in zip(trainer.lr_scheduler_configs, fresh_schedulers, strict=False):
+        base_lrs = getattr(fresh_config.scheduler, "base_lrs", None)
+        if base_lrs is not None and hasattr(config.scheduler, "base_lrs"):
+            config.scheduler.base_lrs = list(base_lrs)
+
+
+def trial_args(base_argv: Sequence[str], config: Mapping[str, Any], run_dir: Path) -> list[str]:
+    return [
+        *base_argv,
+        *override_args(config),
+        f"--trainer.default_root_dir={run_dir}",
+        "--trainer.enable_progress_bar=false",
+    ]
+
+
+def fit_trial(
+    base_argv: Sequence[str],
+    config: Mapping[str, Any],
+    run_dir: Path,
+    trial_id: str,
+    report: ReportFn,
+    checkpoint: Any | None,
+    extra_args: Sequence[str] = (),
+) -> None:
+    """Build the run exactly as ``fit`` would (plus overrides) and train it, reporting each epoch."""
+    from itwinai_lightning.cli import run_lightning_cli
+
+    params = plain_values(config)
+    cli = run_lightning_cli([*trial_args(base_argv, params, run_dir), *extra_args], run=False)
+    trainer = cli.trainer
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dumped = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_check=True)) or {}
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(redact(dumped), sort_keys=False))
+    trainer.callbacks.append(TuneReporter(report, params, trial_id, restored=checkpoint is not None))
+    if checkpoint is None:
+        trainer.fit(cli.model, datamodule=cli.datamodule)
+        return
+    with checkpoint.as_directory() as directory:
+        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=os.path.join(directory, CHECKPOINT_FILE))
+
+
+def run_trial(config: dict[str, Any], base_argv: list[str], experiment_dir: str) -> None:
+    """Ray Tune function trainable for a single-process trial."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+
+    def report(metrics: dict[str, float], directory: str) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    run_dir = Path(experiment_dir) / "trials" / trial_id
+    fit_trial(base_argv, config, run_dir, trial_id, report, tune.get_checkpoint())
+
+
+def run_ddp_trial(
+    config: dict[str, Any],
+    base_argv: list[str],
+    experiment_dir: str,
+    workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+) -> None:
+    """Ray Tune function trainable whose trial is an N-worker Ray Train (V2) ``TorchTrainer`` run."""
+    import uuid
+
+    from ray import train, tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+    loop_config = {
+        "config": config,
+        "base_argv": base_argv,
+        "run_dir": str(Path(experiment_dir) / "trials" / trial_id),
+        "trial_id": trial_id,
+        "checkpoint": tune.get_checkpoint(),
+    }
+    trainer = TorchTrainer(
+        _ddp_worker_loop,
+        train_loop_config=loop_config,
+        scaling_config=train.ScalingConfig(
+            num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=train.RunConfig(
+            name=f"{trial_id}-{uuid.uuid4().hex[:6]}",
+            storage_path=str(Path(experiment_dir) / "train"),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _ddp_worker_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker: expose the rank layout, then the ordinary fit with ``ray_ddp``."""
+    from ray import train
+
+    context = train.get_context()
+    rank = context.get_world_rank()
+    os.environ.update(
+        RAY_TRAIN_WORKER="1",
+        RANK=str(rank),
+        LOCAL_RANK=str(context.get_local_rank()),
+        WORLD_SIZE=str(context.get_world_size()),
+        LOCAL_WORLD_SIZE=str(context.get_local_world_size()),
+        NODE_RANK=str(context.get_node_rank()),
+    )
+
+    def report(metrics: dict[str, float], directory: str) -> None:
+        checkpoint = train.Checkpoint.from_directory(directory) if rank == 0 else None
+        train.report(metrics, checkpoint=checkpoint)
+
+    fit_trial(
+        loop_config["base_argv"],
+        loop_config["config"],
+        Path(loop_config["run_dir"]),
+        loop_config["trial_id"],
+        report,
+        loop_config["checkpoint"],
+        extra_args=["--trainer.strategy=ray_ddp", "--trainer.devices=1", "--trainer.num_nodes=1"],
+    )
