@@ -1,0 +1,339 @@
+"""MultiLogger: one Lightning logger that fans out to several tracking backends off the training thread."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers.logger import Logger
+from typing_extensions import override
+
+from itwinai_lightning.loggers.backends import Backend, Record, RunContext, build_backend
+from itwinai_lightning.loggers.spool import Spool, spool_dir
+from itwinai_lightning.loggers.worker import BackendWorker
+from itwinai_lightning.secrets import redact
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILENAME = "tracking_summary.json"
+
+
+def flatten_params(
+    params: Mapping[str, Any] | argparse.Namespace, extra_secret_keys: Sequence[str] = ()
+) -> dict:
+    """Redact secrets, then flatten nested hyperparameters to ``a.b.c`` keys with JSON-safe values."""
+    if isinstance(params, argparse.Namespace):
+        params = vars(params)
+    clean = redact(dict(params), extra_secret_keys)
+    flat: dict[str, Any] = {}
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for key, sub in value.items():
+                visit(f"{prefix}.{key}" if prefix else str(key), sub)
+        elif isinstance(value, argparse.Namespace):
+            visit(prefix, vars(value))
+        elif value is None or isinstance(value, bool | int | float | str):
+            flat[prefix] = value
+        else:
+            flat[prefix] = str(value)
+
+    visit("", clean)
+    return flat
+
+
+class MultiLogger(Logger):
+    """Fans metrics, hyperparameters, checkpoints, artifacts, figures and text out to several backends.
+
+    Each backend gets its own worker thread and bounded queue, so a slow or dead backend never stalls a
+    training step; a backend that raises is set aside, its records spooled to
+    ``<run_dir>/tracking_spool/<backend>.jsonl`` and retried (``python -m itwinai_lightning logs replay
+    RUN_DIR`` re-sends a spool later). The run directory is ``trainer.default_root_dir`` (or ``run_dir``);
+    every backend writes under it. Secrets are redacted from every hyperparameter set.
+
+    ====================  =============================================================  ==============
+    What is logged        Where                                                          Unit
+    ====================  =============================================================  ==============
+    metrics               every backend, per ``step`` (trainer global step)              as logged
+    hyperparameters       flattened ``a.b.c`` keys, secrets redacted                     as given
+    checkpoints           best (and last) checkpoint path as artifact at the end,        file
+                          or every save with ``log_checkpoints: all``
+    figures / text        :meth:`log_figure` (PNG under ``<run_dir>/figures``), :meth:`log_text`
+    summary               ``<run_dir>/tracking_summary.json`` and RunRecord section      records
+                          ``tracking``: delivered / spooled / where per backend
+    ====================  =============================================================  ==============
+
+    Args:
+        backends: list of ``"tensorboard" | "mlflow" | "wandb" | "prov" | "csv"`` or mappings
+            ``{type: mlflow, ranks: zero|all, ...backend options}``.
+        experiment: experiment/project name given to the backends.
+        run_name: run name (default: the run directory's name).
+        run_dir: where to write; default ``trainer.default_root_dir``.
+        queue_size: records per backend queue; beyond it records are spooled to disk (never dropped).
+        flush_timeout_s: how long :meth:`finalize` waits for each backend before leaving records spooled.
+        retry_interval_s: first delay before a failed backend is retried (doubles up to 60 s).
+        log_checkpoints: ``"best"`` (best + last at the end), ``"all"`` (every save) or ``"none"``.
+        secret_keys: extra key names to redact besides the built-in patterns.
+    """
+
+    def __init__(
+        self,
+        backends: Sequence[str | Mapping[str, Any]] = ("tensorboard", "csv"),
+        experiment: str = "itwinai",
+        run_name: str | None = None,
+        run_dir: str | None = None,
+        queue_size: int = 10_000,
+        flush_timeout_s: float = 30.0,
+        retry_interval_s: float = 5.0,
+        log_checkpoints: str = "best",
+        secret_keys: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        if log_checkpoints not in ("best", "all", "none"):
+            from itwinai_lightning.errors import UserError
+
+            raise UserError(f"MultiLogger log_checkpoints must be best|all|none, got {log_checkpoints!r}")
+        self._backends: list[Backend] = [build_backend(spec) for spec in backends]
+        names = [b.name for b in self._backends]
+        if len(set(names)) != len(names):
+            from itwinai_lightning.errors import UserError
+
+            raise UserError(f"MultiLogger backends have duplicate names {names}; give each a distinct 'name'")
+        self._experiment = experiment
+        self._run_name = run_name
+        self._run_dir = Path(run_dir) if run_dir else None
+        self._queue_size = queue_size
+        self._flush_timeout_s = flush_timeout_s
+        self._retry_interval_s = retry_interval_s
+        self._log_checkpoints = log_checkpoints
+        self._secret_keys = tuple(secret_keys)
+        self._rank = 0
+        self._world_size = 1
+        self._workers: list[BackendWorker] = []
+        self._pending: list[Record] = []
+        self._checkpoint: dict[str, Any] | None = None
+        self._finalized = False
+        self.summary: dict[str, Any] | None = None
+
+    # ---- Lightning Logger API -----------------------------------------------------------------------
+    @property
+    @override
+    def name(self) -> str:
+        return (
+            ""  # with version "" Lightning puts checkpoints in <run_dir>/checkpoints (the no-logger layout)
+        )
+
+    @property
+    @override
+    def version(self) -> str:
+        return ""
+
+    @property
+    @override
+    def save_dir(self) -> str | None:
+        return str(self._run_dir) if self._run_dir else None
+
+    @property
+    @override
+    def root_dir(self) -> str | None:
+        return self.save_dir
+
+    @property
+    @override
+    def log_dir(self) -> str | None:
+        return self.save_dir
+
+    @property
+    def experiment(self) -> MultiLogger:
+        return self
+
+    @property
+    def backends(self) -> list[Backend]:
+        return list(self._backends)
+
+    @override
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        data = {k: float(v) for k, v in metrics.items()}
+        self._emit({"kind": "metrics", "step": int(step or 0), "time": time.time(), "data": data})
+
+    @override
+    def log_hyperparams(
+        self, params: Mapping[str, Any] | argparse.Namespace, *args: Any, **kwargs: Any
+    ) -> None:
+        self._emit({"kind": "params", "data": flatten_params(params, self._secret_keys)})
+
+    @override
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        trainer = getattr(model, "_trainer", None)
+        if trainer is not None:
+            self.bind(trainer.default_root_dir, trainer.global_rank, trainer.world_size)
+
+    @override
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        best = (
+            os.path.abspath(getattr(checkpoint_callback, "best_model_path", "") or "")
+            if getattr(checkpoint_callback, "best_model_path", "")
+            else ""
+        )
+        score = getattr(checkpoint_callback, "best_model_score", None)
+        info = {
+            "best": best,
+            "last": os.path.abspath(checkpoint_callback.last_model_path)
+            if getattr(checkpoint_callback, "last_model_path", "")
+            else "",
+            "score": float(score) if score is not None else None,
+            "monitor": getattr(checkpoint_callback, "monitor", None),
+        }
+        self._checkpoint = info
+        if self._log_checkpoints == "all" and best:
+            self._emit(
+                {
+                    "kind": "checkpoint",
+                    "data": {"path": best, "score": info["score"], "monitor": info["monitor"]},
+                }
+            )
+
+    @override
+    def save(self) -> None:
+        pass
+
+    @override
+    def finalize(self, status: str) -> None:
+        """Flush every backend (bounded by ``flush_timeout_s``), write the summary. Safe to call twice."""
+        if self._finalized:
+            return
+        self._finalized = True
+        if self._checkpoint and self._log_checkpoints == "best":
+            for key in ("best", "last"):
+                path = self._checkpoint[key]
+                if path and os.path.exists(path) and (key == "best" or path != self._checkpoint["best"]):
+                    data = {
+                        "path": path,
+                        "score": self._checkpoint["score"],
+                        "monitor": self._checkpoint["monitor"],
+                    }
+                    self._emit({"kind": "checkpoint", "data": data})
+        self._start()
+        for worker in self._workers:
+            worker.stop(self._flush_timeout_s)
+        self._write_summary(status)
+
+    # ---- extras --------------------------------------------------------------------------------------
+    def log_figure(self, name: str, figure: Any, step: int | None = None) -> None:
+        """Save a matplotlib figure under ``<run_dir>/figures/`` and send it to every backend."""
+        directory = self._ensure_run_dir() / "figures"
+        directory.mkdir(parents=True, exist_ok=True)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        path = directory / f"{safe}_{int(step or 0)}_r{self._rank}.png"
+        figure.savefig(path)
+        self._emit(
+            {"kind": "figure", "step": int(step or 0), "data": {"name": name, "path": str(path.resolve())}}
+        )
+
+    def log_text(self, key: str, text: str, step: int | None = None) -> None:
+        self._emit({"kind": "text", "step": int(step or 0), "data": {"key": key, "text": str(text)}})
+
+    def log_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> None:
+        """Send a file (e.g. the resolved config) to every backend that stores files."""
+        self._emit({"kind": "artifact", "data": {"path": str(Path(path).resolve()), "name": name}})
+
+    def bind(self, run_dir: str | os.PathLike[str], rank: int = 0, world_size: int = 1) -> None:
+        """Fix the run directory and rank (done automatically from the trainer when fit starts)."""
+        if self._workers:
+            return
+        if self._run_dir is None:
+            self._run_dir = Path(run_dir)
+        self._rank, self._world_size = int(rank), int(world_size)
+
+    def backend_state(self, kind: str) -> dict[str, Any]:
+        """State of the first open backend of ``kind`` on this rank (e.g. the MLflow run id), or {}."""
+        for worker in self._workers:
+            if worker.backend.kind == kind and worker.backend.is_open:
+                return {**worker.backend.spec(), **worker.backend.state()}
+        return {}
+
+    # ---- internals -----------------------------------------------------------------------------------
+    def _ensure_run_dir(self) -> Path:
+        if self._run_dir is None:
+            self._run_dir = Path(os.getcwd())  # Lightning's own default_root_dir
+        return self._run_dir
+
+    def _emit(self, record: Record) -> None:
+        if self._finalized and self._workers and not any(w._thread.is_alive() for w in self._workers):
+            self._pending.append(record)  # logged after finalize: kept for a later finalize/replay
+            return
+        if not self._workers:
+            if self._run_dir is None and record["kind"] == "params":
+                self._pending.append(record)  # fit has not told us the run dir yet (log_graph comes next)
+                return
+            self._start()
+        for worker in self._workers:
+            worker.submit(record)
+
+    def _start(self) -> None:
+        if self._workers:
+            return
+        run_dir = self._ensure_run_dir().resolve()
+        rank_suffix = f"-rank{self._rank}" if self._rank else ""
+        base = dict(
+            run_dir=str(run_dir),
+            experiment=self._experiment,
+            run_name=(self._run_name or run_dir.name) + rank_suffix,
+            rank=self._rank,
+            world_size=self._world_size,
+        )
+        for backend in self._backends:
+            if not backend.active_on(self._rank):
+                continue
+            spool_name = backend.name if backend.ranks == "zero" else f"{backend.name}.rank{self._rank}"
+            ctx = RunContext(**base)  # type: ignore[arg-type]
+            spool = Spool(spool_dir(run_dir), spool_name)
+            worker = BackendWorker(
+                backend, ctx, spool, self._queue_size, retry_interval_s=self._retry_interval_s
+            )
+            self._workers.append(worker)
+        pending, self._pending = self._pending, []
+        for record in pending:
+            for worker in self._workers:
+                worker.submit(record)
+
+    def _write_summary(self, status: str) -> None:
+        rows = [w.summary() for w in self._workers]
+        run_dir = self._ensure_run_dir()
+        self.summary = {"status": status, "rank": self._rank, "backends": rows}
+        name = SUMMARY_FILENAME if self._rank == 0 else f"tracking_summary.rank{self._rank}.json"
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / name).write_text(json.dumps(self.summary, indent=2))
+        except OSError as err:
+            log.warning("could not write the tracking summary: %s", err)
+        for row in rows:
+            where = f"; {row['spooled']} spooled in {row['spool']}" if row["spooled"] else ""
+            log.info(
+                "tracking %s (rank %d): %d delivered%s", row["backend"], row["rank"], row["delivered"], where
+            )
+            if row["spooled"]:
+                log.warning(
+                    "tracking backend %r kept %d records on disk (%s); send them later with: "
+                    "python -m itwinai_lightning logs replay %s",
+                    row["backend"],
+                    row["spooled"],
+                    row["errors"][-1] if row["errors"] else "not delivered",
+                    run_dir,
+                )
+        if self._rank == 0:
+            try:
+                from itwinai_lightning import records
+
+                records.update(
+                    run_dir, section="tracking", section_values={"status": status, "backends": rows}
+                )
+            except Exception as err:  # the record is a report, not a reason to fail
+                log.warning("could not add tracking to the RunRecord: %s", err)
