@@ -1,0 +1,141 @@
+"""Command lines for one grid point under each launcher, and the sbatch script for SLURM submission.
+
+Every grid point is the ordinary ``python -m itwinai_lightning fit`` with the user's config and overrides,
+plus the strategy, the device count, the per-worker batch size, the monitoring callbacks and its own
+``--trainer.default_root_dir`` (so it writes its own RunRecord).
+
+=============  ==========================================================================================
+launcher       command
+=============  ==========================================================================================
+local          ``python -m itwinai_lightning fit ... --trainer.devices N`` (Lightning's own launcher)
+torchrun       ``python -m torch.distributed.run --standalone --nproc_per_node N -m itwinai_lightning fit``
+mpirun         ``mpirun -np N python -m itwinai_lightning fit ...``
+srun           ``srun -N 1 --ntasks-per-node=N python -m itwinai_lightning fit ...`` (inside an allocation)
+horovodrun     ``horovodrun -np N -H localhost:N --gloo python -m itwinai_lightning fit ...``
+ray            ``python -m itwinai_lightning fit ... --trainer.devices N`` with a Ray strategy (``ray_ddp``)
+=============  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+LAUNCHERS = ("local", "torchrun", "mpirun", "srun", "horovodrun", "ray")
+#: Callbacks every grid point gets (skipped, with a warning, when not importable in this install).
+DEFAULT_CALLBACKS = (
+    "itwinai_lightning.callbacks.timing.TimingMonitor",
+    "itwinai_lightning.callbacks.device_monitor.GPUMonitor",
+)
+PROFILE_CALLBACK = "itwinai_lightning.callbacks.torch_profiler.TorchProfilerBreakdown"
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One run of the grid: a strategy at a worker count, one repetition."""
+
+    strategy: str
+    workers: int
+    repetition: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy}-w{self.workers}-r{self.repetition}"
+
+
+def fit_args(
+    point: GridPoint,
+    lightning_argv: Sequence[str],
+    run_dir: str,
+    *,
+    batch_key: str,
+    per_worker_batch: int | None,
+    callbacks: Sequence[str],
+    accelerator: str | None,
+    devices: int,
+    num_nodes: int = 1,
+) -> list[str]:
+    """``fit`` arguments for this grid point: the user's, then ours (later flags win in LightningCLI)."""
+    args = ["fit", *lightning_argv]
+    args += ["--trainer.strategy", point.strategy]
+    args += ["--trainer.devices", str(devices), "--trainer.num_nodes", str(num_nodes)]
+    if accelerator:
+        args += ["--trainer.accelerator", accelerator]
+    if per_worker_batch is not None:
+        args += [f"--{batch_key}", str(per_worker_batch)]
+    for cb in callbacks:
+        args.append(f"--trainer.callbacks+={cb}")
+    args += ["--trainer.default_root_dir", run_dir]
+    return args
+
+
+def launch_command(
+    launcher: str, workers: int, fit: Sequence[str], python: str | None = None, extra: Sequence[str] = ()
+) -> list[str]:
+    """The full argv that runs ``fit`` on ``workers`` processes with ``launcher`` on this node."""
+    py = python or sys.executable
+    module = [py, "-m", "itwinai_lightning", *fit]
+    n = str(workers)
+    if launcher in ("local", "ray"):
+        return module
+    if launcher == "torchrun":
+        return [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", n, *extra,
+                "-m", "itwinai_lightning", *fit]  # fmt: skip
+    if launcher == "mpirun":
+        return ["mpirun", "-np", n, *extra, *module]
+    if launcher == "srun":
+        return ["srun", "-N", "1", f"--ntasks-per-node={n}", *extra, *module]
+    if launcher == "horovodrun":
+        return ["horovodrun", "-np", n, "-H", f"localhost:{n}", "--gloo", *extra, *module]
+    raise ValueError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+
+
+def slurm_layout(workers: int, tasks_per_node: int | None) -> tuple[int, int]:
+    """(nodes, tasks per node) for ``workers`` processes; raise ValueError if they do not divide."""
+    per_node = min(workers, tasks_per_node) if tasks_per_node else workers
+    if workers % per_node:
+        raise ValueError(f"{workers} workers do not split evenly into nodes of {per_node} tasks")
+    return workers // per_node, per_node
+
+
+def render_sbatch(
+    point: GridPoint,
+    run_dir: str,
+    fit: Sequence[str],
+    *,
+    nodes: int,
+    tasks_per_node: int,
+    slurm: Mapping[str, Any],
+    python: str | None = None,
+) -> str:
+    """A plain sbatch script: one ``srun`` of the fit, then the runner's bookkeeping of the outcome."""
+    py = python or sys.executable
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=bench-{point.name}",
+        f"#SBATCH --nodes={nodes}",
+        f"#SBATCH --ntasks-per-node={tasks_per_node}",
+        f"#SBATCH --output={run_dir}/slurm-%j.out",
+    ]
+    for key in ("partition", "account", "time", "qos", "reservation"):
+        if slurm.get(key):
+            lines.append(f"#SBATCH --{key}={slurm[key]}")
+    if slurm.get("gpus_per_node"):
+        lines.append(f"#SBATCH --gpus-per-node={slurm['gpus_per_node']}")
+    if slurm.get("cpus_per_task"):
+        lines.append(f"#SBATCH --cpus-per-task={slurm['cpus_per_task']}")
+    lines += [f"#SBATCH {opt}" for opt in slurm.get("sbatch_options") or []]
+    lines += ["", "set -u", *(slurm.get("setup") or [])]
+    step = ["srun", f"--ntasks-per-node={tasks_per_node}", py, "-m", "itwinai_lightning", *fit]
+    err = f"{run_dir}/fit.stderr"
+    lines += [
+        f"{shlex.join(step)} 2> >(tee {shlex.quote(err)} >&2)",
+        "rc=$?",
+        f'{shlex.join([py, "-m", "itwinai_lightning.benchmark.finish", run_dir])} "$rc" {shlex.quote(err)}',
+        'exit "$rc"',
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,301 @@
+"""Run the grid strategies x workers x repetitions, each point an ordinary ``fit`` in a subprocess.
+
+Each point gets its own run directory ``<output_dir>/<strategy>-w<N>-r<rep>`` holding ``run_record.json``
+(written by the monitoring callbacks during the run, completed here afterwards), ``fit.stdout`` and
+``fit.stderr``. A point whose record says ``completed`` is skipped on the next invocation (resume); a
+failing point is recorded as ``failed`` with its error line and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from itwinai_lightning import records
+from itwinai_lightning.benchmark import launchers
+from itwinai_lightning.benchmark.launchers import GridPoint
+from itwinai_lightning.benchmark.settings import Settings
+from itwinai_lightning.secrets import REDACTED, is_secret_key
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclass
+class PointResult:
+    point: GridPoint
+    status: str  # completed | failed | skipped | submitted | dry-run
+    seconds: float = 0.0
+    error: str | None = None
+    epoch_time_s: float | None = None
+    job_id: str | None = None
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """Hide the values of secret-looking flags (``--logger.init_args.api_key X``, ``--x.token=Y``)."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        key, eq, _ = arg.partition("=")
+        if key.startswith("--") and is_secret_key(key[2:]):
+            if eq:
+                out.append(f"{key}={REDACTED}")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(arg)
+    return out
+
+
+def error_line(text: str) -> str:
+    """The most telling line of a failed run's stderr: our one-line error, else the exception line."""
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "itwinai-lightning: error:" in ln:
+            return ln.split("itwinai-lightning: error:", 1)[1].strip()
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0].strip()
+        if head.endswith(("Error", "Exception", "Interrupt")) or head == "AssertionError":
+            return ln.strip()
+    return lines[-1].strip() if lines else "no error output"
+
+
+def finish_point(
+    run_dir: str | Path, returncode: int, stderr_path: str | Path | None = None
+) -> dict[str, Any]:
+    """Complete the point's RunRecord after the fit exited: status, error text, exit code."""
+    tail = ""
+    if stderr_path is not None and Path(stderr_path).is_file():
+        tail = Path(stderr_path).read_text(errors="replace")[-4000:]
+    current = records.load_or_new(run_dir)
+    fields: dict[str, Any]
+    if returncode == 0 and current.get("status") != "failed":
+        fields = {"status": "completed", "error": None}
+    else:
+        error = current.get("error") or (error_line(tail) if tail.strip() else None)
+        fields = {"status": "failed", "error": error or f"exit code {returncode}"}
+    section = {"returncode": returncode, "stderr_tail": "\n".join(tail.splitlines()[-25:])}
+    return records.update(run_dir, fields=fields, section="benchmark", section_values=section)
+
+
+def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for grid points: this package importable, MPI usable as root."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    return env
+
+
+def available_callbacks(paths: Sequence[str], warn: TextIO) -> list[str]:
+    """The callback class paths whose module exists in this install (warn about the others once)."""
+    out = []
+    for path in paths:
+        module = path.rsplit(".", 1)[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            out.append(path)
+        else:
+            print(f"benchmark: warning: callback {path} is not available; runs go without it", file=warn)
+    return out
+
+
+class Progress:
+    """One line per grid point: position, point, outcome, time, and an estimate of what is left."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.stream, self.start = total, stream, time.monotonic()
+        self.done = 0
+        self.run_seconds: list[float] = []
+
+    def begin(self, point: GridPoint, launcher: str) -> None:
+        self.stream.write(f"[{self.done + 1}/{self.total}] {point.name} ({launcher}) ... ")
+        self.stream.flush()
+
+    def end(self, result: PointResult) -> None:
+        self.done += 1
+        if result.status in ("completed", "failed"):
+            self.run_seconds.append(result.seconds)
+        left = self.total - self.done
+        eta = ""
+        if self.run_seconds and left:
+            eta = f", about {left * sum(self.run_seconds) / len(self.run_seconds):.0f} s left"
+        what = result.status
+        if result.epoch_time_s is not None:
+            what += f", epoch {result.epoch_time_s:.2f} s"
+        if result.job_id:
+            what += f" as SLURM job {result.job_id}"
+        if result.error:
+            what += f": {result.error[:200]}"
+        self.stream.write(f"{what} ({result.seconds:.1f} s{eta})\n")
+        self.stream.flush()
+
+
+def _epoch_time(rec: dict[str, Any]) -> float | None:
+    value = (rec.get("summary") or {}).get("mean_epoch_time_s")
+    if value is None:
+        times = [e.get("wall_time_s") for e in rec.get("epochs") or [] if e.get("wall_time_s") is not None]
+        value = sum(times) / len(times) if times else None
+    return float(value) if value is not None else None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class GridRunner:
+    """Runs (or submits) every point of :class:`Settings` with the user's LightningCLI arguments."""
+
+    def __init__(
+        self, settings: Settings, lightning_argv: Sequence[str], stream: TextIO | None = None
+    ) -> None:
+        self.settings = settings
+        self.argv = list(lightning_argv)
+        self.stream = stream or sys.stderr
+        self.out = Path(settings.output_dir).resolve()
+        wanted = list(settings.callbacks)
+        if settings.profile:
+            wanted.append(launchers.PROFILE_CALLBACK)
+        self.callbacks = available_callbacks(wanted, self.stream)
+        self.env = child_env()
+
+    def points(self) -> list[GridPoint]:
+        s = self.settings
+        return [GridPoint(st, n, r) for st in s.strategies for n in s.workers for r in range(s.repetitions)]
+
+    def fit_args(
+        self, point: GridPoint, run_dir: Path, nodes: int = 1, devices: int | None = None
+    ) -> list[str]:
+        return launchers.fit_args(
+            point,
+            self.argv,
+            str(run_dir),
+            batch_key=self.settings.batch_key,
+            per_worker_batch=self.settings.per_worker_batch(point.workers),
+            callbacks=self.callbacks,
+            accelerator=self.settings.resolved_accelerator(),
+            devices=devices or point.workers,
+            num_nodes=nodes,
+        )
+
+    def _prepare(self, point: GridPoint, run_dir: Path, command: Sequence[str]) -> None:
+        records.record_path(run_dir).unlink(missing_ok=True)  # a re-run starts from a clean record
+        per_worker = self.settings.per_worker_batch(point.workers)
+        records.update(
+            run_dir,
+            fields={
+                "status": "running",
+                "strategy": point.strategy,
+                "launcher": self.settings.launcher,
+                "world_size": point.workers,
+                "global_batch_size": per_worker * point.workers if per_worker else None,
+            },
+            section="benchmark",
+            section_values={
+                "grid_point": point.name,
+                "strategy": point.strategy,
+                "workers": point.workers,
+                "repetition": point.repetition,
+                "launcher": self.settings.launcher,
+                "scaling": self.settings.scaling,
+                "per_worker_batch_size": per_worker,
+                "command": shlex.join(redact_argv(command)),
+            },
+        )
+
+    def run_point(self, point: GridPoint) -> PointResult:
+        run_dir = self.out / point.name
+        command = launchers.launch_command(
+            self.settings.launcher,
+            point.workers,
+            self.fit_args(point, run_dir),
+            extra=self.settings.launcher_args,
+        )
+        if self.settings.dry_run:
+            self.stream.write(shlex.join(redact_argv(command)) + "\n")
+            return PointResult(point, "dry-run")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare(point, run_dir, command)
+        start = time.monotonic()
+        with (run_dir / "fit.stdout").open("wb") as out, (run_dir / "fit.stderr").open("wb") as err:
+            try:
+                proc = subprocess.Popen(command, stdout=out, stderr=err, env=self.env, start_new_session=True)
+            except OSError as exc:  # launcher executable missing
+                err.write(f"cannot start {command[0]!r}: {exc}\n".encode())
+                err.flush()
+                rc = 127
+            else:
+                try:
+                    rc = proc.wait(timeout=self.settings.timeout_s)
+                except subprocess.TimeoutExpired:
+                    _kill_group(proc)
+                    err.write(
+                        f"\nitwinai-lightning: error: timed out after {self.settings.timeout_s} s\n".encode()
+                    )
+                    err.flush()
+                    rc = 124
+                except BaseException:
+                    _kill_group(proc)
+                    finish_point(run_dir, 130, None)
+                    raise
+        rec = finish_point(run_dir, rc, run_dir / "fit.stderr")
+        records.update(run_dir, section="benchmark", section_values={"wall_time_s": time.monotonic() - start})
+        return PointResult(point, rec["status"], time.monotonic() - start, rec.get("error"), _epoch_time(rec))
+
+    def run(self) -> list[PointResult]:
+        """Every point in order; completed ones are skipped; returns one result per point."""
+        from itwinai_lightning.benchmark import submit
+
+        points = self.points()
+        progress = Progress(len(points), self.stream)
+        results = []
+        for point in points:
+            run_dir = self.out / point.name
+            progress.begin(point, self.settings.launcher)
+            if is_completed(run_dir):
+                result = PointResult(
+                    point, "skipped", error=None, epoch_time_s=_epoch_time(records.load(run_dir))
+                )
+            elif self.settings.submit:
+                result = submit.submit_point(self, point, run_dir)
+            else:
+                result = self.run_point(point)
+            progress.end(result)
+            results.append(result)
+        if self.settings.submit and self.settings.slurm.get("wait") and not self.settings.dry_run:
+            submit.wait_for(results, self.stream)
+        return results
+
+
+def is_completed(run_dir: Path) -> bool:
+    """A point whose RunRecord says ``completed`` (the resume test)."""
+    try:
+        return records.load(run_dir).get("status") == "completed"
+    except ValueError:
+        return False

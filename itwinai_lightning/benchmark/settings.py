@@ -1,0 +1,187 @@
+"""The ``benchmark:`` section: its options, defaults and validation (one clear error per bad key)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from itwinai_lightning.benchmark.launchers import DEFAULT_CALLBACKS, LAUNCHERS
+from itwinai_lightning.errors import UserError
+from itwinai_lightning.sections import deep_merge, load_yaml_file
+
+DEFAULTS: dict[str, Any] = {
+    "strategies": ["hpc_ddp"],
+    "workers": [1, 2],
+    "launcher": "local",
+    "scaling": "strong",
+    "batch_size": None,
+    "batch_key": "data.init_args.batch_size",
+    "repetitions": 1,
+    "output_dir": "runs/benchmark",
+    "profile": False,
+    "callbacks": list(DEFAULT_CALLBACKS),
+    "accelerator": "auto",
+    "timeout_s": 3600,
+    "launcher_args": [],
+    "submit": False,
+    "slurm": {},
+    "report": True,
+    "threshold_pct": 70.0,
+    "dry_run": False,
+}
+SLURM_KEYS = (
+    "tasks_per_node", "partition", "account", "time", "qos", "reservation", "gpus_per_node", "cpus_per_task",
+    "sbatch_options", "setup", "wait", "poll_s",
+)  # fmt: skip
+
+
+def _list(values: Mapping[str, Any], key: str, kind: type) -> list[Any]:
+    raw = values[key]
+    items = raw if isinstance(raw, list | tuple) else [raw]
+    if not items or not all(isinstance(v, kind) and not isinstance(v, bool) for v in items):
+        raise UserError(
+            f"benchmark.{key} must be a non-empty list of {kind.__name__}s, e.g. [1, 2]; got {raw!r}"
+        )
+    return list(items)
+
+
+@dataclass
+class Settings:
+    """Validated benchmark options; see docs/benchmark.md for each key."""
+
+    strategies: list[str]
+    workers: list[int]
+    launcher: str = "local"
+    scaling: str = "strong"
+    batch_size: int | None = None
+    batch_key: str = "data.init_args.batch_size"
+    repetitions: int = 1
+    output_dir: str = "runs/benchmark"
+    profile: bool = False
+    callbacks: list[str] = field(default_factory=lambda: list(DEFAULT_CALLBACKS))
+    accelerator: str | None = "auto"
+    timeout_s: float = 3600
+    launcher_args: list[str] = field(default_factory=list)
+    submit: bool = False
+    slurm: dict[str, Any] = field(default_factory=dict)
+    report: bool = True
+    threshold_pct: float = 70.0
+    dry_run: bool = False
+
+    def per_worker_batch(self, workers: int) -> int | None:
+        """Strong scaling: global batch / N; weak scaling: the batch size itself."""
+        if self.batch_size is None:
+            return None
+        return self.batch_size // workers if self.scaling == "strong" else self.batch_size
+
+    def resolved_accelerator(self) -> str | None:
+        if self.accelerator != "auto":
+            return self.accelerator
+        import torch
+
+        self.accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+        return self.accelerator
+
+
+def _get_dotted(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def batch_size_from_args(argv: Sequence[str], batch_key: str) -> int | None:
+    """The batch size the user's configs and overrides give (later wins), to split or keep per worker."""
+    merged: dict[str, Any] = {}
+    found: Any = None
+    batch_flags = (f"--{batch_key}", f"--{batch_key.replace('.init_args.', '.')}")
+    i = 0
+    while i < len(argv):
+        key, eq, inline = argv[i].partition("=")
+        takes_value = key in ("--config", "-c", *batch_flags)
+        value = inline if eq else (argv[i + 1] if takes_value and i + 1 < len(argv) else None)
+        if key in ("--config", "-c") and value is not None:
+            merged = deep_merge(merged, load_yaml_file(value))
+            from_file = _get_dotted(merged, batch_key)
+            found = from_file if from_file is not None else found
+        elif key in batch_flags and value is not None:
+            found = value
+        i += 2 if takes_value and not eq else 1
+    try:
+        return int(found) if found is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def parse(values: Mapping[str, Any], lightning_argv: Sequence[str]) -> Settings:
+    """Validate the merged ``benchmark:`` section; every error names the key and what to do."""
+    v = deep_merge(DEFAULTS, values)
+    unknown = [k for k in v if k not in DEFAULTS]
+    if unknown:
+        raise UserError(f"unknown option 'benchmark.{unknown[0]}'; accepted: {', '.join(sorted(DEFAULTS))}")
+    strategies = [str(s) for s in _list(v, "strategies", str)]
+    workers = _list(v, "workers", int)
+    if any(n < 1 for n in workers):
+        raise UserError(f"benchmark.workers must be positive integers, got {workers}")
+    if v["launcher"] not in LAUNCHERS:
+        raise UserError(
+            f"benchmark.launcher {v['launcher']!r} is unknown; choose one of: {', '.join(LAUNCHERS)}"
+        )
+    if v["scaling"] not in ("strong", "weak"):
+        raise UserError(
+            f"benchmark.scaling must be 'strong' (fixed global batch) or 'weak', got {v['scaling']!r}"
+        )
+    if not isinstance(v["repetitions"], int) or v["repetitions"] < 1:
+        raise UserError(f"benchmark.repetitions must be an integer >= 1, got {v['repetitions']!r}")
+    if not isinstance(v["slurm"], Mapping):
+        raise UserError(
+            "benchmark.slurm must be a mapping of sbatch options (partition, time, tasks_per_node, ...)"
+        )
+    bad = [k for k in v["slurm"] if k not in SLURM_KEYS]
+    if bad:
+        raise UserError(f"unknown option 'benchmark.slurm.{bad[0]}'; accepted: {', '.join(SLURM_KEYS)}")
+    threshold = float(v["threshold_pct"])
+    if not 0 < threshold <= 100:
+        raise UserError(f"benchmark.threshold_pct must be in (0, 100], got {threshold}")
+    batch = (
+        v["batch_size"]
+        if v["batch_size"] is not None
+        else batch_size_from_args(lightning_argv, v["batch_key"])
+    )
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise UserError(f"benchmark.batch_size must be a positive integer, got {batch!r}")
+    if v["scaling"] == "strong":
+        if batch is None:
+            raise UserError(
+                f"strong scaling needs the global batch size: set --benchmark.batch_size or {v['batch_key']} "
+                "in the config (or choose --benchmark.scaling weak)"
+            )
+        bad_n = [n for n in workers if batch % n]
+        if bad_n:
+            raise UserError(
+                f"strong scaling: global batch size {batch} does not divide by {bad_n[0]} workers; "
+                "change benchmark.batch_size or benchmark.workers"
+            )
+    return Settings(
+        strategies=strategies,
+        workers=sorted(set(workers)),
+        launcher=v["launcher"],
+        scaling=v["scaling"],
+        batch_size=batch,
+        batch_key=str(v["batch_key"]),
+        repetitions=int(v["repetitions"]),
+        output_dir=str(v["output_dir"]),
+        profile=bool(v["profile"]),
+        callbacks=[str(c) for c in v["callbacks"] or []],
+        accelerator=None if v["accelerator"] in (None, "", "none") else str(v["accelerator"]),
+        timeout_s=float(v["timeout_s"]),
+        launcher_args=[str(a) for a in v["launcher_args"] or []],
+        submit=bool(v["submit"]),
+        slurm=dict(v["slurm"]),
+        report=bool(v["report"]),
+        threshold_pct=threshold,
+        dry_run=bool(v["dry_run"]),
+    )

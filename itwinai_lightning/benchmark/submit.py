@@ -1,0 +1,70 @@
+"""SLURM: submit each grid point as its own sbatch job (multi-node) instead of running it in place."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from itwinai_lightning import records
+from itwinai_lightning.benchmark import launchers
+from itwinai_lightning.errors import UserError
+
+if TYPE_CHECKING:
+    from itwinai_lightning.benchmark.launchers import GridPoint
+    from itwinai_lightning.benchmark.runner import GridRunner, PointResult
+
+
+def job_pending(job_id: str) -> bool:
+    """Whether ``job_id`` is still queued or running (``squeue`` lists it)."""
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=False
+    )
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def submit_point(runner: GridRunner, point: GridPoint, run_dir: Path) -> PointResult:
+    """Render ``<run_dir>/job.sbatch`` and submit it; a still-queued earlier submission is not repeated."""
+    from itwinai_lightning.benchmark.runner import PointResult
+
+    settings = runner.settings
+    try:
+        nodes, per_node = launchers.slurm_layout(point.workers, settings.slurm.get("tasks_per_node"))
+    except ValueError as err:
+        raise UserError(f"benchmark.slurm.tasks_per_node: {err}") from err
+    fit = runner.fit_args(point, run_dir, nodes=nodes, devices=per_node)
+    script = launchers.render_sbatch(
+        point, str(run_dir), fit, nodes=nodes, tasks_per_node=per_node, slurm=settings.slurm
+    )
+    if settings.dry_run:
+        runner.stream.write(script + "\n")
+        return PointResult(point, "dry-run")
+    previous = records.load_or_new(run_dir) if records.record_path(run_dir).exists() else {}
+    job_id = ((previous.get("sections") or {}).get("benchmark") or {}).get("job_id")
+    if job_id and previous.get("status") == "running" and job_pending(str(job_id)):
+        return PointResult(point, "submitted", job_id=str(job_id))
+    if shutil.which("sbatch") is None:
+        raise UserError("benchmark.submit is true but 'sbatch' is not on PATH; run on a SLURM login node")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "job.sbatch"
+    path.write_text(script)
+    runner._prepare(point, run_dir, ["sbatch", str(path)])
+    out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        err = out.stderr.strip() or f"sbatch exit code {out.returncode}"
+        records.update(run_dir, fields={"status": "failed", "error": f"sbatch: {err}"})
+        return PointResult(point, "failed", error=f"sbatch: {err}")
+    new_id = out.stdout.strip().split(";")[0]
+    records.update(run_dir, section="benchmark", section_values={"job_id": new_id, "nodes": nodes})
+    return PointResult(point, "submitted", job_id=new_id)
+
+
+def wait_for(results: list[PointResult], stream: TextIO, poll_s: float = 2.0) -> None:
+    """Block until every submitted job has left the queue (``benchmark.slurm.wait: true``)."""
+    jobs = [r.job_id for r in results if r.status == "submitted" and r.job_id]
+    stream.write(f"waiting for {len(jobs)} SLURM job(s) ...\n")
+    while jobs:
+        time.sleep(poll_s)
+        jobs = [j for j in jobs if job_pending(j)]

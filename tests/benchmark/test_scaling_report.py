@@ -1,0 +1,141 @@
+"""Report and scaling model against synthetic RunRecords generated from a known law (fast, no training)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from itwinai_lightning import records
+from itwinai_lightning.benchmark import report, scaling, synthetic
+from itwinai_lightning.benchmark.plots import PLOTS
+from itwinai_lightning.benchmark.settings import parse
+from itwinai_lightning.errors import UserError
+
+LAW_DDP = (120.0, 4.0, 3.0)  # compute a [s], communication b [s per log2 level], serial c [s]
+LAW_DS = (130.0, 9.0, 5.0)
+
+
+@pytest.mark.parametrize("mode", ["strong", "weak"])
+def test_fit_recovers_known_law_exactly(mode: str) -> None:
+    workers = [1, 2, 4, 8, 16, 32]
+    times = [synthetic.epoch_time(n, LAW_DDP, mode) for n in workers]
+    model = scaling.fit(workers, times, mode)
+    assert (model.compute, model.communication, model.serial) == pytest.approx(LAW_DDP, rel=1e-9)
+    assert model.r2 == pytest.approx(1.0)
+    assert not model.underdetermined
+    assert model.predict([64])[0] == pytest.approx(synthetic.epoch_time(64, LAW_DDP, mode))
+    assert model.is_extrapolation(64) and not model.is_extrapolation(32)
+
+
+def test_fit_recovers_law_from_noisy_records(tmp_path: Path) -> None:
+    synthetic.make_grid(tmp_path, {"hpc_ddp": LAW_DDP}, [1, 2, 4, 8, 16], repetitions=3, noise=0.01, seed=7)
+    built = report.build([tmp_path])
+    model = built.models[("hpc_ddp", "torchrun", "strong")]
+    assert model.compute == pytest.approx(LAW_DDP[0], rel=0.05)
+    assert model.communication == pytest.approx(LAW_DDP[1], rel=0.25)
+    assert model.r2 > 0.99
+    # optimum of a/N + b log2 N is N* = a ln2 / b
+    assert model.optimal_workers() == pytest.approx(LAW_DDP[0] * 0.6931 / LAW_DDP[1], rel=0.3)
+
+
+def test_fit_with_two_sizes_is_flagged_and_non_negative() -> None:
+    model = scaling.fit([1, 2], [10.0, 6.0])
+    assert model.underdetermined and model.serial == 0.0
+    assert model.compute == pytest.approx(10.0) and model.communication == pytest.approx(
+        1.0
+    )  # a=T(1), b=T(2)-a/2
+    # super-linear measurements must not produce a negative communication time
+    model = scaling.fit([1, 2, 4], [10.0, 4.0, 2.0])
+    assert min(model.compute, model.communication, model.serial) >= 0.0
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_report_table_recommendation_and_html(tmp_path: Path) -> None:
+    grid = tmp_path / "grid"
+    recs = synthetic.make_grid(
+        grid, {"hpc_ddp": LAW_DDP, "hpc_deepspeed": LAW_DS}, [1, 2, 4, 8], repetitions=2
+    )
+    # one failed run with its error is listed, and does not disturb the table
+    failed = grid / "horovod-w2-r0"
+    records.update(
+        failed,
+        fields={"status": "failed", "error": "'horovod' is not installed"},
+        section="benchmark",
+        section_values={"strategy": "horovod", "workers": 2, "launcher": "torchrun"},
+    )
+    built = report.build([grid], out=tmp_path / "out", threshold_pct=70.0)
+    rows = {(r["strategy"], int(r["workers"])): r for r in _csv(built.files["summary_csv"])}
+    for strategy, law in (("hpc_ddp", LAW_DDP), ("hpc_deepspeed", LAW_DS)):
+        t1 = synthetic.epoch_time(1, law)
+        for n in (1, 2, 4, 8):
+            row = rows[(strategy, n)]
+            tn = synthetic.epoch_time(n, law)
+            assert float(row["epoch_time_s"]) == pytest.approx(tn)
+            assert float(row["speedup"]) == pytest.approx(t1 / tn)
+            assert float(row["efficiency_pct"]) == pytest.approx(100 * t1 / tn / n)
+            assert int(row["repetitions"]) == 2
+            # 250 W per worker for tn seconds, 4096 samples per epoch
+            assert float(row["energy_per_epoch_wh"]) == pytest.approx(250 * n * tn / 3600)
+            assert float(row["energy_per_sample_wh"]) == pytest.approx(250 * n * tn / 3600 / 4096)
+    assert rows[("horovod", 2)]["failed"] == "1" and rows[("horovod", 2)]["epoch_time_s"] == ""
+    assert len(recs) == 16
+    rec = built.recommendation
+    fastest = min(((s, n) for (s, n) in rows if s != "horovod"), key=lambda k: float(rows[k]["epoch_time_s"]))
+    assert (rec["fastest"]["strategy"], rec["fastest"]["workers"]) == fastest
+    assert (rec["least_energy"]["strategy"], rec["least_energy"]["workers"]) == ("hpc_ddp", 1)
+    drops = {d["strategy"]: d["below_at_workers"] for d in rec["efficiency_drop"]}
+    for strategy, law in (("hpc_ddp", LAW_DDP), ("hpc_deepspeed", LAW_DS)):
+        t1 = synthetic.epoch_time(1, law)
+        expected = next(n for n in (2, 4, 8) if 100 * t1 / synthetic.epoch_time(n, law) / n < 70)
+        assert drops[strategy] == expected
+    page = built.files["html"].read_text()
+    assert page.count("data:image/png;base64,") == len(PLOTS)
+    assert "src='http" not in page and "<script" not in page
+    assert "extrapolation" in page.lower() and "horovod" in page and "is not installed" in page
+    for name in PLOTS:
+        assert built.files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    payload = json.loads(built.files["json"].read_text())
+    assert len(payload["models"]) == 2 and payload["recommendation_text"][0].startswith("Fastest:")
+
+
+def test_report_merges_directories_and_cli(tmp_path: Path, python_env: dict[str, str]) -> None:
+    synthetic.make_grid(tmp_path / "siteA", {"hpc_ddp": LAW_DDP}, [1, 2], launcher="srun")
+    synthetic.make_grid(tmp_path / "siteB", {"hpc_ddp": LAW_DDP}, [4, 8], launcher="srun")
+    cmd = [sys.executable, "-m", "itwinai_lightning", "benchmark", "report", str(tmp_path / "siteA"),
+           str(tmp_path / "siteB"), "--out", str(tmp_path / "merged")]  # fmt: skip
+    done = subprocess.run(cmd, env=python_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Fastest: hpc_ddp with 8 workers" in done.stdout
+    rows = _csv(tmp_path / "merged" / "benchmark_summary.csv")
+    assert [int(r["workers"]) for r in rows] == [1, 2, 4, 8]
+    assert float(rows[-1]["speedup"]) == pytest.approx(
+        synthetic.epoch_time(1, LAW_DDP) / synthetic.epoch_time(8, LAW_DDP)
+    )
+    bad = subprocess.run([*cmd[:5], str(tmp_path / "nothing-here")], env=python_env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "nothing-here" in bad.stderr
+
+
+def test_settings_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"benchmark\.launcher"):
+        parse({"launcher": "qsub", "batch_size": 16}, [])
+    with pytest.raises(UserError, match="does not divide by 3 workers"):
+        parse({"workers": [1, 3], "batch_size": 16}, [])
+    with pytest.raises(UserError, match=r"benchmark\.wrkers"):
+        parse({"wrkers": [1]}, [])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  init_args:\n    batch_size: 32\n")
+    s = parse({"workers": [1, 2, 4]}, ["--config", str(cfg)])
+    assert [s.per_worker_batch(n) for n in s.workers] == [32, 16, 8]
+    weak = parse({"workers": [1, 2], "scaling": "weak"}, ["--config", str(cfg), "--data.batch_size", "8"])
+    assert [weak.per_worker_batch(n) for n in weak.workers] == [8, 8]
