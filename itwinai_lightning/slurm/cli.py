@@ -1,0 +1,158 @@
+"""``itwinai-lightning slurm``: render (and submit) an sbatch script for a config.
+
+::
+
+    python -m itwinai_lightning slurm --config run.yaml --slurm.preset juwels --slurm.nodes 2 \
+        [--slurm.submit true]
+    python -m itwinai_lightning slurm latest-checkpoint RUN_DIR     # used by the job script to resume
+
+Writes ``<job_dir>/config.yaml`` (the fully resolved LightningCLI config the job runs) and
+``<job_dir>/job.sbatch``; prints the script path, and with ``slurm.submit`` the job id.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from itwinai_lightning.errors import UserError
+from itwinai_lightning.sections import split_section
+
+USAGE = (
+    "usage: itwinai-lightning slurm --config FILE [--config FILE ...] [--section.key VALUE ...]\n"
+    "                               [--slurm.preset NAME|FILE] [--slurm.nodes N] [--slurm.submit true]\n"
+    "       itwinai-lightning slurm latest-checkpoint RUN_DIR\n\n"
+    "Render an sbatch script that runs 'fit' (or 'tune' with --slurm.command tune) on the resolved config.\n"
+    "Options of the 'slurm:' section (YAML or --slurm.KEY): preset, nodes, ntasks_per_node, cpus_per_task,\n"
+    "gpus_per_node, time, partition, account, job_name, job_dir, command, launcher (srun|torchrun|ray),\n"
+    "python, modules, venv, conda, container, env, setup, srun_args, mpi, sbatch, signal, signal_seconds,\n"
+    "requeue, check_every_n_steps, submit, test_only. See docs/slurm.md."
+)
+
+
+def _latest_checkpoint(argv: list[str]) -> int:
+    from itwinai_lightning.slurm.resume import latest_checkpoint
+
+    if len(argv) != 1:
+        raise UserError("usage: itwinai-lightning slurm latest-checkpoint RUN_DIR")
+    found = latest_checkpoint(argv[0])
+    if found is not None:
+        print(found)
+    return 0
+
+
+def _sbatch(script: Path, test_only: bool, env: dict[str, str] | None = None) -> str:
+    exe = shutil.which("sbatch")
+    if exe is None:
+        raise UserError(
+            "slurm.submit: 'sbatch' is not on PATH (not a SLURM login node?); the script is written, "
+            f"submit it where SLURM is available: sbatch {script}"
+        )
+    args = [exe, *(["--test-only"] if test_only else ["--parsable"]), str(script)]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        message = (proc.stderr or proc.stdout).strip().splitlines()
+        last = message[-1] if message else f"exit {proc.returncode}"
+        raise UserError(f"sbatch rejected {script}: {last}")
+    if test_only:
+        return (proc.stderr or proc.stdout).strip()
+    match = re.match(r"\s*(\d+)", proc.stdout)
+    if not match:
+        raise UserError(f"sbatch printed no job id: {proc.stdout.strip()!r}")
+    return match.group(1)
+
+
+def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
+    """Render the job files; return ``(script_path, config_path, options_as_dict)``."""
+    from dataclasses import asdict
+
+    from itwinai_lightning.slurm import config as jobcfg
+    from itwinai_lightning.slurm.options import SlurmOptions
+    from itwinai_lightning.slurm.script import JobLayout, render
+
+    section, rest = split_section(argv, "slurm")
+    opts = SlurmOptions.from_section(section)
+    tune_section: dict[str, object] = {}
+    if opts.command == "tune":
+        tune_section, rest = split_section(rest, "tune")
+    config = jobcfg.resolve_lightning_config(rest)
+    devices = jobcfg.devices_per_node(config, opts.gpus_per_node)
+    accelerator = str((config.get("trainer") or {}).get("accelerator") or "auto")
+    if opts.gpus_per_node > 0 and accelerator in jobcfg.GPU_ACCELERATORS and devices > opts.gpus_per_node:
+        raise UserError(
+            f"trainer.devices={devices} but preset {opts.preset!r} has {opts.gpus_per_node} GPUs per node; "
+            f"use --trainer.devices {opts.gpus_per_node} (or fewer) and more --slurm.nodes"
+        )
+    if opts.launcher == "srun":
+        tasks = opts.ntasks_per_node or devices
+        if tasks > devices:
+            raise UserError(
+                f"slurm.ntasks_per_node={tasks} is more tasks per node than devices per node "
+                f"(trainer.devices={devices}); one task drives one device: set slurm.ntasks_per_node "
+                f"to {devices} or raise trainer.devices"
+            )
+        if tasks < devices:
+            raise UserError(
+                f"slurm.ntasks_per_node={tasks} is fewer than trainer.devices={devices}: with srun every "
+                "device needs its own task; drop slurm.ntasks_per_node or lower trainer.devices"
+            )
+    else:
+        tasks = 1
+    uses_gpus = opts.gpus_per_node > 0 and accelerator in jobcfg.GPU_ACCELERATORS
+    gpus = (opts.gpus_per_node if opts.launcher == "ray" else devices) if uses_gpus else 0
+    cpus = opts.cpus_per_task or (max(1, opts.cpus_per_node // tasks) if opts.cpus_per_node else 1)
+    job_name = opts.job_name or f"itwinai-{opts.command}"
+    run_dir = jobcfg.run_dir_of(config, job_name)
+    job_dir = Path(opts.job_dir).expanduser().resolve() if opts.job_dir else run_dir / "slurm"
+    config = jobcfg.adapt_for_job(
+        config,
+        num_nodes=opts.nodes,
+        devices=devices,
+        run_dir=run_dir,
+        requeue=bool(opts.requeue),
+        signal_name=opts.signal,
+        check_every_n_steps=opts.check_every_n_steps,
+    )
+    config_path = jobcfg.save_config(
+        config, job_dir / "config.yaml", extra={"tune": tune_section} if opts.command == "tune" else None
+    )
+    if opts.command == "fit":  # what the job will parse must parse here too
+        jobcfg.resolve_lightning_config(["--config", str(config_path)])
+    layout = JobLayout(
+        run_dir=run_dir,
+        job_dir=job_dir,
+        config_path=config_path,
+        devices_per_node=devices,
+        tasks_per_node=tasks,
+        cpus_per_task=cpus,
+        gpus_per_node=gpus,
+        horovod=jobcfg.uses_horovod(config),
+    )
+    sources = [a for i, a in enumerate(argv) if i > 0 and argv[i - 1] in ("--config", "-c")]
+    script = job_dir / "job.sbatch"
+    script.write_text(render(opts, layout, job_name, source=", ".join(sources)))
+    script.chmod(0o755)
+    return script, config_path, asdict(opts)
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv and argv[0] == "latest-checkpoint":
+        return _latest_checkpoint(argv[1:])
+    if not argv:
+        raise UserError(
+            "slurm needs a config: itwinai-lightning slurm --config run.yaml [--slurm.preset NAME]"
+        )
+    script, config_path, opts = build(argv)
+    print(f"sbatch script: {script}")
+    print(f"job config:    {config_path}")
+    if opts.get("test_only"):
+        print(_sbatch(script, test_only=True))
+    if opts.get("submit"):
+        job_id = _sbatch(script, test_only=False)
+        print(f"submitted job {job_id}")
+    return 0

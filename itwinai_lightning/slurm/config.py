@@ -1,0 +1,119 @@
+"""Resolve the run's LightningCLI config (without building a Trainer) and adapt it for the job.
+
+The job must run exactly what the user asked for: the config is parsed by the same LightningCLI that
+``fit`` uses, and its full dump (every default filled in, ``seed_everything`` fixed) is what the job
+script runs. Nothing is instantiated, so rendering a GPU job works on a login node without GPUs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from itwinai_lightning.errors import UserError
+
+REQUEUE_CALLBACK = "itwinai_lightning.slurm.requeue.SlurmRequeue"
+GPU_ACCELERATORS = ("gpu", "cuda", "rocm", "auto")
+
+
+def resolve_lightning_config(lightning_argv: Sequence[str]) -> dict[str, Any]:
+    """Parse ``fit <lightning_argv>`` with the project's LightningCLI and return the resolved config."""
+    from itwinai_lightning.cli import _cli_class, _register_short_names
+
+    _register_short_names()
+
+    class _ParseOnly(_cli_class()):  # type: ignore[misc]
+        """Parses and validates like ``fit`` but builds and runs nothing."""
+
+        def instantiate_classes(self) -> None:
+            return None
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            return None
+
+    cli = _ParseOnly(args=["fit", *lightning_argv], run=True)
+    parser = cli._parser("fit")
+    text = parser.dump(cli.config["fit"], skip_none=False, skip_check=True)
+    return yaml.safe_load(text) or {}
+
+
+def devices_per_node(config: dict[str, Any], gpus_per_node: int) -> int:
+    """How many ranks each node runs, from ``trainer.devices`` (and the preset for ``auto``)."""
+    trainer = config.get("trainer") or {}
+    devices = trainer.get("devices", "auto")
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if isinstance(devices, list):
+        return len(devices)
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if accelerator in GPU_ACCELERATORS and gpus_per_node > 0:
+        return gpus_per_node
+    if accelerator == "cpu" and devices in ("auto", None):
+        return 1
+    raise UserError(
+        f"trainer.devices is {devices!r}: set it to the number of devices per node "
+        "(e.g. --trainer.devices 4) so the job knows how many tasks to start per node"
+    )
+
+
+def uses_horovod(config: dict[str, Any]) -> bool:
+    strategy = (config.get("trainer") or {}).get("strategy")
+    text = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy or "")
+    return "horovod" in text.lower()
+
+
+def adapt_for_job(
+    config: dict[str, Any],
+    *,
+    num_nodes: int,
+    devices: int,
+    run_dir: Path,
+    requeue: bool,
+    signal_name: str,
+    check_every_n_steps: int,
+) -> dict[str, Any]:
+    """Set nodes/devices/run dir and add the requeue callback (once) to the resolved config."""
+    out = dict(config)
+    trainer = dict(out.get("trainer") or {})
+    trainer["num_nodes"] = num_nodes
+    if not isinstance(trainer.get("devices"), list):
+        trainer["devices"] = devices
+    trainer["default_root_dir"] = str(run_dir)
+    callbacks = list(trainer.get("callbacks") or [])
+    callbacks = [c for c in callbacks if not _is_requeue(c)]
+    if requeue:
+        callbacks.append(
+            {
+                "class_path": REQUEUE_CALLBACK,
+                "init_args": {"signal": signal_name, "check_every_n_steps": check_every_n_steps},
+            }
+        )
+    trainer["callbacks"] = callbacks or None
+    out["trainer"] = trainer
+    return out
+
+
+def _is_requeue(callback: Any) -> bool:
+    return isinstance(callback, dict) and callback.get("class_path") == REQUEUE_CALLBACK
+
+
+def run_dir_of(config: dict[str, Any], job_name: str) -> Path:
+    """Absolute run directory: ``trainer.default_root_dir``, else ``runs/<job name>`` (from here)."""
+    root = (config.get("trainer") or {}).get("default_root_dir")
+    return Path(root or Path("runs") / job_name).expanduser().resolve()
+
+
+def save_config(config: dict[str, Any], path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the job's config (owner-readable only: it may hold credentials the run needs)."""
+    data = dict(config)
+    if extra:
+        data.update(extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.chmod(0o600)
+    return path

@@ -1,0 +1,200 @@
+"""Preemption-safe checkpoint + requeue for SLURM jobs, without Lightning's signal-handler checkpointing.
+
+The signal handler only sets a flag. At the next safe point (the end of a training batch) all ranks
+agree (one tiny all-reduce) that a stop was asked for, save one checkpoint together, and leave; then the
+job is requeued and the next start resumes from that checkpoint (the job script passes the newest
+checkpoint in the run dir as ``--ckpt_path``; see :mod:`itwinai_lightning.slurm.resume`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal as _signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from typing_extensions import override
+
+from itwinai_lightning import records
+from itwinai_lightning.slurm.resume import PARTIAL_SUFFIX
+
+#: Exit status of ranks that stopped to be requeued (EX_TEMPFAIL: "try again later").
+EXIT_REQUEUE = 75
+FLAG_ENV = "ITWINAI_REQUEUE_FLAG"
+
+
+class RequeueExit(SystemExit):
+    """Raised on every rank after the requeue checkpoint is saved; the process exits with EXIT_REQUEUE."""
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_REQUEUE)
+
+
+def _job_end_time(job_id: str | None) -> float | None:
+    """The job's end (time limit) as a UNIX time, from SLURM_JOB_END_TIME or squeue; None if unknown."""
+    value = os.environ.get("SLURM_JOB_END_TIME")
+    if value and value.isdigit():
+        return float(value)
+    if not job_id or shutil.which("squeue") is None:
+        return None
+    try:
+        args = ["squeue", "-h", "-j", job_id, "-o", "%e"]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        return datetime.fromisoformat(out).timestamp()
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+class SlurmRequeue(Callback):
+    """On ``signal`` (``--signal=USR1@N``, ``scancel --signal=USR1``) or near the time limit: save, requeue.
+
+    ============================  =====================================================================
+    Written                       What
+    ============================  =====================================================================
+    ``<run_dir>/checkpoints/``    ``requeue.ckpt``: full training state at the end of a training batch
+    ``requeue.ckpt``              (written as ``.partial`` and renamed, so a resume never sees half a file)
+    ``<run_dir>/.requeue``        JSON request for the job script (when ``ITWINAI_REQUEUE_FLAG`` names it):
+                                  job id, restart count, reason, epoch, global step, checkpoint path
+    RunRecord section ``slurm``   ``requeues``: list of those requests; ``resumes``: list of
+                                  ``{restart, checkpoint, epoch, global_step}`` (epoch/step at resume)
+    ============================  =====================================================================
+
+    Args:
+        signal: signal name that asks for checkpoint + requeue (``USR1``, ``SIGUSR2``, ...).
+        check_every_n_steps: how often the ranks agree on stopping (one all-reduce of one value).
+        time_limit_margin_s: also stop when the job's time limit is this close (seconds); None: signal only.
+        requeue: who requeues: ``"auto"`` (the job script if ``ITWINAI_REQUEUE_FLAG`` is set, else this
+            callback on rank 0), ``"script"``, ``"self"`` (``scontrol requeue $SLURM_JOB_ID``) or ``"none"``.
+
+    Lightning's own SLURM auto-requeue is switched off while this callback is active.
+    """
+
+    def __init__(
+        self,
+        signal: str = "USR1",
+        check_every_n_steps: int = 1,
+        time_limit_margin_s: float | None = None,
+        requeue: str = "auto",
+    ) -> None:
+        name = signal.upper() if signal.upper().startswith("SIG") else f"SIG{signal.upper()}"
+        if not hasattr(_signal, name):
+            raise ValueError(f"SlurmRequeue: unknown signal {signal!r}")
+        if requeue not in ("auto", "script", "self", "none"):
+            raise ValueError(f"SlurmRequeue: requeue must be auto|script|self|none, not {requeue!r}")
+        self.signum = getattr(_signal, name)
+        self.check_every_n_steps = max(1, int(check_every_n_steps))
+        self.time_limit_margin_s = time_limit_margin_s
+        self.requeue = requeue
+        self._requested = False
+        self._reason = "signal"
+        self._previous: Any = None
+        self._deadline: float | None = None
+
+    # ----------------------------------------------------------------- signal handling (flag only)
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._requested = True
+        self._reason = _signal.Signals(signum).name
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        for env in (getattr(trainer.strategy, "cluster_environment", None), _connector_env(trainer)):
+            if env is not None and hasattr(env, "auto_requeue"):
+                env.auto_requeue = False  # ours replaces Lightning's signal-handler checkpointing
+        self._previous = _signal.signal(self.signum, self._on_signal)
+        if self.time_limit_margin_s is not None and trainer.global_rank == 0:
+            end = _job_end_time(os.environ.get("SLURM_JOB_ID"))
+            self._deadline = None if end is None else end - float(self.time_limit_margin_s)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self._previous is not None:
+            _signal.signal(self.signum, self._previous)
+            self._previous = None
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path:  # the training state is restored by now: record where we resume
+            self._append(
+                trainer,
+                "resumes",
+                {
+                    "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+                    "job_id": os.environ.get("SLURM_JOB_ID"),
+                    "checkpoint": str(trainer.ckpt_path),
+                    "epoch": int(trainer.current_epoch),
+                    "global_step": int(trainer.global_step),
+                },
+            )
+
+    # ----------------------------------------------------------------- the safe point
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step % self.check_every_n_steps != 0 and not self._requested:
+            return
+        local = self._requested
+        if self._deadline is not None and time.time() >= self._deadline:
+            local, self._reason = True, "time_limit"
+        if not trainer.strategy.reduce_boolean_decision(local, all=False):
+            return
+        path = self._save(trainer)
+        request = {
+            "job_id": os.environ.get("SLURM_JOB_ID"),
+            "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+            "reason": self._reason if local else "peer",
+            "epoch": int(trainer.current_epoch),
+            "global_step": int(trainer.global_step),
+            "checkpoint": str(path),
+            "time": time.time(),
+        }
+        self._append(trainer, "requeues", request)
+        if trainer.global_rank == 0:
+            self._request_requeue(request)
+        trainer.strategy.barrier("SlurmRequeue.requeue")
+        step = trainer.global_step
+        rank_zero_info(f"SlurmRequeue: checkpoint {path} saved at step {step}; stopping for requeue")
+        raise RequeueExit()
+
+    def _save(self, trainer: pl.Trainer) -> Path:
+        final = records.run_dir_of(trainer) / "checkpoints" / "requeue.ckpt"
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        trainer.save_checkpoint(partial)  # every rank takes part (sharded strategies need it)
+        trainer.strategy.barrier("SlurmRequeue.save")
+        if trainer.global_rank == 0:
+            if final.is_dir():
+                shutil.rmtree(final)
+            os.replace(partial, final)
+        trainer.strategy.barrier("SlurmRequeue.rename")
+        return final
+
+    def _request_requeue(self, request: dict[str, Any]) -> None:
+        flag = os.environ.get(FLAG_ENV)
+        mode = self.requeue if self.requeue != "auto" else ("script" if flag else "self")
+        if mode == "script" and flag:
+            Path(flag).write_text(json.dumps(request))
+        elif mode == "self" and request["job_id"]:
+            # the ranks are about to exit; the checkpoint is complete on disk before SLURM sends SIGTERM
+            subprocess.run(["scontrol", "requeue", str(request["job_id"])], check=False, timeout=30)
+
+    def _append(self, trainer: pl.Trainer, key: str, entry: dict[str, Any]) -> None:
+        if trainer.global_rank != 0:
+            return
+        record = records.load_or_new(records.run_dir_of(trainer))
+        existing = list(record.get("sections", {}).get("slurm", {}).get(key, []))
+        records.contribute(trainer, section="slurm", section_values={key: [*existing, entry]})
+
+
+def _connector_env(trainer: pl.Trainer) -> Any:
+    connector = getattr(trainer, "_accelerator_connector", None)
+    return getattr(connector, "cluster_environment", None) if connector is not None else None

@@ -1,0 +1,41 @@
+"""Find the checkpoint a (re)started job resumes from: the newest ``*.ckpt`` under the run directory.
+
+Kept free of torch/Lightning imports: the job script calls it before launching the ranks
+(``python -m itwinai_lightning slurm latest-checkpoint RUN_DIR``) and passes the result as ``--ckpt_path``.
+No checkpoint (first start) prints nothing, and the run starts from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Suffix of checkpoints being written; never resumed from.
+PARTIAL_SUFFIX = ".partial"
+
+
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The most recently modified ``*.ckpt`` (file, or DeepSpeed directory) below ``run_dir``, or None.
+
+    Every checkpoint under a run directory belongs to that run (epoch-end ``last.ckpt``, top-k, and the
+    requeue checkpoint), so the newest one is the furthest the run got. Half-written files (``.partial``)
+    and empty files are skipped.
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        return None
+    best: tuple[float, str] | None = None
+    for path in root.rglob("*.ckpt"):
+        if path.is_file() and path.stat().st_size == 0:
+            continue
+        if path.is_dir() and not any(path.iterdir()):
+            continue
+        if any(part.endswith(PARTIAL_SUFFIX) for part in path.parts):
+            continue
+        # within a DeepSpeed checkpoint directory, only the directory itself counts
+        if any(parent.suffix == ".ckpt" for parent in path.relative_to(root).parents if parent != Path(".")):
+            continue
+        key = (path.stat().st_mtime, str(path))
+        if best is None or key > best:
+            best = key
+    return Path(best[1]) if best else None

@@ -1,0 +1,194 @@
+"""Render an sbatch script from :class:`SlurmOptions` (preset + config) and the saved run config.
+
+The script has four parts, all from data (no site-specific shell functions):
+
+1. ``#SBATCH`` directives: nodes, tasks and GPUs per node, CPUs per task, time, partition, account,
+   output paths, the preemption signal (``--signal=USR1@N``, delivered to the job *steps*, i.e. to every
+   training rank) and ``--requeue``, plus any extra directives of the preset/config;
+2. environment set-up: ``module`` lines, a venv or conda environment, exported variables, extra lines;
+3. resume: the newest checkpoint in the run dir (if any) becomes ``--ckpt_path``;
+4. launch: ``srun`` (DDP, DeepSpeed, Horovod), ``srun`` + torchrun per node, or a Ray cluster for ``tune``;
+   then, when the run left a requeue request, ``scontrol requeue $SLURM_JOB_ID`` from the batch shell.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from itwinai_lightning.slurm.options import SlurmOptions
+
+#: Environment variable through which the script tells the requeue callback where to leave its request.
+REQUEUE_FLAG_ENV = "ITWINAI_REQUEUE_FLAG"
+REQUEUE_FLAG_NAME = ".requeue"
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """Where the job's files live and how many ranks it runs."""
+
+    run_dir: Path
+    job_dir: Path
+    config_path: Path
+    devices_per_node: int
+    tasks_per_node: int
+    cpus_per_task: int
+    gpus_per_node: int
+    horovod: bool = False
+
+
+def _q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _directives(opts: SlurmOptions, job: JobLayout, job_name: str) -> list[str]:
+    d: dict[str, object | None] = {
+        "job-name": job_name,
+        "nodes": opts.nodes,
+        "ntasks-per-node": job.tasks_per_node,
+        "cpus-per-task": job.cpus_per_task,
+    }
+    if job.gpus_per_node > 0:
+        d["gpus-per-node"] = job.gpus_per_node
+    d["time"] = opts.time
+    if opts.partition:
+        d["partition"] = opts.partition
+    if opts.account:
+        d["account"] = opts.account
+    d["output"] = job.job_dir / "%x-%j.out"
+    d["error"] = job.job_dir / "%x-%j.err"
+    d["open-mode"] = "append"  # a requeued job appends to the same files
+    if opts.requeue:
+        d["signal"] = f"{opts.signal}@{opts.signal_seconds}"
+        d["requeue"] = None
+    for key, value in (opts.sbatch or {}).items():
+        d[str(key).lstrip("-").replace("_", "-")] = value
+    lines = []
+    for key, value in d.items():
+        lines.append(f"#SBATCH --{key}" if value is None else f"#SBATCH --{key}={value}")
+    return lines
+
+
+def _environment(opts: SlurmOptions) -> list[str]:
+    lines = ["# --- environment (preset + config)"]
+    if opts.module_purge:
+        lines.append("module purge")
+    if opts.modules:
+        lines.append("module load " + " ".join(_q(m) for m in opts.modules))
+    if opts.venv:
+        lines.append(f"source {_q(Path(opts.venv).expanduser() / 'bin' / 'activate')}")
+    if opts.conda:
+        lines.append('eval "$(conda shell.bash hook)"')
+        lines.append(f"conda activate {_q(opts.conda)}")
+    for key, value in (opts.env or {}).items():
+        # values may use shell variables (${SLURM_JOB_ID}): double quotes keep them expanding
+        text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+        lines.append(f'export {key}="{text}"')
+    lines.append('export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"')
+    lines.extend(str(line) for line in opts.setup or [])
+    container = opts.container or {}
+    if container.get("image"):
+        parts = [str(container.get("runtime") or "apptainer"), "exec"]
+        if container.get("gpu_flag") and opts.gpus_per_node > 0:
+            parts.append(str(container["gpu_flag"]))
+        for bind in container.get("binds") or []:
+            parts += ["--bind", str(bind)]
+        parts += [str(a) for a in container.get("args") or []]
+        parts.append(str(container["image"]))
+        lines.append("CONTAINER=(" + " ".join(_q(p) for p in parts) + ")")
+    else:
+        lines.append("CONTAINER=()")
+    lines.append(f'PY=("${{CONTAINER[@]}}" {_q(opts.python)})')
+    return lines
+
+
+def _srun(opts: SlurmOptions, job: JobLayout, tasks_per_node: int) -> str:
+    parts = ["srun", f"--nodes={opts.nodes}", f"--ntasks-per-node={tasks_per_node}"]
+    parts.append(f"--cpus-per-task={job.cpus_per_task}")
+    if job.horovod and opts.mpi:
+        parts.append(f"--mpi={opts.mpi}")
+    parts += [str(a) for a in opts.srun_args or []]
+    return " ".join(_q(p) for p in parts)
+
+
+def _launch_fit(opts: SlurmOptions, job: JobLayout) -> list[str]:
+    flag = job.run_dir / REQUEUE_FLAG_NAME
+    lines = [
+        "# --- resume: the newest checkpoint in the run dir; none on the first start",
+        f"RUN_DIR={_q(job.run_dir)}",
+        f"CONFIG={_q(job.config_path)}",
+        f"export {REQUEUE_FLAG_ENV}={_q(flag)}",
+        f'rm -f "${REQUEUE_FLAG_ENV}"',
+        'CKPT="$("${PY[@]}" -m itwinai_lightning slurm latest-checkpoint "$RUN_DIR")"',
+        "RESUME=()",
+        'if [ -n "$CKPT" ]; then RESUME=(--ckpt_path "$CKPT"); fi',
+        'echo "itwinai-lightning: job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}'
+        ' on ${SLURM_JOB_NODELIST}; resume from: ${CKPT:-<none>}"',
+        "",
+        f"# --- launch ({opts.launcher})",
+    ]
+    fit = '-m itwinai_lightning fit --config "$CONFIG" "${RESUME[@]}"'
+    if opts.launcher == "torchrun":
+        lines += [
+            'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+            f'{_srun(opts, job, 1)} "${{PY[@]}}" -m torch.distributed.run --nnodes="$SLURM_JOB_NUM_NODES" '
+            f"--nproc-per-node={job.devices_per_node} --rdzv-backend=c10d "
+            f'--rdzv-endpoint="$MASTER_ADDR:{opts.master_port}" --rdzv-id="$SLURM_JOB_ID" {fit}',
+        ]
+    else:
+        lines.append(f'{_srun(opts, job, job.tasks_per_node)} "${{PY[@]}}" {fit}')
+    lines += [
+        "STATUS=$?",
+        "",
+        "# --- requeue: the run saved a checkpoint at a safe point and asked for it (preemption/time limit)",
+        f'if [ -f "${REQUEUE_FLAG_ENV}" ]; then',
+        '  echo "itwinai-lightning: checkpoint saved; requeueing job ${SLURM_JOB_ID}"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "  exit 0",
+        "fi",
+        'exit "$STATUS"',
+    ]
+    return lines
+
+
+def _launch_ray(opts: SlurmOptions, job: JobLayout) -> list[str]:
+    gpus = job.gpus_per_node
+    cpus = job.cpus_per_task
+    port = opts.ray_port
+    return [
+        "# --- a Ray cluster inside the allocation: head on the first node, one worker per other node",
+        f"CONFIG={_q(job.config_path)}",
+        'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+        'HEAD="${NODES[0]}"',
+        'HEAD_IP="$(srun --nodes=1 --ntasks=1 -w "$HEAD" hostname --ip-address | awk \'{print $1}\')"',
+        f'export RAY_ADDRESS="$HEAD_IP:{port}"',
+        f'srun --nodes=1 --ntasks=1 -w "$HEAD" "${{CONTAINER[@]}}" ray start --head '
+        f'--node-ip-address="$HEAD_IP" --port={port} --num-cpus={cpus} --num-gpus={gpus} --block &',
+        'for _ in $(seq 60); do "${CONTAINER[@]}" ray status --address "$RAY_ADDRESS" >/dev/null 2>&1'
+        " && break; sleep 2; done",
+        'for NODE in "${NODES[@]:1}"; do',
+        f'  srun --nodes=1 --ntasks=1 -w "$NODE" "${{CONTAINER[@]}}" ray start --address "$RAY_ADDRESS" '
+        f"--num-cpus={cpus} --num-gpus={gpus} --block &",
+        "done",
+        "sleep 5",
+        "",
+        "# --- launch (ray): the tune driver runs on the head node and uses the whole allocation",
+        '"${PY[@]}" -m itwinai_lightning tune --config "$CONFIG"',
+        "STATUS=$?",
+        '"${CONTAINER[@]}" ray stop --force >/dev/null 2>&1 || true',
+        'exit "$STATUS"',
+    ]
+
+
+def render(opts: SlurmOptions, job: JobLayout, job_name: str, source: str = "") -> str:
+    """The sbatch script text."""
+    header = [
+        "#!/bin/bash",
+        f"# Generated by 'itwinai-lightning slurm' (preset: {opts.preset})"
+        + (f" from {source}." if source else "."),
+        f"# Runs: {opts.command} --config {job.config_path}",
+    ]
+    body = _launch_ray(opts, job) if opts.launcher == "ray" else _launch_fit(opts, job)
+    parts = [*header, *_directives(opts, job, job_name), "", *_environment(opts), "", *body]
+    return "\n".join(parts) + "\n"
