@@ -1,0 +1,224 @@
+"""PySpyProfiler: py-spy flame graphs per rank for a window of steps or epochs, plus a hotspot summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from itwinai_lightning import records
+from itwinai_lightning.profiling import hotspots, stacks
+from itwinai_lightning.profiling.gather import all_gather_object
+from itwinai_lightning.profiling.recorder import PySpyRecorder
+
+SUBDIR = Path("profiling") / "pyspy"
+
+
+class PySpyUnavailableWarning(UserWarning):
+    """py-spy could not attach (no ptrace permission, not installed...): the run goes on without it."""
+
+
+class PySpyProfiler(Callback):
+    """Attach ``py-spy record`` to every rank (and its DataLoader workers) for a window of the training.
+
+    The window is ``num_steps`` training batches from batch ``start_step`` (counted from the start of
+    ``fit``), or, when ``epochs`` is given, the training epochs from ``min(epochs)`` to ``max(epochs)``
+    (validation inside them included).
+    Sampling runs at ``rate_hz`` samples per second. Written per rank under ``<run_dir>/profiling/pyspy/``:
+
+    ==============================  ==========================================================
+    file                            content
+    ==============================  ==========================================================
+    ``rank<N>.raw.txt``             py-spy's collapsed stacks as recorded (may include other ranks)
+    ``rank<N>.collapsed.txt``       collapsed stacks of this rank and its DataLoader workers
+    ``rank<N>.speedscope.json``     the same for https://www.speedscope.app
+    ``rank<N>.svg``                 flame graph
+    ``rank<N>.summary.json``        per-rank sample counts per category
+    ``hotspots.md`` / ``.json``     merged summary with top functions and remedies (global rank 0)
+    ==============================  ==========================================================
+
+    Logged to the trainer's loggers at the end of the window (global rank 0), all fractions (0..1) of
+    the classified samples: ``pyspy/<category>_frac`` for each category of
+    :data:`itwinai_lightning.profiling.hotspots.CATEGORIES`. RunRecord section ``"pyspy"``:
+    ``categories`` (fractions), ``counts`` (samples), ``per_rank``, ``groups``, ``bottleneck``,
+    ``remedies``, ``top_functions``, ``rate_hz`` (Hz), ``files``, ``errors`` (per rank).
+
+    If py-spy cannot attach (e.g. a container without ``SYS_PTRACE``), one
+    :class:`PySpyUnavailableWarning` per process says why and how to fix it; training continues.
+    """
+
+    def __init__(
+        self,
+        rate_hz: int = 100,
+        start_step: int = 5,
+        num_steps: int | None = 50,
+        epochs: list[int] | None = None,
+        subprocesses: bool = True,
+        native: bool = False,
+        nonblocking: bool = False,
+        idle: bool = True,
+        executable: str = "py-spy",
+        top_functions: int = 5,
+    ) -> None:
+        super().__init__()
+        if rate_hz <= 0:
+            raise ValueError(f"PySpyProfiler rate_hz must be > 0, got {rate_hz}")
+        if start_step < 0 or (num_steps is not None and num_steps <= 0):
+            raise ValueError("PySpyProfiler needs start_step >= 0 and num_steps > 0 (or null: to the end)")
+        self.rate_hz = rate_hz
+        self.start_step = start_step
+        self.num_steps = num_steps
+        self.epochs = sorted(set(epochs)) if epochs else None
+        self.subprocesses = subprocesses
+        self.native = native
+        self.nonblocking = nonblocking
+        self.idle = idle
+        self.executable = executable
+        self.top_functions = top_functions
+        self._batches = 0
+        self._recorder: PySpyRecorder | None = None
+        self._other_pids: list[int] = []
+        self._error: str | None = None
+        self._done = False
+        self.summary: dict[str, Any] | None = None  # merged summary (global rank 0), for callers
+
+    # ---------------------------------------------------------------- window
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        window = self.epochs is not None and self.epochs[0] <= trainer.current_epoch <= self.epochs[-1]
+        if window and not self._active and not self._done:
+            self._start(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.epochs is not None and self._active and trainer.current_epoch >= self.epochs[-1]:
+            self._stop(trainer)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.epochs is None and not self._active and not self._done and self._batches == self.start_step:
+            self._start(trainer)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._batches += 1
+        if (
+            self.epochs is None
+            and self._active
+            and self.num_steps is not None
+            and self._batches >= self.start_step + self.num_steps
+        ):
+            self._stop(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._active:
+            self._stop(trainer)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if self._recorder is not None:
+            self._stop(trainer, gather=False)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._recorder is not None:
+            self._recorder.kill()
+            self._recorder = None
+
+    @property
+    def _active(self) -> bool:
+        return self._recorder is not None or (self._error is not None and not self._done)
+
+    # ---------------------------------------------------------------- start / stop
+    def _out_dir(self, trainer: pl.Trainer) -> Path:
+        return records.run_dir_of(trainer) / SUBDIR
+
+    def _start(self, trainer: pl.Trainer) -> None:
+        out = self._out_dir(trainer)
+        me = [os.getpid(), platform.node()]
+        everyone = all_gather_object(trainer, me, out / ".pids") or [me]
+        self._other_pids = [int(p) for p, host in everyone if host == me[1] and int(p) != me[0]]
+        rank = trainer.global_rank
+        self._recorder = PySpyRecorder(
+            os.getpid(),
+            out / f"rank{rank}.raw.txt",
+            rate_hz=self.rate_hz,
+            subprocesses=self.subprocesses,
+            native=self.native,
+            nonblocking=self.nonblocking,
+            idle=self.idle,
+            executable=self.executable,
+        )
+        self._error = self._recorder.start()
+        if self._error is not None:
+            self._recorder = None
+            warnings.warn(
+                f"PySpyProfiler (rank {rank}): {self._error}", PySpyUnavailableWarning, stacklevel=2
+            )
+
+    def _stop(self, trainer: pl.Trainer, gather: bool = True) -> None:
+        rank = trainer.global_rank
+        out = self._out_dir(trainer)
+        text = self._recorder.stop() if self._recorder is not None else None
+        self._recorder = None
+        self._done = True
+        per_rank: dict[str, Any] = {"rank": rank, "error": self._error}
+        if text is not None:
+            samples = stacks.filter_own(stacks.parse_collapsed(text), self._other_pids)
+            stacks.write_collapsed(samples, out / f"rank{rank}.collapsed.txt")
+            stacks.write_speedscope(samples, out / f"rank{rank}.speedscope.json", f"rank {rank}")
+            stacks.write_svg(samples, out / f"rank{rank}.svg", f"py-spy rank {rank}")
+            per_rank.update(hotspots.summarize_rank(samples, self.top_functions))
+        elif self._error is None:
+            per_rank["error"] = "py-spy wrote no output"
+        (out / f"rank{rank}.summary.json").parent.mkdir(parents=True, exist_ok=True)
+        (out / f"rank{rank}.summary.json").write_text(json.dumps(per_rank, indent=1))
+        if not gather:
+            return
+        gathered = all_gather_object(trainer, per_rank, out / ".summaries")
+        if gathered is None or trainer.global_rank != 0:
+            return
+        self.summary = build_report(out, gathered, self.top_functions, rate_hz=self.rate_hz)
+        records.contribute(trainer, section="pyspy", section_values=self.summary)
+        metrics = {f"pyspy/{cat}_frac": float(v) for cat, v in self.summary["categories"].items()}
+        if self.summary["samples"]:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.save()
+
+
+def build_report(
+    out: Path, per_rank: list[dict[str, Any] | None], top: int = 5, rate_hz: int | None = None
+) -> dict[str, Any]:
+    """Merge per-rank summaries and write ``hotspots.md`` and ``hotspots.json`` into ``out``."""
+    ok = {int(s["rank"]): s for s in per_rank if s and "counts" in s}
+    summary = hotspots.merge(ok, top)
+    summary["errors"] = {str(s["rank"]): s["error"] for s in per_rank if s and s.get("error")}
+    summary["rate_hz"] = rate_hz
+    summary["files"] = {
+        str(r): {
+            kind: str(SUBDIR / f"rank{r}.{kind}") for kind in ("collapsed.txt", "speedscope.json", "svg")
+        }
+        for r in ok
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hotspots.json").write_text(json.dumps(summary, indent=1))
+    text = hotspots.to_markdown(summary)
+    if summary["errors"]:
+        text += "\n## Errors\n\n" + "\n".join(f"- rank {r}: {e}" for r, e in summary["errors"].items()) + "\n"
+    (out / "hotspots.md").write_text(text)
+    return summary
