@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from itwinai_lightning.errors import UserError, exit_with_error
@@ -22,13 +24,18 @@ from itwinai_lightning.errors import UserError, exit_with_error
 if TYPE_CHECKING:
     from lightning.pytorch.cli import LightningCLI
 
+CONFIG_FLAGS = ("--config", "-c")
+
 #: Subcommands outside LightningCLI: name -> (module exposing ``main(argv) -> int``, one-line help).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("itwinai_lightning.tune.cli", "Ray Tune hyper-parameter search over any config"),
     "benchmark": ("itwinai_lightning.benchmark.cli", "scaling grid over strategies x workers, with a report"),
     "slurm": ("itwinai_lightning.slurm.cli", "render (and submit) an sbatch script for a config"),
     "env": ("itwinai_lightning.envinfo", "what this node looks like: launcher, ranks, devices, versions"),
-    "logs": ("itwinai_lightning.loggers.cli", "tracking spools: 'logs replay RUN_DIR' re-sends spooled records"),
+    "logs": (
+        "itwinai_lightning.loggers.cli",
+        "tracking spools: 'logs replay RUN_DIR' re-sends spooled data",
+    ),
     "profile": ("itwinai_lightning.profiling.cli", "'profile report RUN_DIR' rebuilds the hotspot summary"),
 }
 LIGHTNING_COMMANDS: dict[str, str] = {
@@ -59,7 +66,11 @@ def _overview() -> str:
 
 def _register_short_names() -> None:
     """Import (cheaply) what makes ``hpc_ddp``, ``GPUMonitor``, ``MultiLogger`` ... resolvable by name."""
-    for module in ("itwinai_lightning.strategies", "itwinai_lightning.callbacks", "itwinai_lightning.loggers"):
+    for module in (
+        "itwinai_lightning.strategies",
+        "itwinai_lightning.callbacks",
+        "itwinai_lightning.loggers",
+    ):
         importlib.import_module(module)
 
 
@@ -103,7 +114,92 @@ def _cli_class() -> type[LightningCLI]:
             kwargs.setdefault("auto_configure_optimizers", True)
             super().__init__(*args, **kwargs)
 
+        def instantiate_classes(self) -> None:
+            # jsonargparse wraps a constructor's UserError in a generic "does not validate" ValueError
+            with _capture_user_errors() as raised:
+                try:
+                    super().instantiate_classes()
+                except (ValueError, TypeError) as err:
+                    match = next((e for e in reversed(raised) if str(e) and str(e) in str(err)), None)
+                    if match is not None:
+                        raise match from err
+                    raise
+
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+            try:
+                return super().instantiate_trainer(**kwargs)
+            except (MisconfigurationException, ValueError) as err:  # Lightning's checks of Trainer arguments
+                raise UserError(_trainer_error(err)) from err
+
     return ItwinaiCLI
+
+
+@contextmanager
+def _capture_user_errors() -> Iterator[list[UserError]]:
+    """Collect every UserError constructed inside the block (also those a library later wraps or swallows)."""
+    raised: list[UserError] = []
+    original = UserError.__init__
+
+    def remember(self: UserError, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        raised.append(self)
+
+    UserError.__init__ = remember  # type: ignore[method-assign]
+    try:
+        yield raised
+    finally:
+        UserError.__init__ = original  # type: ignore[method-assign]
+
+
+def _trainer_error(err: Exception) -> str:
+    """One line for a Trainer argument Lightning rejected (+ this package's strategy names if relevant)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "invalid strategy name" in text:
+        from itwinai_lightning.strategies import SHORT_NAMES
+
+        text = text.split(" Find a complete list")[0]
+        text += f" This package adds: {', '.join(SHORT_NAMES)}."
+    return f"trainer: {text}"
+
+
+def _config_paths(args: Sequence[str]) -> list[str]:
+    """The files given with ``--config FILE`` / ``--config=FILE`` / ``-c FILE``."""
+    paths: list[str] = []
+    for i, arg in enumerate(args):
+        if arg in CONFIG_FLAGS and i + 1 < len(args):
+            paths.append(args[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def _precheck_configs(args: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Read every ``--config`` file first, so a missing or malformed file is named in the error."""
+    from itwinai_lightning.sections import load_yaml_file
+
+    return [(path, load_yaml_file(path)) for path in _config_paths(args)]
+
+
+def _name_the_file(message: str, configs: list[tuple[str, dict[str, Any]]]) -> str:
+    """Append ``(in FILE)`` to an unknown-key error when one of the config files holds that key."""
+    value = re.search(r"class_path '([^']+)'", message)
+    if value is not None:
+        for path, data in reversed(configs):
+            if _holds_value(data, value.group(1)):
+                return f"{message} (in {path})"
+        return message
+    match = re.search(r"does not accept (?:option|nested key)s? '([^']+)'", message)
+    if match is None:
+        return message
+    for path, data in reversed(configs):
+        node: Any = data
+        for part in match.group(1).split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return f"{message} (in {path})"
+    return message
 
 
 def run_lightning_cli(
@@ -136,8 +232,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args[0] not in LIGHTNING_COMMANDS and not args[0].startswith("-"):
             known = ", ".join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])
             raise UserError(f"unknown command {args[0]!r}; choose one of: {known}")
-        run_lightning_cli(args, from_sys_argv=argv is None)
+        configs = _precheck_configs(args)
+        try:
+            run_lightning_cli(args, from_sys_argv=argv is None)
+        except UserError as err:
+            raise UserError(_name_the_file(str(err), configs)) from err
     except UserError as err:
         if os.environ.get("ITWINAI_DEBUG"):
             raise
         exit_with_error(str(err))
+
+
+def _holds_value(node: Any, value: str) -> bool:
+    if isinstance(node, dict):
+        return any(_holds_value(v, value) for v in node.values())
+    if isinstance(node, list):
+        return any(_holds_value(v, value) for v in node)
+    return node == value

@@ -9,7 +9,8 @@ an allocation):
                      PMIx (``PMIX_RANK``)
 4. ``srun``       -- a SLURM job *step* (``SLURM_STEP_ID`` and ``SLURM_PROCID``), not the batch script itself
 5. ``ray``        -- a Ray Train worker (``RAY_TRAIN_WORKER`` set by our Ray strategy / ``ray.train`` context)
-6. ``local``      -- a plain process; Lightning's own launcher may spawn more ranks later
+6. ``local``      -- a plain process; Lightning's own launcher may spawn more ranks later (those ranks see
+                     ``LOCAL_RANK``/``NODE_RANK``/``WORLD_SIZE`` set by Lightning and report them here)
 
 Nothing here imports torch.distributed, MPI or Ray: reading the environment is enough and cheap.
 """
@@ -144,8 +145,20 @@ def detect(env: Mapping[str, str] | None = None) -> ClusterInfo:
             job_id=job_id,
         )
 
+    # A plain process, or a rank that Lightning's own launcher started (it sets LOCAL_RANK, NODE_RANK and
+    # WORLD_SIZE for the processes it creates; Lightning's LightningEnvironment then takes over).
+    world = _int(env, "WORLD_SIZE", default=1) or 1
+    local_rank = _int(env, "LOCAL_RANK", default=0) or 0
+    local_world = _int(env, "LOCAL_WORLD_SIZE", default=world) or world
+    node_rank = _int(env, "NODE_RANK", "GROUP_RANK", default=0) or 0
     return ClusterInfo(
         launcher="local",
+        rank=_int(env, "RANK", default=node_rank * local_world + local_rank) or 0,
+        local_rank=local_rank,
+        world_size=world,
+        local_world_size=local_world,
+        node_rank=node_rank,
+        num_nodes=max(1, world // max(1, local_world)),
         master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
         master_port=_int(env, "MASTER_PORT"),
         job_id=job_id,

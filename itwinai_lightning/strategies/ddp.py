@@ -20,6 +20,8 @@ from itwinai_lightning.strategies.environment import LauncherEnvironment, make_c
 
 log = logging.getLogger(__name__)
 
+DEFAULT_INIT_TIMEOUT_S = 300.0
+
 #: Fragments of the errors torch.distributed raises when a peer died or stopped answering.
 _PEER_FAILURE = (
     "connection closed by peer",
@@ -59,6 +61,8 @@ class HPCDDPStrategy(DDPStrategy):
 
     Args:
         timeout: collective timeout in seconds (or a ``timedelta``); default 1800 s (torch's default).
+        init_timeout: how long the first rendezvous may wait for all ranks to start; default
+            ``max(timeout, 300 s)``.
         process_group_backend: ``"nccl"``, ``"gloo"``, ... to override the automatic choice.
         cluster_environment: to override detection.
         **kwargs: anything :class:`DDPStrategy` / ``DistributedDataParallel`` accepts
@@ -70,6 +74,7 @@ class HPCDDPStrategy(DDPStrategy):
     def __init__(
         self,
         timeout: float | timedelta | None = 1800.0,
+        init_timeout: float | timedelta | None = None,
         process_group_backend: str | None = None,
         cluster_environment: ClusterEnvironment | None = None,
         **kwargs: Any,
@@ -81,6 +86,24 @@ class HPCDDPStrategy(DDPStrategy):
             timeout=as_timedelta(timeout),
             **kwargs,
         )
+        self._init_timeout = as_timedelta(init_timeout)
+
+    @override
+    def setup_distributed(self) -> None:
+        # Rendezvous waits for the slowest rank to start (imports, a busy node): give it `init_timeout`
+        # (default: the larger of `timeout` and 5 minutes), then bound every collective by `timeout`.
+        collective = self._timeout
+        floor = timedelta(seconds=DEFAULT_INIT_TIMEOUT_S)
+        rendezvous = self._init_timeout or (max(collective, floor) if collective is not None else None)
+        self._timeout = rendezvous
+        try:
+            super().setup_distributed()
+        finally:
+            self._timeout = collective
+        if collective is not None and collective != rendezvous and torch.distributed.is_initialized():
+            set_timeout = getattr(torch.distributed.distributed_c10d, "_set_pg_timeout", None)
+            if set_timeout is not None:
+                set_timeout(collective)
 
     @property
     def timeout_s(self) -> float | None:
