@@ -1,0 +1,132 @@
+"""``itwinai-lightning env``: what this process sees -- launcher, ranks, devices, versions.
+
+A sanity check to run on a new cluster node, alone or under the launcher you mean to use::
+
+    python -m itwinai_lightning env
+    srun -N 2 --ntasks-per-node=4 python -m itwinai_lightning env --json
+
+Every rank prints its own report (prefixed ``[rank R/W]``), or one JSON object per line with ``--json``.
+Optional backends are reported from their installed metadata, never imported, so this stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+from importlib import metadata
+from typing import Any
+
+from itwinai_lightning.errors import UserError
+
+#: distribution name -> what it enables
+BACKENDS: dict[str, str] = {
+    "torch": "core",
+    "lightning": "core",
+    "jsonargparse": "core",
+    "mlflow": "tracking (extra: mlflow)",
+    "wandb": "tracking (extra: wandb)",
+    "yprov4ml": "provenance (extra: prov)",
+    "ray": "tune / ray_ddp (extra: ray)",
+    "deepspeed": "hpc_deepspeed (extra: deepspeed)",
+    "horovod": "horovod (extra: horovod)",
+    "mpi4py": "optional for mpirun",
+    "py-spy": "profiling",
+    "nvidia-ml-py": "GPU monitoring",
+}
+LAUNCHERS = ("srun", "sbatch", "mpirun", "torchrun", "horovodrun", "ray")
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _accelerators() -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": cuda,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "torch_cuda": torch.version.cuda,
+        "torch_hip": getattr(torch.version, "hip", None),
+        "mps_available": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+    }
+    info["nccl_available"] = bool(torch.distributed.is_available() and torch.distributed.is_nccl_available())
+    info["gloo_available"] = bool(torch.distributed.is_available() and torch.distributed.is_gloo_available())
+    return info
+
+
+def collect() -> dict[str, Any]:
+    """Everything ``env`` reports, as a JSON-serialisable dict."""
+    from itwinai_lightning.cluster import default_backend, detect
+    from itwinai_lightning.strategies.environment import make_cluster_environment
+
+    info = detect()
+    accel = _accelerators()
+    try:
+        environment = type(make_cluster_environment(info)).__name__
+    except UserError as err:  # a launch mistake: report it instead of failing the sanity check
+        environment = f"launch error: {err}"
+    return {
+        "cluster": info.as_dict(),
+        "lightning_environment": environment,
+        "backend": default_backend("cuda" if accel["cuda_available"] else "cpu"),
+        "accelerators": accel,
+        "versions": {name: _version(name) for name in BACKENDS},
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "executables": {name: shutil.which(name) for name in LAUNCHERS},
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    """Human-readable report, every line prefixed with ``[rank R/W]``."""
+    c = report["cluster"]
+    a = report["accelerators"]
+    gpus = ", ".join(a["gpus"]) or "none"
+    lines = [
+        f"launcher      {c['launcher']}" + (f" ({c['mpi_flavour']})" if c["mpi_flavour"] else ""),
+        f"rank          {c['rank']} of {c['world_size']} "
+        f"(local {c['local_rank']} of {c['local_world_size']}, node {c['node_rank']} of {c['num_nodes']})",
+        f"master        {c['master_addr']}:{c['master_port'] or '(chosen at start)'}",
+        f"host          {c['hostname']}" + (f"  job {c['job_id']}" if c["job_id"] else ""),
+        f"environment   {report['lightning_environment']}",
+        f"backend       {report['backend']}",
+        f"cpus          {a['cpu_count']} (usable {a['cpu_affinity']}, torch threads {a['torch_threads']})",
+        f"gpus          {gpus}  (CUDA_VISIBLE_DEVICES={a['cuda_visible_devices']})",
+        f"python        {report['python']}  {report['platform']}",
+    ]
+    for name, purpose in BACKENDS.items():
+        version = report["versions"][name] or "not installed"
+        lines.append(f"{name:<13} {version:<16} {purpose}")
+    found = [name for name, path in report["executables"].items() if path]
+    lines.append(f"on PATH       {', '.join(found) or 'no launchers'}")
+    prefix = f"[rank {c['rank']}/{c['world_size']}] "
+    return "\n".join(prefix + line for line in lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="itwinai-lightning env",
+        description="Print the detected launcher, ranks, devices and versions (one report per rank).",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per rank, on one line")
+    known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise UserError(f"env: unknown argument(s) {' '.join(unknown)}; see 'itwinai-lightning env --help'")
+    report = collect()
+    text = json.dumps(report, sort_keys=True) if known.json else render(report)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    return 0
