@@ -7,6 +7,7 @@ script runs. Nothing is instantiated, so rendering a GPU job works on a login no
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ def resolve_lightning_config(lightning_argv: Sequence[str]) -> dict[str, Any]:
         def _run_subcommand(self, subcommand: str) -> None:
             return None
 
-    cli = _ParseOnly(args=["fit", *lightning_argv], run=True)
+    with warnings.catch_warnings():  # args given in-process while sys.argv holds 'slurm ...': intended
+        warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+        cli = _ParseOnly(args=["fit", *lightning_argv], run=True)
     parser = cli._parser("fit")
     text = parser.dump(cli.config["fit"], skip_none=False, skip_check=True)
     return yaml.safe_load(text) or {}

@@ -1,0 +1,120 @@
+"""Real jobs on the one-node SLURM: a 2-task DDP fit, and a preempted job that requeues and resumes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from itwinai_lightning import records
+from tests.slurm.conftest import REPO, STEPS_PER_EPOCH, TINY, python_flag
+
+pytestmark = pytest.mark.slurm
+
+
+def _slurm(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(list(args), env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def _job_fields(env: dict[str, str], job_id: str) -> dict[str, str]:
+    out = _slurm(env, "scontrol", "show", "job", job_id, "-o")
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+
+def _render_and_submit(run_dir: Path, env: dict[str, str], *extra: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "itwinai_lightning", "slurm", *TINY, *python_flag(),
+         "--trainer.default_root_dir", str(run_dir), "--slurm.time", "00:15:00", *extra,
+         "--slurm.submit", "true"],
+        env=env, capture_output=True, text=True, timeout=180, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"submitted job (\d+)", proc.stdout)
+    assert match, proc.stdout
+    return match.group(1)
+
+
+def _val_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, val_loss) from every TensorBoard event file of the run (all attempts)."""
+    points = []
+    for events in run_dir.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if "val_loss" in acc.Tags()["scalars"]:
+            points += [(e.step, e.value) for e in acc.Scalars("val_loss")]
+    return sorted(points)
+
+
+def _wait(slurm_cluster: object, job_id: str, timeout: float = 240) -> str:
+    return slurm_cluster.wait_job(job_id, timeout=timeout)  # type: ignore[attr-defined]
+
+
+def test_two_task_ddp_fit_job(tmp_path: Path, slurm_env: dict[str, str], slurm_cluster: object) -> None:
+    run_dir = tmp_path / "run"
+    job_id = _render_and_submit(run_dir, slurm_env, "--trainer.max_epochs", "2")
+    assert _wait(slurm_cluster, job_id) == "COMPLETED", (run_dir / "slurm").glob("*.err")
+    fields = _job_fields(slurm_env, job_id)
+    assert fields["ExitCode"] == "0:0" and fields["Restarts"] == "0" and fields["NumTasks"] == "2"
+
+    out = (run_dir / "slurm" / f"itwinai-fit-{job_id}.out").read_text()
+    assert f"job {job_id} restart 0" in out and "resume from: <none>" in out
+    record = records.load(run_dir)
+    assert (record["world_size"], record["num_nodes"], record["launcher"]) == (2, 1, "srun")
+    assert record["config"]["trainer"]["max_epochs"] == 2
+    last = next(run_dir.rglob("last.ckpt"))
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2 * STEPS_PER_EPOCH
+    assert [s for s, _ in _val_losses(run_dir)] == [STEPS_PER_EPOCH - 1, 2 * STEPS_PER_EPOCH - 1]
+    assert "requeues" not in record["sections"].get("slurm", {})
+
+
+def test_preempted_job_requeues_and_resumes_exactly(
+    tmp_path: Path, slurm_env: dict[str, str], slurm_cluster: object
+) -> None:
+    epochs = 5
+    run_dir = tmp_path / "run"
+    # ~1 s of data loading per epoch, so the signal lands mid-run
+    slow = ["--trainer.max_epochs", str(epochs), "--data.sleep_s", "0.02"]
+    job_id = _render_and_submit(run_dir, slurm_env, *slow)
+    deadline = time.time() + 180
+    while not list(run_dir.rglob("last.ckpt")):  # epoch 0 finished: training is under way
+        assert time.time() < deadline, "no epoch finished"
+        assert _job_fields(slurm_env, job_id)["JobState"] in ("PENDING", "RUNNING", "CONFIGURING")
+        time.sleep(0.3)
+    _slurm(slurm_env, "scancel", "--signal=USR1", job_id)
+
+    while True:  # requeued: back to PENDING with one restart
+        fields = _job_fields(slurm_env, job_id)
+        if fields["Restarts"] == "1" and fields["JobState"] == "PENDING":
+            break
+        assert fields["JobState"] in ("RUNNING", "COMPLETING", "REQUEUED", "PENDING"), fields["JobState"]
+        assert time.time() < deadline, fields
+        time.sleep(0.5)
+    _slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")  # skip SLURM's requeue delay
+    assert _wait(slurm_cluster, job_id) == "COMPLETED"
+    fields = _job_fields(slurm_env, job_id)
+    assert fields["ExitCode"] == "0:0" and fields["Restarts"] == "1"
+
+    total = epochs * STEPS_PER_EPOCH
+    section = records.load(run_dir)["sections"]["slurm"]
+    (requeue,) = section["requeues"]
+    (resume,) = section["resumes"]
+    assert requeue["reason"] == "SIGUSR1" and requeue["job_id"] == job_id and requeue["restart"] == 0
+    assert 0 < requeue["global_step"] < total, "preempted mid-run"
+    assert resume["restart"] == 1 and resume["checkpoint"] == requeue["checkpoint"]
+    assert resume["global_step"] == requeue["global_step"] and resume["epoch"] == requeue["epoch"]
+
+    out = (run_dir / "slurm" / f"itwinai-fit-{job_id}.out").read_text()
+    assert "resume from: <none>" in out and f"resume from: {requeue['checkpoint']}" in out
+    assert "requeueing job" in out
+    # exactly `epochs` epochs: final step count, and one validation per epoch over both attempts
+    state = torch.load(next(run_dir.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert state["global_step"] == total and state["epoch"] == epochs - 1
+    steps = [s for s, _ in _val_losses(run_dir)]
+    assert steps == [STEPS_PER_EPOCH * (e + 1) - 1 for e in range(epochs)], steps

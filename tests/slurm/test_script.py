@@ -1,0 +1,192 @@
+"""Rendered sbatch scripts: content for every preset and launcher, ``sbatch --test-only``, clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from itwinai_lightning.errors import UserError
+from itwinai_lightning.slurm.cli import build, main
+from itwinai_lightning.slurm.options import available_presets
+from tests.slurm.conftest import QUICKSTART, REPO, TINY
+
+GPU = ["--config", str(QUICKSTART), "--trainer.accelerator", "gpu", "--trainer.strategy", "hpc_ddp"]
+
+#: preset -> (devices per node, cpus per task, expected lines)
+PRESETS = {
+    "juwels": (4, 12, ["#SBATCH --partition=booster", "module purge", "module load Stages/2025 GCC OpenMPI",
+                       'export NCCL_SOCKET_IFNAME="ib0"', "#SBATCH --exclusive", "--cpu-bind=none"]),
+    "lumi_g": (8, 7, ["#SBATCH --partition=standard-g", "module load LUMI partition/G", "#SBATCH --mem=0",
+                      'export MIOPEN_USER_DB_PATH="/tmp/${USER}-miopen-cache-${SLURM_JOB_ID}"']),
+    "vega": (4, 32, ["#SBATCH --partition=gpu", "module load Python CUDA",
+                     'export GLOO_SOCKET_IFNAME="ib0"']),
+}  # fmt: skip
+
+
+def _render(tmp_path: Path, *extra: str) -> tuple[str, dict, Path]:
+    script, config_path, _ = build([*extra, "--trainer.default_root_dir", str(tmp_path / "run")])
+    return script.read_text(), yaml.safe_load(config_path.read_text()), script
+
+
+def test_presets_are_package_data() -> None:
+    assert set(available_presets()) >= {"generic", "juwels_booster", "lumi_g", "vega"}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_gpu_preset_renders_two_node_job(tmp_path: Path, preset: str) -> None:
+    devices, cpus, expected = PRESETS[preset]
+    text, config, script = _render(
+        tmp_path, *GPU, "--trainer.devices", str(devices),
+        "--slurm.preset", preset, "--slurm.nodes", "2", "--slurm.account", "proj42",
+        "--slurm.time", "02:30:00",
+    )  # fmt: skip
+    job_dir = tmp_path / "run" / "slurm"
+    for line in [
+        "#SBATCH --nodes=2",
+        f"#SBATCH --ntasks-per-node={devices}",
+        f"#SBATCH --gpus-per-node={devices}",
+        f"#SBATCH --cpus-per-task={cpus}",
+        "#SBATCH --time=02:30:00",
+        "#SBATCH --account=proj42",
+        f"#SBATCH --output={job_dir}/%x-%j.out",
+        f"#SBATCH --error={job_dir}/%x-%j.err",
+        "#SBATCH --signal=USR1@300",
+        "#SBATCH --requeue",
+        *expected,
+    ]:
+        assert line in text, f"{line!r} missing from the {preset} script:\n{text}"
+    srun = next(ln for ln in text.splitlines() if ln.startswith("srun "))
+    assert f"--nodes=2 --ntasks-per-node={devices} --cpus-per-task={cpus}" in srun
+    assert srun.endswith('-m itwinai_lightning fit --config "$CONFIG" "${RESUME[@]}"')
+    assert f"CONFIG={job_dir / 'config.yaml'}" in text
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text
+    # the saved config is the full LightningCLI dump, adapted to the job
+    trainer = config["trainer"]
+    assert (trainer["num_nodes"], trainer["devices"], trainer["accelerator"]) == (2, devices, "gpu")
+    assert trainer["default_root_dir"] == str(tmp_path / "run")
+    assert config["seed_everything"] == 42 and config["model"]["init_args"]["width"] == 32
+    classes = [c["class_path"] for c in trainer["callbacks"]]
+    assert classes[-1] == "itwinai_lightning.slurm.requeue.SlurmRequeue"
+    assert "lightning.pytorch.callbacks.ModelCheckpoint" in classes
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+def test_generic_variants_torchrun_horovod_container_venv(tmp_path: Path) -> None:
+    text, config, _ = _render(
+        tmp_path, *TINY, "--slurm.launcher", "torchrun", "--slurm.nodes", "3", "--slurm.venv", "/opt/venv",
+        "--slurm.container", "{image: /img/torch.sif, gpu_flag: --nv, binds: [/data]}",
+        "--slurm.env", "{HF_HOME: /scratch/hf}", "--slurm.setup", "[ulimit -n 4096]",
+    )  # fmt: skip
+    assert "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --nodes=3" in text
+    assert "--gpus-per-node" not in text  # CPU run on the generic preset
+    assert "source /opt/venv/bin/activate" in text and "ulimit -n 4096" in text
+    assert 'export HF_HOME="/scratch/hf"' in text
+    assert "CONTAINER=(apptainer exec --bind /data /img/torch.sif)" in text  # no --nv without GPUs
+    assert '-m torch.distributed.run --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node=2' in text
+    assert "--rdzv-backend=c10d" in text and "--signal" not in text  # requeue needs srun
+    assert config["trainer"]["num_nodes"] == 3
+    assert all("SlurmRequeue" not in c["class_path"] for c in config["trainer"]["callbacks"])
+
+    text, _, _ = _render(tmp_path, *GPU, "--trainer.devices", "4", "--trainer.strategy", "horovod",
+                         "--slurm.preset", "vega", "--slurm.nodes", "2", "--slurm.conda", "hvd")  # fmt: skip
+    assert "--mpi=pmix" in next(ln for ln in text.splitlines() if ln.startswith("srun "))
+    assert 'eval "$(conda shell.bash hook)"' in text and "conda activate hvd" in text
+
+
+def test_tune_runs_a_ray_cluster_in_the_allocation(tmp_path: Path) -> None:
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text(yaml.safe_dump({"tune": {"num_samples": 8, "metric": "val_loss"}}))
+    text, config, script = _render(
+        tmp_path, *GPU, "--trainer.devices", "4", "--config", str(cfg),
+        "--slurm.preset", "juwels", "--slurm.nodes", "2", "--slurm.command", "tune",
+    )  # fmt: skip
+    assert "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --cpus-per-task=48" in text
+    assert "#SBATCH --gpus-per-node=4" in text
+    assert "ray start --head" in text and 'ray start --address "$RAY_ADDRESS"' in text
+    assert '"${PY[@]}" -m itwinai_lightning tune --config "$CONFIG"' in text
+    assert config["tune"] == {"num_samples": 8, "metric": "val_loss"}
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+def test_user_preset_from_a_path(tmp_path: Path) -> None:
+    preset = tmp_path / "mysite.yaml"
+    preset.write_text(yaml.safe_dump({"partition": "gpu-a100", "gpus_per_node": 2, "cpus_per_node": 16,
+                                      "modules": ["cuda/12"], "sbatch": {"qos": "normal"}}))  # fmt: skip
+    text, _, _ = _render(tmp_path, *GPU, "--trainer.devices", "2", "--slurm.preset", str(preset))
+    for line in ["#SBATCH --partition=gpu-a100", "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --qos=normal", "module load cuda/12", "(preset: mysite)"]:  # fmt: skip
+        assert line in text
+
+
+def test_every_preset_passes_sbatch_test_only(tmp_path: Path, slurm_env: dict[str, str]) -> None:
+    """Each two-node script's directives are accepted by the real sbatch (sized down to the local node)."""
+    local = ["--partition=debug", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1"]
+    local.append("--gpus-per-node=0")
+    for preset in ["generic", *sorted(PRESETS)]:
+        devices = "2" if preset == "generic" else str(PRESETS[preset][0])
+        args = TINY if preset == "generic" else [*GPU, "--trainer.devices", devices]
+        _, _, script = _render(tmp_path / preset, *args, "--slurm.preset", preset, "--slurm.nodes", "2")
+        proc = subprocess.run(["sbatch", "--test-only", *local, str(script)], env=slurm_env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 0, f"{preset}: {proc.stderr}"
+        assert "to start at" in proc.stderr and "localhost" in proc.stderr
+    # and sbatch does check the directives: a broken one is rejected
+    bad = script.read_text().replace("--signal=USR1@300", "--signal=NOPE@x")
+    script.write_text(bad)
+    proc = subprocess.run(["sbatch", "--test-only", *local, str(script)], env=slurm_env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode != 0 and "signal" in proc.stderr.lower()
+
+
+def test_generic_cpu_job_test_only_through_the_cli(tmp_path: Path, slurm_env: dict[str, str]) -> None:
+    """The unmodified generic script for the local cluster passes ``--slurm.test_only`` end to end."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "itwinai_lightning", "slurm", *TINY, "--slurm.test_only", "true",
+         "--slurm.partition", "debug", "--trainer.default_root_dir", str(tmp_path / "run")],
+        env=slurm_env, capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "to start at" in proc.stdout and "using 2 processors" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--slurm.ntasks_per_node", "4"], "more tasks per node than devices"),
+        (["--slurm.preset", "summit"], "available: generic, juwels_booster, lumi_g, vega"),
+        (["--slurm.preset", "/no/such/preset.yaml"], "preset file '/no/such/preset.yaml' does not exist"),
+        (["--slurm.nodez", "2"], "unknown option 'slurm.nodez'"),
+        (["--slurm.launcher", "torchrun", "--slurm.requeue", "true"], "requeue needs slurm.launcher srun"),
+    ],
+)
+def test_clear_errors(tmp_path: Path, extra: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        build([*TINY, *extra, "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_gpu_devices_beyond_the_preset_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="has 4 GPUs per node"):
+        build([*GPU, "--trainer.devices", "8", "--slurm.preset", "juwels", "--trainer.default_root_dir", "x"])
+
+
+def test_submit_without_sbatch_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="'sbatch' is not on PATH"):
+        main([*TINY, "--slurm.submit", "true", "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert (tmp_path / "run" / "slurm" / "job.sbatch").is_file()  # the script is still there to copy
+
+
+def test_cli_error_is_one_line_exit_2(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "itwinai_lightning", "slurm", "--config", str(QUICKSTART),
+         "--slurm.preset", "nosuchsite"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no preset named 'nosuchsite'" in lines[0] and "juwels_booster" in lines[0]
