@@ -252,10 +252,18 @@ class MultiLogger(Logger):
             self._run_dir = Path(run_dir)
         self._rank, self._world_size = int(rank), int(world_size)
 
-    def backend_state(self, kind: str) -> dict[str, Any]:
-        """State of the first open backend of ``kind`` on this rank (e.g. the MLflow run id), or {}."""
+    def backend_state(self, kind: str, wait_s: float = 30.0) -> dict[str, Any]:
+        """State of the first backend of ``kind`` on this rank (e.g. the MLflow run id), or {}.
+
+        Waits up to ``wait_s`` for it to be opened by its worker (unless it has been set aside).
+        """
+        deadline = time.monotonic() + wait_s
         for worker in self._workers:
-            if worker.backend.kind == kind and worker.backend.is_open:
+            if worker.backend.kind != kind:
+                continue
+            while not worker.backend.is_open and worker.healthy and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if worker.backend.is_open:
                 return {**worker.backend.spec(), **worker.backend.state()}
         return {}
 

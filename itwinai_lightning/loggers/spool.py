@@ -54,16 +54,24 @@ class Spool:
     def __len__(self) -> int:
         return self._count
 
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while appending or swapping the file; callers may hold it around :meth:`append_locked`."""
+        return self._lock
+
     def append(self, records: Iterable[dict[str, Any]]) -> int:
+        with self._lock:
+            return self.append_locked(records)
+
+    def append_locked(self, records: Iterable[dict[str, Any]]) -> int:
         lines = [_dumps(r) for r in records]
         if not lines:
             return 0
-        with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as fh:
-                fh.write("\n".join(lines) + "\n")
-            self._count += len(lines)
-            self.total_spooled += len(lines)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as fh:
+            fh.write("\n".join(lines) + "\n")
+        self._count += len(lines)
+        self.total_spooled += len(lines)
         return len(lines)
 
     def reject(self, records: Sequence[dict[str, Any]], reason: str) -> None:

@@ -53,6 +53,7 @@ class BackendWorker:
         self._queue: queue.Queue[Record] = queue.Queue(maxsize=queue_size)
         self._stop_event = threading.Event()
         self._in_flight: list[Record] = []
+        self._spilling = False
         self.healthy = True
         self.delivered = 0
         self.overflowed = 0
@@ -67,12 +68,24 @@ class BackendWorker:
 
     # ---- training thread -----------------------------------------------------------------------
     def submit(self, record: Record) -> None:
-        """Never blocks on the backend: queue, or spool to disk if the queue is full."""
+        """Never blocks on the backend: queue, or spool to disk if the queue is full.
+
+        Once the queue overflowed, records keep going to the spool until the worker has drained it, so
+        delivery stays in order.
+        """
+        if self._spilling:
+            with self.spool.lock:
+                if self._spilling:
+                    self.overflowed += 1
+                    self.spool.append_locked([record])
+                    return
         try:
             self._queue.put_nowait(record)
         except queue.Full:
-            self.overflowed += 1
-            self.spool.append([record])
+            with self.spool.lock:
+                self._spilling = True
+                self.overflowed += 1
+                self.spool.append_locked([record])
 
     def stop(self, timeout_s: float) -> None:
         """Flush: deliver what is queued and spooled, close the backend; give up after ``timeout_s``."""
@@ -115,15 +128,20 @@ class BackendWorker:
         stop = False
         while not stop:
             batch, stop = self._next_batch()
-            if len(self.spool) and (self.healthy or time.monotonic() >= self._next_retry or stop):
-                self._drain_spool()
             if batch:
-                if self.healthy and not len(self.spool):
-                    self._deliver(batch)
+                if self.healthy:
+                    self._deliver(batch)  # queued records are older than spooled overflow: first
                 else:
                     self.spool.append(batch)
-            if stop and len(self.spool) and not self._stop_event.is_set():
-                self._drain_spool()  # the final attempt
+            if stop and self._stop_event.is_set():
+                break  # flush timed out: stop() spools what is left
+            due = self.healthy or stop or time.monotonic() >= self._next_retry
+            if len(self.spool) and due and self._queue.empty():
+                self._drain_spool()
+            if not len(self.spool) and self._spilling:
+                with self.spool.lock:
+                    if not len(self.spool):
+                        self._spilling = False  # caught up: back to the queue
         self._close()
 
     def _deliver(self, batch: list[Record]) -> None:

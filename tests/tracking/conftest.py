@@ -1,4 +1,4 @@
-"""Tracking fixtures: a real MLflow server (SQLite store, 127.0.0.1, free port), restartable for fault tests."""
+"""Tracking fixtures: a real MLflow server (SQLite, 127.0.0.1, free port), restartable for fault tests."""
 
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ class MLflowServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.directory / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited: {(self.directory / 'server.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
                     if resp.status == 200:
@@ -57,7 +59,9 @@ class MLflowServer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: mlflow spawns uvicorn/gunicorn workers
+            os.killpg(
+                self.proc.pid, signal.SIGKILL
+            )  # the whole group: mlflow spawns uvicorn/gunicorn workers
             self.proc.wait(timeout=30)
         self.proc = None
 

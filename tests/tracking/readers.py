@@ -51,7 +51,9 @@ def wandb_history(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     for record in wandb_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
+            rows.append(
+                {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
+            )
         elif kind in ("config", "run"):
             items = record.config.update if kind == "config" else record.run.config.update
             for item in items:

@@ -1,0 +1,62 @@
+"""Test-only pieces: a model whose config carries secrets, a backend that always raises, a slow one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from itwinai_lightning.demo import SpectrogramDenoiser
+from itwinai_lightning.loggers.backends import Backend, RunContext
+
+
+class KeyedDenoiser(SpectrogramDenoiser):
+    """The demo model with an ``api_key`` and a nested ``service.password`` in its hyperparameters."""
+
+    def __init__(
+        self,
+        width: int = 8,
+        depth: int = 2,
+        lr: float = 1e-3,
+        optimizer: str = "adam",
+        api_key: str = "",
+        service: dict | None = None,
+    ) -> None:
+        super().__init__(width=width, depth=depth, lr=lr, optimizer=optimizer)
+        self.save_hyperparameters()
+
+
+class ExplodingBackend(Backend):
+    """Raises on every call, including open: stands for a backend whose server is gone."""
+
+    kind = "exploding"
+
+    def __init__(self, ranks: str = "zero", name: str | None = None) -> None:
+        super().__init__(ranks, name)
+        self.calls = 0
+
+    def open(self, ctx: RunContext) -> None:
+        self.calls += 1
+        raise ConnectionError("tracking server unreachable")
+
+    def write(self, batch: Any) -> None:
+        self.calls += 1
+        raise ConnectionError("tracking server unreachable")
+
+
+class SlowBackend(Backend):
+    """Takes ``delay_s`` per batch and keeps what it got (to check order and completeness)."""
+
+    kind = "slow"
+
+    def __init__(self, delay_s: float = 0.05, ranks: str = "zero", name: str | None = None) -> None:
+        super().__init__(ranks, name)
+        self.delay_s = delay_s
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+
+    def write(self, batch: Any) -> None:
+        time.sleep(self.delay_s)
+        super().write(batch)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp: float) -> None:
+        self.metrics.append((step, dict(metrics)))
