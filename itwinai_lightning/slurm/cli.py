@@ -28,7 +28,7 @@ USAGE = (
     "Options of the 'slurm:' section (YAML or --slurm.KEY): preset, nodes, ntasks_per_node, cpus_per_task,\n"
     "gpus_per_node, time, partition, account, job_name, job_dir, command, launcher (srun|torchrun|ray),\n"
     "python, modules, venv, conda, container, env, setup, srun_args, mpi, sbatch, signal, signal_seconds,\n"
-    "requeue, check_every_n_steps, submit, test_only. See docs/slurm.md."
+    "requeue, check_every_n_steps, time_limit_margin_s, submit, test_only. See docs/slurm.md."
 )
 
 
@@ -114,6 +114,7 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
         requeue=bool(opts.requeue),
         signal_name=opts.signal,
         check_every_n_steps=opts.check_every_n_steps,
+        time_limit_margin_s=opts.time_limit_margin_s,
     )
     config_path = jobcfg.save_config(
         config, job_dir / "config.yaml", extra={"tune": tune_section} if opts.command == "tune" else None

@@ -79,6 +79,7 @@ def adapt_for_job(
     requeue: bool,
     signal_name: str,
     check_every_n_steps: int,
+    time_limit_margin_s: float | None = None,
 ) -> dict[str, Any]:
     """Set nodes/devices/run dir and add the requeue callback (once) to the resolved config."""
     out = dict(config)
@@ -93,7 +94,11 @@ def adapt_for_job(
         callbacks.append(
             {
                 "class_path": REQUEUE_CALLBACK,
-                "init_args": {"signal": signal_name, "check_every_n_steps": check_every_n_steps},
+                "init_args": {
+                    "signal": signal_name,
+                    "check_every_n_steps": check_every_n_steps,
+                    "time_limit_margin_s": time_limit_margin_s,
+                },
             }
         )
     trainer["callbacks"] = callbacks or None

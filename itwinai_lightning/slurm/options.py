@@ -80,6 +80,7 @@ class SlurmOptions:
     signal_seconds: int = 300
     requeue: bool | None = None  # default: on for the srun launcher
     check_every_n_steps: int = 1
+    time_limit_margin_s: float | None = None
     master_port: int = 29500
     ray_port: int = 6379
     submit: bool = False
