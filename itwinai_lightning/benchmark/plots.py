@@ -34,7 +34,9 @@ MARKERS = "osD^vP*X"
 def _figure(ncols: int = 1) -> tuple[Figure, list[Axes]]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.0 * ncols if ncols > 1 else 7.5, 4.6), dpi=100, layout="constrained")
+    # fixed margins: constrained/tight layout would cost more than drawing the plot itself
+    fig = Figure(figsize=(7.0 * ncols if ncols > 1 else 7.5, 4.6), dpi=100)
+    fig.subplots_adjust(left=0.1 if ncols == 1 else 0.06, right=0.97, bottom=0.12, top=0.92, wspace=0.2)
     axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
     return fig, axes
 
@@ -218,6 +220,8 @@ def plot_breakdown(rows: Sequence[Row], **_: Any) -> Figure:
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax.set_xticks(range(len(prof)))
     ax.set_xticklabels(labels, fontsize=8, rotation=35, ha="right")
+    fig.set_figheight(4.6 + 0.09 * max(len(lb) for lb in labels))
+    fig.subplots_adjust(bottom=0.1 + 0.12 * max(len(lb) for lb in labels) / 20 * 4.6 / fig.get_figheight())
     ax.set_ylabel("time per epoch [s]")
     ax.legend(loc="best", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)

@@ -1,0 +1,160 @@
+"""A real grid on this machine: {hpc_ddp, hpc_deepspeed} x {1, 2} workers, local and torchrun launchers.
+
+One module fixture runs both grids (gloo, CPU, 1 tiny epoch each) plus a failing point, then the tests
+check the records, the report's table (speedup/efficiency recomputed here from the RunRecords), resume and
+the failure record.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from itwinai_lightning import records
+from itwinai_lightning.benchmark.plots import PLOTS
+from tests.helpers.engines import require_module
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = """
+seed_everything: 1
+trainer:
+  max_epochs: 1
+  enable_progress_bar: false
+  enable_checkpointing: false
+  enable_model_summary: false
+  logger: false
+  num_sanity_val_steps: 0
+model:
+  class_path: itwinai_lightning.demo.SpectrogramDenoiser
+  init_args: {width: 8, depth: 2}
+data:
+  class_path: itwinai_lightning.demo.SpectrogramDataModule
+  init_args: {num_samples: 128, val_samples: 32, batch_size: 16, num_workers: 0}
+benchmark:
+  workers: [1, 2]
+"""
+STRATEGIES = ("hpc_ddp", "hpc_deepspeed")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONWARNINGS="ignore")
+    return env
+
+
+def _bench(
+    cfg: Path, out: Path, launcher: str, strategies: str, workers: str = "[1, 2]"
+) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "itwinai_lightning", "benchmark", "--config", str(cfg),
+           "--benchmark.strategies", strategies, "--benchmark.launcher", launcher,
+           "--benchmark.workers", workers,
+           "--benchmark.output_dir", str(out), "--benchmark.timeout_s", "300"]  # fmt: skip
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=out.parent)
+
+
+@pytest.fixture(scope="module")
+def grids(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    require_module("deepspeed", 'pip install "itwinai-lightning[deepspeed]"')
+    root = tmp_path_factory.mktemp("grid")
+    cfg = root / "base.yaml"
+    cfg.write_text(TINY)
+    local = _bench(cfg, root / "local", "local", "[hpc_ddp, hpc_deepspeed]")
+    # a strategy that cannot load fails its point; the grid (here a second invocation) goes on
+    failing = _bench(cfg, root / "local", "local", "[no_such_strategy, hpc_ddp]", workers="[1]")
+    torchrun = _bench(cfg, root / "torchrun", "torchrun", "[hpc_ddp, hpc_deepspeed]")
+    yield {"root": root, "cfg": cfg, "local": local, "failing": failing, "torchrun": torchrun}
+
+
+def _records(directory: Path) -> dict[str, dict[str, object]]:
+    return {p.parent.name: records.load(p) for p in directory.glob("*/run_record.json")}
+
+
+def test_points_complete_with_real_records(grids: dict[str, object]) -> None:
+    root = Path(str(grids["root"]))
+    local, torchrun = grids["local"], grids["torchrun"]
+    assert isinstance(local, subprocess.CompletedProcess) and isinstance(
+        torchrun, subprocess.CompletedProcess
+    )
+    assert torchrun.returncode == 0, torchrun.stderr[-3000:]
+    assert local.returncode == 0, local.stderr[-3000:]
+    assert "[4/4]" in local.stderr and "[4/4]" in torchrun.stderr  # progress display
+    for launcher in ("local", "torchrun"):
+        recs = _records(root / launcher)
+        for strategy in STRATEGIES:
+            for n in (1, 2):
+                rec = recs[f"{strategy}-w{n}-r0"]
+                assert rec["status"] == "completed", rec.get("error")
+                assert rec["world_size"] == n and rec["launcher"] == launcher
+                assert rec["global_batch_size"] == 16  # strong scaling: 16 = 16/N per worker x N
+                bench = rec["sections"]["benchmark"]  # type: ignore[index]
+                assert bench["per_worker_batch_size"] == 16 // n
+                assert rec["config"]["data"]["init_args"]["batch_size"] == 16 // n  # type: ignore[index]
+                epochs = rec["epochs"]
+                assert isinstance(epochs, list) and len(epochs) == 1 and epochs[0]["wall_time_s"] > 0
+                assert epochs[0]["samples"] == 128
+
+
+def test_report_table_matches_records(grids: dict[str, object]) -> None:
+    root = Path(str(grids["root"]))
+    done = subprocess.run(
+        [sys.executable, "-m", "itwinai_lightning", "benchmark", "report", str(root / "local"),
+         str(root / "torchrun"), "--out", str(root / "merged")],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for out in (root / "local", root / "torchrun", root / "merged"):  # auto-report at the end + merged one
+        assert (out / "report.html").is_file()
+        for name in PLOTS:
+            assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    with (root / "merged" / "benchmark_summary.csv").open() as fh:
+        table = {(r["strategy"], r["launcher"], int(r["workers"])): r for r in csv.DictReader(fh)}
+    for launcher in ("local", "torchrun"):
+        recs = _records(root / launcher)
+        for strategy in STRATEGIES:
+            t = {n: recs[f"{strategy}-w{n}-r0"]["summary"]["mean_epoch_time_s"] for n in (1, 2)}  # type: ignore[index]
+            row1, row2 = table[(strategy, launcher, 1)], table[(strategy, launcher, 2)]
+            assert float(row1["epoch_time_s"]) == pytest.approx(t[1], rel=1e-12)
+            assert float(row2["epoch_time_s"]) == pytest.approx(t[2], rel=1e-12)
+            assert float(row1["speedup"]) == 1.0 and float(row1["efficiency_pct"]) == 100.0
+            assert float(row2["speedup"]) == pytest.approx(t[1] / t[2], rel=1e-12)
+            assert float(row2["efficiency_pct"]) == pytest.approx(100 * t[1] / t[2] / 2, rel=1e-12)
+            sps = recs[f"{strategy}-w2-r0"]["summary"]["samples_per_s"]  # type: ignore[index]
+            assert float(row2["samples_per_s"]) == pytest.approx(sps, rel=1e-12)
+    page = (root / "merged" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(PLOTS) and "Fastest:" in page
+
+
+def test_failing_point_recorded_and_grid_goes_on(grids: dict[str, object]) -> None:
+    failing = grids["failing"]
+    assert isinstance(failing, subprocess.CompletedProcess)
+    assert failing.returncode == 1, failing.stderr[-3000:]  # some point failed
+    assert "no_such_strategy-w1-r0 (local) ... failed" in failing.stderr
+    assert "hpc_ddp-w1-r0 (local) ... skipped" in failing.stderr  # the point after it still handled
+    recs = _records(Path(str(grids["root"])) / "local")
+    rec = recs["no_such_strategy-w1-r0"]
+    assert rec["status"] == "failed"
+    assert "no_such_strategy" in str(rec["error"]) and "strategy" in str(rec["error"])
+    assert rec["sections"]["benchmark"]["returncode"] != 0  # type: ignore[index]
+    assert sum(r["status"] == "completed" for r in recs.values()) == 4
+    page = (Path(str(grids["root"])) / "local" / "report.html").read_text()
+    assert "Failed runs (1)" in page and "no_such_strategy" in page
+
+
+def test_resume_skips_completed_points(grids: dict[str, object]) -> None:
+    root = Path(str(grids["root"]))
+    before = {k: (r["run_id"], r["updated_at"]) for k, r in _records(root / "torchrun").items()}
+    start = time.monotonic()
+    again = _bench(Path(str(grids["cfg"])), root / "torchrun", "torchrun", "[hpc_ddp, hpc_deepspeed]")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("skipped") == 4 and "4 skipped" in again.stdout
+    after = {k: (r["run_id"], r["updated_at"]) for k, r in _records(root / "torchrun").items()}
+    assert after == before  # no record rewritten
+    assert time.monotonic() - start < 60  # no training happened (a single point takes ~10-30 s here)
