@@ -138,7 +138,6 @@ _WAIT = re.compile(
     r"recv_bytes|_recv|_recv_bytes|accept|get|readinto|read)$"
 )
 _WAIT_FILE = re.compile(r"threading|queue|selectors|multiprocessing/|subprocess|socket|connection|^time")
-_WAITS_ON_WORKERS = re.compile(r"^(_try_get_data|_get_data|_next_data)$")
 _STARTUP = re.compile(
     r"<frozen importlib\._bootstrap|^_find_and_load|^_call_with_frames_removed|^exec_module"
 )
@@ -175,8 +174,8 @@ def classify(stack: Stack) -> str | None:
     if _WAIT.match(leaf_func.rsplit(".", 1)[-1]) and (_WAIT_FILE.search(leaf_file) or not leaf_file):
         if "communication" in cats:
             return "communication"
-        if any(_WAITS_ON_WORKERS.match(split_frame(f)[0]) for f in frames):
-            return "data_loading"
+        if "data_loading" in cats and is_main_thread(stack):
+            return "data_loading"  # the training loop waits for a batch (workers, fd passing)
         return "idle"
     for cat in reversed(cats):
         if cat is not None:
