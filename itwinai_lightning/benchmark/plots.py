@@ -219,9 +219,12 @@ def plot_breakdown(rows: Sequence[Row], **_: Any) -> Figure:
         ax.bar(range(len(prof)), vals, bottom=bottom, label=names[name], color=colours[name])
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax.set_xticks(range(len(prof)))
-    ax.set_xticklabels(labels, fontsize=8, rotation=35, ha="right")
-    fig.set_figheight(4.6 + 0.09 * max(len(lb) for lb in labels))
-    fig.subplots_adjust(bottom=0.1 + 0.12 * max(len(lb) for lb in labels) / 20 * 4.6 / fig.get_figheight())
+    many = len(prof) > 12
+    ax.set_xticklabels(labels, fontsize=8, rotation=90 if many else 35, ha="center" if many else "right")
+    label_in = 0.075 * max(len(lb) for lb in labels) * (1.0 if many else 0.6) + 0.3  # room for the labels
+    fig.set_size_inches(max(7.5, 0.22 * len(prof) + 1.5), 4.2 + label_in)
+    fig.subplots_adjust(bottom=label_in / (4.2 + label_in), left=0.8 / fig.get_figwidth(), right=0.98)
+    ax.set_xlim(-0.6, len(prof) - 0.4)
     ax.set_ylabel("time per epoch [s]")
     ax.legend(loc="best", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)

@@ -1,0 +1,65 @@
+"""Command lines per launcher and the sbatch script, through the runner's dry run (nothing is executed)."""
+
+from __future__ import annotations
+
+import io
+import shlex
+from pathlib import Path
+
+import pytest
+
+from itwinai_lightning.benchmark.runner import GridRunner, error_line, redact_argv
+from itwinai_lightning.benchmark.settings import parse
+
+BASE = {"strategies": ["hpc_ddp"], "workers": [4], "batch_size": 64, "accelerator": "cpu", "dry_run": True}
+
+
+def _dry(tmp_path: Path, **options: object) -> str:
+    settings = parse({**BASE, "output_dir": str(tmp_path), **options}, ["--config", "base.yaml"])
+    stream = io.StringIO()
+    results = GridRunner(settings, ["--config", "base.yaml"], stream=stream).run()
+    assert [r.status for r in results] == ["dry-run"]
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("launcher", "prefix"),
+    [
+        ("mpirun", ["mpirun", "-np", "4"]),
+        ("srun", ["srun", "-N", "1", "--ntasks-per-node=4"]),
+        ("horovodrun", ["horovodrun", "-np", "4", "-H", "localhost:4", "--gloo"]),
+    ],
+)
+def test_launcher_commands(tmp_path: Path, launcher: str, prefix: list[str]) -> None:
+    line = next(ln for ln in _dry(tmp_path, launcher=launcher).splitlines() if "itwinai_lightning" in ln)
+    argv = shlex.split(line.split(" ... ", 1)[1] if " ... " in line else line)
+    assert argv[: len(prefix)] == prefix
+    tail = argv[argv.index("fit") :]
+    assert tail[:3] == ["fit", "--config", "base.yaml"]
+    joined = " ".join(tail)
+    assert "--trainer.strategy hpc_ddp" in joined and "--trainer.devices 4" in joined
+    assert "--data.init_args.batch_size 16" in joined  # strong scaling: 64 / 4
+    assert f"--trainer.default_root_dir {tmp_path}/hpc_ddp-w4-r0" in joined
+
+
+def test_sbatch_script_spans_nodes(tmp_path: Path) -> None:
+    slurm = {"tasks_per_node": 2, "partition": "booster", "time": "00:30:00", "setup": ["module load X"]}
+    script = _dry(tmp_path, launcher="srun", submit=True, slurm=slurm)
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=2" in script
+    assert "#SBATCH --partition=booster" in script and "#SBATCH --time=00:30:00" in script
+    assert "module load X" in script
+    srun = next(ln for ln in script.splitlines() if ln.startswith("srun "))
+    assert "--trainer.num_nodes 2" in srun and "--trainer.devices 2" in srun
+    assert "itwinai_lightning.benchmark.finish" in script  # the job marks its own record done/failed
+
+
+def test_error_line_and_redaction() -> None:
+    stderr = "Traceback (most recent call last):\n  File x\nValueError: bad strategy 'x'\n"
+    assert error_line(stderr) == "ValueError: bad strategy 'x'"
+    assert error_line("noise\nitwinai-lightning: error: 'deepspeed' is not installed\n") == (
+        "'deepspeed' is not installed"
+    )
+    assert redact_argv(["--logger.init_args.api_key", "s3cr3t", "--x.token=abc", "--a", "b"]) == [
+        "--logger.init_args.api_key", "***REDACTED***", "--x.token=***REDACTED***", "--a", "b",
+    ]  # fmt: skip
