@@ -89,7 +89,8 @@ class TimingMonitor(Callback):
             self._first_step_s = None
             self.epochs = []
             if self.record:
-                records.contribute(trainer, fields={"status": "running", "error": None})
+                fields = {"status": "running", "error": None, "hostnames": _hostnames(trainer)}
+                records.contribute(trainer, fields=fields)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -227,6 +228,20 @@ class TimingMonitor(Callback):
         return {
             k: v for k, v in out.items() if v is not None and not (isinstance(v, float) and math.isnan(v))
         }
+
+
+def _hostnames(trainer: pl.Trainer) -> list[str]:
+    """The distinct hosts of all ranks (one all_gather_object at setup), or this host alone."""
+    import platform
+
+    import torch.distributed as dist
+
+    own = platform.node()
+    if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return [own]
+    names: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(names, own)
+    return sorted({str(n) for n in names})
 
 
 def _batch_size(batch: Any) -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 Reading = dict[str, float]
 GIB = float(2**30)
@@ -48,23 +48,32 @@ class DeviceBackend(Protocol):
 
 
 class HostBackend:
-    """Host CPU utilisation and this process's resident memory, via psutil (works everywhere)."""
+    """Host CPU utilisation and the resident memory of this process and its children (data-loader
+    workers; the list of children is refreshed every ``children_every`` reads), via psutil."""
 
     name = "psutil"
 
-    def __init__(self, include_children: bool = True) -> None:
+    def __init__(self, include_children: bool = True, children_every: int = 20) -> None:
         import psutil
 
         self._psutil = psutil
         self._process = psutil.Process()
         self.include_children = include_children
+        # listing children scans every process of the node (~10 ms on a busy one): refresh it rarely
+        self.children_every = max(1, children_every)
+        self._children: list[Any] = []
+        self._reads = 0
         self.device_name = f"cpu x{psutil.cpu_count() or 1}"
         psutil.cpu_percent(interval=None)  # the first call only primes the counter
 
     def read(self) -> Reading:
         rss = float(self._process.memory_info().rss)
         if self.include_children:
-            for child in self._process.children(recursive=True):
+            if self._reads % self.children_every == 0:
+                with contextlib.suppress(self._psutil.Error):
+                    self._children = self._process.children(recursive=True)
+            self._reads += 1
+            for child in self._children:
                 with contextlib.suppress(self._psutil.Error):  # a worker that just exited
                     rss += child.memory_info().rss
         return {"cpu_util_pct": float(self._psutil.cpu_percent(interval=None)), "host_mem_gb": rss / GIB}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import platform
 import subprocess
 import sys
 import time
@@ -215,6 +216,7 @@ def test_ddp_two_processes_through_the_cli_yaml(tmp_path: Path, python_env: dict
     rec = records.load(run_dir)
     assert rec["status"] == "completed"
     assert rec["world_size"] == 2 and rec["strategy"] == "DDPStrategy"
+    assert rec["hostnames"] == [platform.node()]  # gathered from both ranks, deduplicated
     assert rec["global_batch_size"] == 32  # 16 per rank x 2 ranks
     assert [e["epoch"] for e in rec["epochs"]] == [0, 1]
     for epoch in rec["epochs"]:
