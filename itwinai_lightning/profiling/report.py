@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ SUBDIR = Path("profiling") / "pyspy"
 
 
 def build_report(
-    out: Path, per_rank: list[dict[str, Any] | None], top: int = 5, rate_hz: int | None = None
+    out: Path, per_rank: Sequence[dict[str, Any] | None], top: int = 5, rate_hz: int | None = None
 ) -> dict[str, Any]:
     """Merge per-rank summaries and write ``hotspots.md`` and ``hotspots.json`` into ``out``."""
     ok = {int(s["rank"]): s for s in per_rank if s and "counts" in s}

@@ -107,7 +107,15 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _fit(run_dir: Path, callbacks: list, *, width: int, num_samples: int, sleep_s: float = 0.0):
+def _fit(
+    run_dir: Path,
+    callbacks: list,
+    *,
+    width: int,
+    num_samples: int,
+    sleep_s: float = 0.0,
+    accelerator: str = "cpu",
+):
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
@@ -115,7 +123,7 @@ def _fit(run_dir: Path, callbacks: list, *, width: int, num_samples: int, sleep_
 
     trainer = pl.Trainer(
         default_root_dir=run_dir,
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         max_epochs=1,
         callbacks=callbacks,
@@ -162,7 +170,7 @@ def test_large_model_tiny_data_is_compute_bound(tmp_path: Path) -> None:
     require_executable("py-spy", PYSPY_HOW)
     from itwinai_lightning.callbacks import PySpyProfiler, TorchProfilerBreakdown
 
-    spy = PySpyProfiler(start_step=1, num_steps=None, rate_hz=100)
+    spy = PySpyProfiler(epochs=[0], rate_hz=100)  # an epoch window
     prof = TorchProfilerBreakdown(skip_steps=1, warmup_steps=1, active_steps=2)
     _fit(tmp_path, [spy, prof], width=96, num_samples=48)
     summary = records.load(tmp_path)["sections"]["pyspy"]
@@ -192,3 +200,21 @@ def test_no_ptrace_permission_warns_once_and_training_completes(tmp_path: Path) 
     assert trainer.state.finished and trainer.global_step == 8
     section = records.load(tmp_path)["sections"]["pyspy"]
     assert section["samples"] == 0 and "SYS_PTRACE" in section["errors"]["0"]
+
+
+@pytest.mark.gpu
+def test_cuda_breakdown_uses_device_kernels(tmp_path: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from itwinai_lightning.callbacks import TorchProfilerBreakdown
+
+    prof = TorchProfilerBreakdown(skip_steps=2, warmup_steps=1, active_steps=3)
+    _fit(tmp_path, [prof], width=64, num_samples=128, accelerator="gpu")
+    section = records.load(tmp_path)["sections"]["torch_profiler"]
+    assert section["mode"] == "cuda" and section["per_rank"]["0"]["steps"] == 3
+    assert section["fractions"]["compute"] > 0 and section["fractions"]["memcpy"] > 0  # H2D batch copies
+    assert section["fractions"]["communication"] == 0.0
+    trace = json.loads((tmp_path / "profiling" / "torch" / "rank0.trace.json").read_text())
+    assert any(e.get("cat") == "kernel" for e in trace["traceEvents"])
