@@ -1,0 +1,160 @@
+"""Tracking overhead: no logger vs Lightning's ``logger=[...]`` list vs MultiLogger, same five backends.
+
+    python benchmarks/bench_tracking.py [--steps 2000] [--reps 3]
+
+Each run trains for ``--steps`` steps and logs 5 metrics per step (``log_every_n_steps=1``) to
+TensorBoard + MLflow (HTTP to a local ``mlflow server``, started here) + W&B offline + yProv4ML + CSV.
+Variants are interleaved (A,B,C,A,B,C,...) and medians reported. Wall time = ``trainer.fit`` including
+logger setup and the final flush. Targets: MultiLogger adds <= 5 % to the no-logger time and <= 1/5 of
+what the list adds.
+
+Work per step: the demo SpectrogramDenoiser (width 16, depth 3, 3x3 convs) forward + backward + Adam on a
+batch of 16 single-channel 32x32 spectrograms, data generated in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.loggers.logger import Logger  # noqa: E402
+
+from itwinai_lightning.demo import SpectrogramDataModule, SpectrogramDenoiser  # noqa: E402
+from itwinai_lightning.loggers import MultiLogger  # noqa: E402
+
+
+class FiveMetrics(SpectrogramDenoiser):
+    """The demo model logging 5 metrics every step."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        noisy, clean = batch
+        pred = self(noisy)
+        loss = torch.nn.functional.mse_loss(pred, clean)
+        err = (pred - clean).detach()
+        self.log_dict(
+            {
+                "train_loss": loss.detach(),
+                "abs_err": err.abs().mean(),
+                "max_err": err.abs().max(),
+                "pred_mean": pred.detach().mean(),
+                "pred_std": pred.detach().std(),
+            }
+        )
+        return loss
+
+
+class SyncProvLogger(Logger):
+    """yProv4ML called directly on the training thread (what a plain Lightning logger for it would do)."""
+
+    def __init__(self, save_dir: str) -> None:
+        super().__init__()
+        import yprov4ml
+
+        self._prov = yprov4ml
+        self._dir = save_dir
+        yprov4ml.start_run(experiment_name="bench", provenance_save_dir=save_dir, rank=0, metrics_file_type="csv")
+
+    name = property(lambda self: "prov")  # type: ignore[assignment]
+    version = property(lambda self: "0")  # type: ignore[assignment]
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(params).items():
+            self._prov.log_param(key, str(value))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self._prov.log_metric(key, float(value), context="training", step=int(step or 0))
+
+    def finalize(self, status: str) -> None:
+        self._prov.end_run()
+
+
+def _lightning_list(run_dir: Path, uri: str) -> list[Logger]:
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    return [
+        TensorBoardLogger(str(run_dir), name="tb"),
+        MLFlowLogger(experiment_name="bench-list", tracking_uri=uri),
+        WandbLogger(project="bench-list", save_dir=str(run_dir), offline=True),
+        SyncProvLogger(str(run_dir / "prov")),
+        CSVLogger(str(run_dir), name="csv"),
+    ]
+
+
+def _multi(uri: str) -> MultiLogger:
+    backends = ["tensorboard", {"type": "mlflow", "tracking_uri": uri}, "wandb", "prov", "csv"]
+    return MultiLogger(backends=backends, experiment="bench-multi", flush_timeout_s=300)
+
+
+def run_once(variant: str, steps: int, root: Path, uri: str) -> float:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{variant}-", dir=root))
+    logger: Any = False
+    if variant == "list":
+        logger = _lightning_list(run_dir, uri)
+    elif variant == "multi":
+        logger = _multi(uri)
+    pl.seed_everything(0)
+    model = FiveMetrics(width=16, depth=3)
+    data = SpectrogramDataModule(num_samples=steps * 16, val_samples=16, batch_size=16)
+    trainer = pl.Trainer(
+        default_root_dir=run_dir, max_steps=steps, max_epochs=1, logger=logger, log_every_n_steps=1,
+        accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, limit_val_batches=0,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(model, data)
+    if variant == "multi":
+        assert logger.summary and all(r["spooled"] == 0 for r in logger.summary["backends"]), logger.summary
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    from tests.tracking.conftest import MLflowServer, free_port
+
+    root = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
+    server = MLflowServer(root / "mlflow", free_port())
+    (root / "mlflow").mkdir()
+    server.start(timeout_s=180)
+    times: dict[str, list[float]] = {"none": [], "list": [], "multi": []}
+    try:
+        run_once("none", 50, root, server.uri)  # warm-up: imports, first allocations
+        for rep in range(args.reps):
+            for variant in times:
+                seconds = run_once(variant, args.steps, root, server.uri)
+                times[variant].append(seconds)
+                print(f"rep {rep} {variant:<6} {seconds:7.2f} s", flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    list_add = med["list"] - med["none"]
+    multi_add = med["multi"] - med["none"]
+    print(f"\n{args.steps} steps x 5 metrics, medians of {args.reps}:")
+    print(f"  no logger           {med['none']:7.2f} s")
+    print(f"  logger=[...] list   {med['list']:7.2f} s  (+{list_add:.2f} s, {100 * list_add / med['none']:+.1f} %)")
+    print(f"  MultiLogger         {med['multi']:7.2f} s  (+{multi_add:.2f} s, {100 * multi_add / med['none']:+.1f} %)")
+    ratio = multi_add / list_add if list_add > 0 else float("nan")
+    print(f"  MultiLogger overhead / list overhead = {ratio:.3f}  (target <= 0.2)")
+    print(f"  MultiLogger overhead = {100 * multi_add / med['none']:.1f} % of no-logger time (target <= 5 %)")
+
+
+if __name__ == "__main__":
+    main()
