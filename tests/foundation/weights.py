@@ -1,0 +1,72 @@
+"""A test callback: each rank saves its final weights and what it detected about its launch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from typing_extensions import override
+
+from itwinai_lightning.cluster import detect
+
+
+class SaveFinalWeights(pl.Callback):
+    """Writes ``<out_dir>/{initial,weights}_rank<R>.pt`` (state_dicts) and ``launch_rank<R>.json``."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.detected: dict[str, object] = {}
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        torch.save(state, self.out_dir / f"initial_rank{trainer.global_rank}.pt")
+        self.detected = detect().as_dict()  # as the launch left it (Lightning's teardown edits the env)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        rank = trainer.global_rank
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        torch.save(state, self.out_dir / f"weights_rank{rank}.pt")
+        strategy = trainer.strategy
+        env = getattr(strategy, "cluster_environment", None)
+        info = {
+            "detected": self.detected,
+            "global_rank": rank,
+            "world_size": trainer.world_size,
+            "strategy": type(strategy).__name__,
+            "environment": type(env).__name__,
+            "backend": getattr(strategy, "process_group_backend", None),
+            "timeout_s": getattr(strategy, "timeout_s", None),
+            "steps": trainer.global_step,
+        }
+        (self.out_dir / f"launch_rank{rank}.json").write_text(json.dumps(info, indent=1))
+
+
+class SignalRank(pl.Callback):
+    """Sends ``signal_name`` to its own process on ``rank`` at training step ``at_step`` (a dying/hung rank).
+
+    Writes ``<marker>`` with the wall-clock time just before, so a test can measure how long the others take.
+    """
+
+    def __init__(self, rank: int, at_step: int, signal_name: str, marker: str) -> None:
+        self.rank = rank
+        self.at_step = at_step
+        self.signal_name = signal_name
+        self.marker = Path(marker)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, idx: int
+    ) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.at_step:
+            import os
+            import signal
+            import time
+
+            self.marker.write_text(f"{time.time()}\n{os.getpid()}\n")
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
