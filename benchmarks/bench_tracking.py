@@ -64,7 +64,9 @@ class SyncProvLogger(Logger):
 
         self._prov = yprov4ml
         self._dir = save_dir
-        yprov4ml.start_run(experiment_name="bench", provenance_save_dir=save_dir, rank=0, metrics_file_type="csv")
+        yprov4ml.start_run(
+            experiment_name="bench", provenance_save_dir=save_dir, rank=0, metrics_file_type="csv"
+        )
 
     name = property(lambda self: "prov")  # type: ignore[assignment]
     version = property(lambda self: "0")  # type: ignore[assignment]
@@ -149,8 +151,8 @@ def main() -> None:
     multi_add = med["multi"] - med["none"]
     print(f"\n{args.steps} steps x 5 metrics, medians of {args.reps}:")
     print(f"  no logger           {med['none']:7.2f} s")
-    print(f"  logger=[...] list   {med['list']:7.2f} s  (+{list_add:.2f} s, {100 * list_add / med['none']:+.1f} %)")
-    print(f"  MultiLogger         {med['multi']:7.2f} s  (+{multi_add:.2f} s, {100 * multi_add / med['none']:+.1f} %)")
+    for label, key, add in (("logger=[...] list", "list", list_add), ("MultiLogger", "multi", multi_add)):
+        print(f"  {label:<19} {med[key]:7.2f} s  (+{add:.2f} s, {100 * add / med['none']:+.1f} %)")
     ratio = multi_add / list_add if list_add > 0 else float("nan")
     print(f"  MultiLogger overhead / list overhead = {ratio:.3f}  (target <= 0.2)")
     print(f"  MultiLogger overhead = {100 * multi_add / med['none']:.1f} % of no-logger time (target <= 5 %)")
