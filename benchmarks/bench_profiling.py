@@ -4,6 +4,7 @@ Configurations (interleaved A, B, C, A, B, C ... so machine-load drift hits all 
 
 * ``none``      -- no profiling callbacks
 * ``pyspy``     -- ``PySpyProfiler`` at ``--rate`` Hz (default 100) over the whole training
+* ``pyspy_nb``  -- the same with ``nonblocking=True`` (py-spy reads stacks without pausing the process)
 * ``torchprof`` -- ``TorchProfilerBreakdown`` active on 10 % of the training steps (chrome trace export
   and breakdown included)
 
@@ -11,7 +12,7 @@ Each run trains the quickstart model/data (configs/quickstart.yaml) for ``--epoc
 validation or checkpoints. Throughput is the last epoch's samples / training wall time (py-spy attaches
 in the first epoch); whole-run wall time is ``trainer.fit`` from call to return.
 
-    python benchmarks/bench_profiling.py [--reps 3] [--epochs 2] [--rate 100]
+    python benchmarks/bench_profiling.py [--reps 3] [--epochs 2] [--rate 100] [--samples 2048]
 
 Targets: ``pyspy`` loses <= 5 % throughput vs ``none``; ``torchprof`` adds <= 10 % whole-run wall time.
 """
@@ -61,12 +62,16 @@ def quickstart() -> tuple[dict[str, Any], dict[str, Any]]:
     return cfg["model"]["init_args"], cfg["data"]["init_args"]
 
 
-def run_once(name: str, epochs: int, rate: int, root: Path) -> dict[str, float]:
+def run_once(name: str, epochs: int, rate: int, root: Path, samples: int | None = None) -> dict[str, float]:
     model_args, data_args = quickstart()
+    if samples:
+        data_args["num_samples"] = samples
     steps = epochs * (int(data_args["num_samples"]) // int(data_args["batch_size"]))
     callbacks: list[Callback] = [EpochProbe()]
-    if name == "pyspy":
-        callbacks.append(PySpyProfiler(rate_hz=rate, start_step=0, num_steps=None))
+    if name in ("pyspy", "pyspy_nb"):
+        callbacks.append(
+            PySpyProfiler(rate_hz=rate, start_step=0, num_steps=None, nonblocking=name == "pyspy_nb")
+        )
     elif name == "torchprof":
         callbacks.append(
             TorchProfilerBreakdown(skip_steps=4, warmup_steps=1, active_steps=max(1, steps // 10))
@@ -96,13 +101,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rate", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=None, help="override data.num_samples (2048)")
     args = parser.parse_args()
-    names = ("none", "pyspy", "torchprof")
+    names = ("none", "pyspy", "pyspy_nb", "torchprof")
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
             for name in names:
-                out = run_once(name, args.epochs, args.rate, Path(tmp) / f"{name}{rep}")
+                out = run_once(name, args.epochs, args.rate, Path(tmp) / f"{name}{rep}", args.samples)
                 results[name].append(out)
                 print(
                     f"rep {rep} {name:9s} {out['samples_per_s']:8.1f} samples/s  {out['wall_s']:6.2f} s",
@@ -113,12 +119,15 @@ def main() -> None:
         for n in names
     }
     loss = 1 - med["pyspy"]["samples_per_s"] / med["none"]["samples_per_s"]
+    loss_nb = 1 - med["pyspy_nb"]["samples_per_s"] / med["none"]["samples_per_s"]
     extra = med["torchprof"]["wall_s"] / med["none"]["wall_s"] - 1
     summary = {
         "medians": med,
         "pyspy_throughput_loss_pct": 100 * loss,
         "pyspy_target_pct": 5.0,
         "pyspy_ok": loss <= 0.05,
+        "pyspy_nonblocking_throughput_loss_pct": 100 * loss_nb,
+        "pyspy_nonblocking_ok": loss_nb <= 0.05,
         "torchprof_wall_overhead_pct": 100 * extra,
         "torchprof_target_pct": 10.0,
         "torchprof_ok": extra <= 0.10,
