@@ -350,6 +350,16 @@ def to_markdown(summary: Mapping[str, Any], title: str = "py-spy hotspot summary
         lines.append(f"| {LABELS[cat]} | {100 * summary['categories'][cat]:.1f}% | {per} |")
     lines += ["", "## Remedies", ""]
     lines += [f"- {r['advice']}" for r in summary["remedies"]] or ["- Nothing stands out."]
+    background = summary.get("background") or {}
+    if background.get("samples"):
+        busy = ", ".join(
+            f"{LABELS[c]} {n}" for c, n in sorted(background["counts"].items(), key=lambda kv: -kv[1]) if n
+        )
+        lines += [
+            "",
+            f"In parallel (DataLoader workers, helper threads; not in the shares above): "
+            f"{background['samples']} busy samples ({busy}).",
+        ]
     lines += ["", "## Top functions per category", ""]
     for cat in CATEGORIES:
         entries = summary["top_functions"].get(cat)
