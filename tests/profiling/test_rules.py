@@ -237,3 +237,15 @@ def test_breakdown_cuda_trace_uses_kernels(tmp_path: Path) -> None:
     assert merged["overlap"] == pytest.approx(0.25) and merged["overlap_across_ranks"]["max"] == 0.5
     with pytest.raises(ValueError, match=r"t2\.json"):
         breakdown.analyze_file(tmp_path / "t2.json")
+
+
+def test_profile_report_without_a_profile_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from itwinai_lightning.profiling import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["report", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(tmp_path) in err and "PySpyProfiler" in err
