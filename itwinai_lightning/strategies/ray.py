@@ -93,7 +93,7 @@ class RayDDPStrategy(DDPStrategy):
         address: Ray cluster to use (``auto``, ``host:port``); default ``$RAY_ADDRESS`` or a local Ray.
         cpus_per_worker / gpus_per_worker: Ray resources per actor (GPU default: 1 on CUDA, else 0).
         num_cpus: CPUs of a locally started Ray (default: all).
-        Other keyword arguments go to Lightning's ``DDPStrategy`` (``timeout``, ``find_unused_parameters``...).
+        Other keyword arguments go to Lightning's ``DDPStrategy`` (``timeout``, ...).
 
     Logs nothing itself; ``launcher`` in the RunRecord reads ``ray`` on the workers.
     """

@@ -48,8 +48,7 @@ def _parse_base(lightning_argv: list[str], space: dict[str, Distribution]) -> tu
     """
     from itwinai_lightning.cli import run_lightning_cli
 
-    representative = {key: dist.representative() for key, dist in space.items()}
-    cli = run_lightning_cli([*lightning_argv, *override_args(representative)], run=False)
+    cli = run_lightning_cli(lightning_argv, run=False)
     parser = cli.parser
     for key, dist in space.items():
         for value in dist.values_to_check():
@@ -63,8 +62,7 @@ def _parse_base(lightning_argv: list[str], space: dict[str, Distribution]) -> tu
                     "check the spelling (e.g. model.init_args.lr) with: itwinai-lightning fit --print_config"
                 )
     max_epochs = cli.trainer.max_epochs
-    base_config = parser.parse_args(lightning_argv)
-    trainer = {"enable_progress_bar": _lookup(base_config, "trainer.enable_progress_bar")}
+    trainer = {"enable_progress_bar": _lookup(cli.config, "trainer.enable_progress_bar")}
     if max_epochs is None or max_epochs < 1:
         max_epochs = 1000
     return int(max_epochs), trainer
@@ -90,7 +88,8 @@ def prepare(argv: list[str]) -> tuple[TuneSettings, list[str], int, dict[str, An
     settings = parse_settings(values)
     settings.experiment_dir.mkdir(parents=True, exist_ok=True)
     # keep the config copies without the tune: section next to the results (resume needs them)
-    values, lightning_argv = split_section(argv, "tune", DEFAULTS, workdir=settings.experiment_dir / "configs")
+    copies = settings.experiment_dir / "configs"
+    values, lightning_argv = split_section(argv, "tune", DEFAULTS, workdir=copies)
     lightning_argv = _absolute_configs(lightning_argv)
     max_epochs, base_trainer = _parse_base(lightning_argv, settings.space)
     return settings, lightning_argv, max_epochs, base_trainer
@@ -110,7 +109,9 @@ def main(argv: list[str]) -> int:
         print(HELP)
         return 0
     if not any(a in ("--config", "-c") or a.startswith("--config=") for a in argv):
-        raise UserError("tune needs a base config: itwinai-lightning tune --config base.yaml --config search.yaml")
+        raise UserError(
+            "tune needs a base config: itwinai-lightning tune --config base.yaml --config search.yaml"
+        )
     settings, lightning_argv, max_epochs, base_trainer = prepare(argv)
 
     from itwinai_lightning.tune import results

@@ -22,9 +22,6 @@ from itwinai_lightning.strategies.ray import init_ray
 from itwinai_lightning.tune.search_space import to_param_space
 from itwinai_lightning.tune.settings import TuneSettings
 
-#: CPU share of the function trainable that only drives a TorchTrainer (it must not hold a whole CPU)
-DRIVER_CPU = 0.01
-
 
 def make_scheduler(settings: TuneSettings, max_epochs: int) -> Any:
     """FIFO, ASHA, HyperBand, median stopping or PBT, with per-epoch time units."""
@@ -58,6 +55,7 @@ def make_search_alg(settings: TuneSettings) -> Any:
     if settings.search_alg == "random":
         from ray.tune.search import BasicVariantGenerator
 
+        options.setdefault("max_concurrent", settings.max_concurrent_trials or 0)
         return BasicVariantGenerator(random_state=settings.seed, **options)
     if settings.search_alg == "optuna":
         require("optuna", "ray")
@@ -93,8 +91,26 @@ def make_trainable(settings: TuneSettings, base_argv: list[str]) -> Any:
             cpus_per_worker=settings.cpus_per_worker,
             gpus_per_worker=settings.gpus_per_worker,
         )
-        resources = {"cpu": DRIVER_CPU}
+        resources = {"cpu": trial.DRIVER_CPU}
     return tune.with_resources(trainable, resources)
+
+
+def _ddp_concurrency(settings: TuneSettings) -> int:
+    """Multi-worker trials book their workers only once started: cap concurrency so they all fit.
+
+    Otherwise several trials could each hold part of the workers they need and wait for each other.
+    """
+    import ray
+
+    available = ray.cluster_resources()
+    fits = [available.get("CPU", 0.0) / max(1e-9, settings.workers_per_trial * settings.cpus_per_worker)]
+    if settings.gpus_per_worker:
+        fits.append(available.get("GPU", 0.0) / (settings.workers_per_trial * settings.gpus_per_worker))
+    cap = max(1, int(min(fits) + 1e-6))
+    if settings.max_concurrent_trials is not None:
+        cap = min(cap, settings.max_concurrent_trials)
+    print(f"tune: {settings.workers_per_trial}-worker trials, at most {cap} at a time", flush=True)
+    return cap
 
 
 def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int) -> Any:
@@ -102,6 +118,8 @@ def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int) -> 
     init_ray(settings.ray["address"], settings.ray["num_cpus"], settings.ray["temp_dir"])
     from ray import tune
 
+    if settings.workers_per_trial > 1:
+        settings.max_concurrent_trials = _ddp_concurrency(settings)
     trainable = make_trainable(settings, base_argv)
     path = str(settings.experiment_dir)
     if settings.resume and tune.Tuner.can_restore(path):

@@ -90,7 +90,8 @@ def collect(results: Any, settings: TuneSettings, max_epochs: int) -> list[Trial
 
 def write_csv(rows: list[TrialRow], settings: TuneSettings, path: Path) -> None:
     metric = settings.metric
-    header = ["trial_id", "status", "epochs", metric, f"best_{metric}", "trial_time_s", "train_time_s", "error"]
+    header = ["trial_id", "status", "epochs", metric, f"best_{metric}"]
+    header += ["trial_time_s", "train_time_s", "error"]
     header += list(settings.space)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -139,8 +139,8 @@ def _flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
-        is_leaf = isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in KINDS
-        if isinstance(value, Mapping) and not is_leaf and value and all(k not in KINDS for k in value):
+        nested = isinstance(value, Mapping) and value and all(isinstance(v, Mapping) for v in value.values())
+        if nested and not any(k in KINDS for k in value):
             out.update(_flatten(value, f"{dotted}."))
         else:
             out[dotted] = value

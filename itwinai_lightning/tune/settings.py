@@ -143,7 +143,8 @@ def parse_settings(values: dict[str, Any]) -> TuneSettings:
     if search_alg != "random" and any(d.is_grid for d in space.values()):
         grid_key = next(k for k, d in space.items() if d.is_grid)
         raise UserError(
-            f"tune.search_space.{grid_key}: grid works only with search_alg random; use choice with {search_alg}"
+            f"tune.search_space.{grid_key}: grid works only with search_alg random; "
+            f"use choice with {search_alg}"
         )
     if scheduler == "pbt" and search_alg != "random":
         raise UserError("tune.scheduler pbt works only with search_alg random (PBT mutates trials itself)")

@@ -27,6 +27,8 @@ from itwinai_lightning.tune.search_space import override_args, plain_values
 CHECKPOINT_FILE = "trial.ckpt"
 PARAMS_FILE = "params.jsonl"
 CONFIG_FILE = "trial_config.yaml"
+#: CPU share of a multi-worker trial's function trainable, which only drives its TorchTrainer
+DRIVER_CPU = 0.01
 
 #: reports one epoch: (metrics, directory holding CHECKPOINT_FILE)
 ReportFn = Callable[[dict[str, float], str], None]
@@ -193,7 +195,9 @@ def run_ddp_trial(
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+    # this function holds DRIVER_CPU; the workers take the rest, so a trial books workers * cpus_per_worker
+    worker_cpus = max(0.0, cpus_per_worker - DRIVER_CPU / workers)
+    resources = {"CPU": worker_cpus, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     loop_config = {
         "config": config,
         "base_argv": base_argv,
