@@ -65,7 +65,8 @@ def fit_models(runs: Sequence[Run]) -> dict[tuple[str, str, str], scaling.Scalin
         if len({r.workers for r in members}) < 2:
             continue
         mode = series[2] if series[2] in scaling.MODES else "strong"
-        models[series] = scaling.fit([r.workers for r in members], [r.epoch_time_s for r in members], mode)
+        times = [float(r.epoch_time_s or 0.0) for r in members]  # ok runs all have an epoch time
+        models[series] = scaling.fit([r.workers for r in members], times, mode)
     return models
 
 
