@@ -78,7 +78,7 @@ class HPCDeepSpeedStrategy(DeepSpeedStrategy):
         stage: int = 2,
         offload_optimizer: bool = False,
         offload_parameters: bool = False,
-        config: str | Path | dict[str, Any] | None = None,
+        config: dict[str, Any] | str | None = None,
         process_group_backend: str | None = None,
         cluster_environment: ClusterEnvironment | None = None,
         **kwargs: Any,

@@ -13,6 +13,8 @@ from itwinai_lightning.errors import MissingExtraError, UserError
 from tests.helpers.engines import require_module
 from tests.strategies.conftest import child_env
 
+REPO_CWD = Path(__file__).resolve().parents[2]
+
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-c", code]
@@ -101,3 +103,26 @@ def test_short_names_registered() -> None:
         ("horovod", "itwinai_lightning.strategies.horovod:HorovodStrategy"),
     ]:
         assert name in StrategyRegistry and strategies.SHORT_NAMES[name][0] == target
+
+
+def test_yaml_options_reach_the_strategies(tmp_path: Path) -> None:
+    """ZeRO stage, a raw DeepSpeed config mapping and Horovod options parse from YAML (LightningCLI)."""
+    import yaml
+
+    ds = {"class_path": "itwinai_lightning.strategies.deepspeed.HPCDeepSpeedStrategy"}
+    ds["init_args"] = {"stage": 0, "config": {"zero_optimization": {"stage": 0}, "gradient_clipping": 1.0}}
+    hv = {"class_path": "itwinai_lightning.strategies.horovod.HorovodStrategy"}
+    hv["init_args"] = {"compression": "fp16", "backward_passes_per_step": 2}
+    for strategy in (ds, hv):
+        path = tmp_path / "strategy.yaml"
+        path.write_text(yaml.safe_dump({"trainer": {"strategy": strategy}}))
+        cmd = ["-m", "itwinai_lightning", "fit", "--config", "configs/quickstart.yaml", "--config", str(path)]
+        run = {"env": child_env(), "capture_output": True, "text": True, "timeout": 120, "cwd": REPO_CWD}
+        proc = subprocess.run([sys.executable, *cmd, "--print_config"], **run)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = proc.stdout.splitlines()  # the YAML, after any start-up chatter
+        start = next(i for i, line in enumerate(lines) if line.startswith(("seed_everything:", "trainer:")))
+        parsed = yaml.safe_load("\n".join(lines[start:]))["trainer"]["strategy"]
+        assert parsed["class_path"] == strategy["class_path"]
+        for key, value in strategy["init_args"].items():
+            assert parsed["init_args"][key] == value
