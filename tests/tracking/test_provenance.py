@@ -1,0 +1,54 @@
+"""yProv4ML global state: one run per process, PROV-JSON written even when fit fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+from prov.model import ProvDocument
+
+from itwinai_lightning.demo import SpectrogramDataModule, SpectrogramDenoiser
+from itwinai_lightning.loggers import ProvenanceLogger
+from itwinai_lightning.loggers.provenance import ProvSession, active_session
+from tests.helpers.engines import require_module
+
+
+class FailsAtStep(SpectrogramDenoiser):
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        if self.global_step == 5:
+            raise RuntimeError("boom at step 5")
+        return super().training_step(batch, batch_idx)
+
+
+def test_failed_fit_still_writes_prov_json_and_frees_the_slot(tmp_path: Path) -> None:
+    require_module("yprov4ml", "pip install yprov4ml==3.2.3 --no-deps")
+    logger = ProvenanceLogger(experiment="fails", flush_timeout_s=60)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=1, logger=logger, log_every_n_steps=1, accelerator="cpu",
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    data = SpectrogramDataModule(num_samples=64, val_samples=16, batch_size=8)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(FailsAtStep(width=8, depth=2), data)
+    assert active_session() is None  # finalize("failed") ended the yProv4ML run
+    files = list((tmp_path / "prov" / "rank0").glob("fails_*/prov_fails_GR0_*.json"))
+    assert len(files) == 1
+    doc = ProvDocument.deserialize(str(files[0]), format="json")
+    labels = {str(r.identifier) for r in doc.get_records()}
+    assert any("train_loss" in label for label in labels)
+    metric_csv = next((files[0].parent / "metrics_GR0").glob("train_loss_training_*.csv"))
+    assert len(metric_csv.read_text().strip().splitlines()) - 1 == 5  # steps 0..4 ran before the failure
+    assert logger.summary is not None and logger.summary["status"] == "failed"
+
+    # one run per process: a second session while one is active is refused clearly, then works after
+    first = ProvSession(tmp_path / "a", "one", rank=0)
+    first.start()
+    try:
+        with pytest.raises(RuntimeError, match="one run per process"):
+            ProvSession(tmp_path / "b", "two", rank=0).start()
+    finally:
+        assert first.close() is not None
+    second = ProvSession(tmp_path / "b", "two", rank=0)
+    second.start()
+    assert second.close() is not None and active_session() is None
