@@ -1,0 +1,71 @@
+"""A dead or hung rank ends the run (non-zero, within the collective timeout); launch mistakes: one line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.foundation.conftest import fit_args, run_cli
+
+TIMEOUT_S = 5
+#: process start-up, teardown and a loaded 2-core CI machine, on top of the collective timeout
+SLACK_S = 40
+
+
+@pytest.mark.parametrize("launcher,signal_name", [("lightning", "SIGSTOP"), ("srun", "SIGKILL")])
+def test_lost_rank_ends_the_run_within_the_timeout(
+    launcher: str,
+    signal_name: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    python_env: dict[str, str],
+) -> None:
+    marker = tmp_path / "signalled"
+    args = fit_args(
+        tmp_path,
+        "--trainer.max_epochs",
+        "1000",  # would run for many minutes: only the failure handling can end it early
+        f"--trainer.strategy.init_args.timeout={TIMEOUT_S}",
+        "--trainer.callbacks+=tests.foundation.weights.SignalRank",
+        "--trainer.callbacks.rank=1",
+        "--trainer.callbacks.at_step=3",
+        f"--trainer.callbacks.signal_name={signal_name}",
+        f"--trainer.callbacks.marker={marker}",
+    )
+    env = dict(python_env)
+    prefix: list[str] = []
+    if launcher == "srun":
+        env["SLURM_CONF"] = request.getfixturevalue("slurm_cluster").env["SLURM_CONF"]
+        prefix = ["srun", "-N", "1", "--ntasks-per-node=2"]  # no --kill-on-bad-exit: rank 0 must notice
+    run = run_cli(prefix, args, env, tmp_path, timeout=300)
+    ended = time.time()
+
+    assert run.returncode != 0
+    signalled_at, pid = marker.read_text().split()
+    assert ended - float(signalled_at) < TIMEOUT_S + SLACK_S
+    assert "hpc_ddp: rank 0 of 2" in run.stderr and "lost a peer" in run.stderr
+    assert f"collective timeout {TIMEOUT_S} s" in run.stderr
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not (tmp_path / "weights_rank0.pt").exists()  # the fit did not "complete"
+
+
+def test_launch_mistakes_are_one_line(
+    request: pytest.FixtureRequest, tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    cluster = request.getfixturevalue("slurm_cluster")
+    env = {**python_env, "SLURM_CONF": cluster.env["SLURM_CONF"]}
+
+    # srun -n 2 leaves tasks per node to SLURM
+    run = run_cli(["srun", "-n", "2"], fit_args(tmp_path), env, tmp_path)
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("itwinai-lightning: error:")]
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert len(lines) == 2  # one line per task, nothing else from us
+    assert "--ntasks-per-node" in lines[0] and "Traceback" not in run.stderr
+
+    # 2 tasks per node but trainer.devices=1
+    run = run_cli(["srun", "-N", "1", "--ntasks-per-node=2"], fit_args(tmp_path, devices=1), env, tmp_path)
+    assert run.returncode == 2
+    assert "srun started 2 processes" in run.stderr and "--trainer.devices 2" in run.stderr
+    assert "Traceback" not in run.stderr
