@@ -25,6 +25,7 @@ from typing_extensions import override
 
 from itwinai_lightning import records
 from itwinai_lightning.slurm.resume import PARTIAL_SUFFIX
+from itwinai_lightning.slurm.vote import StopVote
 
 #: Exit status of ranks that stopped to be requeued (EX_TEMPFAIL: "try again later").
 EXIT_REQUEUE = 75
@@ -69,7 +70,8 @@ class SlurmRequeue(Callback):
 
     Args:
         signal: signal name that asks for checkpoint + requeue (``USR1``, ``SIGUSR2``, ...).
-        check_every_n_steps: how often the ranks agree on stopping (one all-reduce of one value).
+        check_every_n_steps: how often the ranks vote on stopping (a non-blocking all-reduce of one value
+            over a gloo group, read at the next vote: multi-rank runs stop one vote after the signal).
         time_limit_margin_s: also stop when the job's time limit is this close (seconds); None: signal only.
         requeue: who requeues: ``"auto"`` (the job script if ``ITWINAI_REQUEUE_FLAG`` is set, else this
             callback on rank 0), ``"script"``, ``"self"`` (``scontrol requeue $SLURM_JOB_ID``) or ``"none"``.
@@ -97,6 +99,8 @@ class SlurmRequeue(Callback):
         self._reason = "signal"
         self._previous: Any = None
         self._deadline: float | None = None
+        self._vote = StopVote()
+        self._batches = 0
 
     # ----------------------------------------------------------------- signal handling (flag only)
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -111,13 +115,18 @@ class SlurmRequeue(Callback):
             if env is not None and hasattr(env, "auto_requeue"):
                 env.auto_requeue = False  # ours replaces Lightning's signal-handler checkpointing
         self._previous = _signal.signal(self.signum, self._on_signal)
+        self._vote.setup(trainer)
+        self._batches = 0
         if self.time_limit_margin_s is not None and trainer.global_rank == 0:
             end = _job_end_time(os.environ.get("SLURM_JOB_ID"))
             self._deadline = None if end is None else end - float(self.time_limit_margin_s)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and self._previous is not None:
+        if stage != "fit":
+            return
+        self._vote.close()
+        if self._previous is not None:
             _signal.signal(self.signum, self._previous)
             self._previous = None
 
@@ -141,13 +150,15 @@ class SlurmRequeue(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_step % self.check_every_n_steps != 0 and not self._requested:
+        self._batches += 1  # the same count on every rank: all ranks vote at the same batches
+        if self._batches % self.check_every_n_steps != 0:
             return
         local = self._requested
         if self._deadline is not None and time.time() >= self._deadline:
             local, self._reason = True, "time_limit"
-        if not trainer.strategy.reduce_boolean_decision(local, all=False):
+        if not self._vote.vote(local):
             return
+        self._vote.close()
         path = self._save(trainer)
         request = {
             "job_id": os.environ.get("SLURM_JOB_ID"),

@@ -32,9 +32,11 @@ class _SignalAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def _fit(run_dir: Path, callbacks: list[pl.Callback], ckpt: Path | None = None) -> pl.Trainer:
+def _fit(
+    run_dir: Path, callbacks: list[pl.Callback], ckpt: Path | None = None, accelerator: str = "cpu"
+) -> pl.Trainer:
     trainer = pl.Trainer(
-        default_root_dir=run_dir, max_epochs=2, accelerator="cpu", devices=1, logger=False,
+        default_root_dir=run_dir, max_epochs=2, accelerator=accelerator, devices=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=callbacks,
     )  # fmt: skip
@@ -100,21 +102,42 @@ def test_latest_checkpoint_prefers_newest_and_skips_partial(tmp_path: Path) -> N
     assert latest_checkpoint(tmp_path) == deepspeed
 
 
-def test_job_end_time_from_squeue(slurm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_job_end_time_from_squeue(
+    tmp_path: Path, slurm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without SLURM_JOB_END_TIME (SLURM < 23) the time limit comes from the real squeue."""
     for key in ("SLURM_CONF", "PATH"):
         monkeypatch.setenv(key, slurm_env[key])
     monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
     run = dict(env=slurm_env, capture_output=True, text=True, check=True, timeout=60)
-    job = subprocess.run(["sbatch", "--parsable", "--time=7", "--wrap", "sleep 60"], **run).stdout.strip()
+    args = ["sbatch", "--parsable", "--time=7", f"--output={tmp_path}/%j.out", "--wrap", "sleep 90"]
+    job = subprocess.run(args, **run).stdout.strip()
     try:
-        end = None
-        for _ in range(40):
-            if "RUNNING" in subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], **run).stdout:
-                end = _job_end_time(job)
+        state = ""
+        for _ in range(120):
+            state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], **run).stdout.strip()
+            if state == "RUNNING":
                 break
             time.sleep(0.5)
+        assert state == "RUNNING", state
+        end = _job_end_time(job)
         assert end is not None
-        assert abs(end - (time.time() + 7 * 60)) < 30
+        assert abs(end - (time.time() + 7 * 60)) < 60
     finally:
         subprocess.run(["scancel", job], env=slurm_env, check=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_requeue_and_resume_on_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same safe-point checkpoint with CUDA tensors; it resumes on the GPU to the exact step count."""
+    monkeypatch.setenv("ITWINAI_REQUEUE_FLAG", str(tmp_path / ".requeue"))
+    with pytest.raises(SystemExit):
+        _fit(tmp_path, [_SignalAt(3), SlurmRequeue()], accelerator="gpu")
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt is not None
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 3
+    monkeypatch.delenv("ITWINAI_REQUEUE_FLAG")
+    trainer = _fit(tmp_path, [SlurmRequeue()], ckpt=ckpt, accelerator="gpu")
+    assert trainer.global_step == 2 * STEPS and trainer.strategy.root_device.type == "cuda"
