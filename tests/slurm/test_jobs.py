@@ -113,6 +113,7 @@ def test_preempted_job_requeues_and_resumes_exactly(
     out = (run_dir / "slurm" / f"itwinai-fit-{job_id}.out").read_text()
     assert "resume from: <none>" in out and f"resume from: {requeue['checkpoint']}" in out
     assert "requeueing job" in out
+    assert not list(run_dir.rglob("hpc_ckpt_*.ckpt")), "Lightning's own auto-requeue must stay off"
     # exactly `epochs` epochs: final step count, and one validation per epoch over both attempts
     state = torch.load(next(run_dir.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert state["global_step"] == total and state["epoch"] == epochs - 1
