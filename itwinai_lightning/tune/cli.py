@@ -8,6 +8,7 @@ sampled values) run before Ray is imported; a mistake prints one line and exits 
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -48,7 +49,15 @@ def _parse_base(lightning_argv: list[str], space: dict[str, Distribution]) -> tu
     """
     from itwinai_lightning.cli import run_lightning_cli
 
-    cli = run_lightning_cli(lightning_argv, run=False)
+    quiet = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        cli = run_lightning_cli(lightning_argv, run=False)
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
     parser = cli.parser
     for key, dist in space.items():
         for value in dist.values_to_check():

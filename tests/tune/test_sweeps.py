@@ -1,0 +1,172 @@
+"""End-to-end sweeps on a real local Ray (2 CPUs): ASHA + a crashing trial, PBT, DDP trials, resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from itwinai_lightning.cli import run_lightning_cli
+from tests.tune.conftest import read_csv, read_params, run_tune, tune_command, tune_env, write_search
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_asha_sweep_stops_some_records_all_and_best_yaml_reproduces(
+    tmp_path: Path, ray_tmp: Path, python_env: dict[str, str]
+) -> None:
+    out = tmp_path / "out"
+    search = write_search(
+        tmp_path / "search.yaml",
+        out,
+        ray_tmp,
+        search_space={
+            "model.init_args.lr": {"loguniform": [1.0e-4, 1.0e-1]},
+            # one optimizer name the model rejects: those trials crash, are retried, and reported
+            "model.init_args.optimizer": {"choice": ["adam", "adam", "adam", "bogus"]},
+        },
+        num_samples=6,
+        max_failures=1,
+        scheduler={"type": "asha", "reduction_factor": 2},
+    )
+    proc = run_tune(search, tune_env(python_env))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Trial status:" in proc.stdout  # Ray's live progress table
+
+    rows = read_csv(out / "sweep" / "results.csv")
+    assert len(rows) == 6
+    statuses = [row["status"] for row in rows]
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert all(row["model.init_args.optimizer"] == "bogus" for row in failed)
+    assert failed and "optimizer" in failed[0]["error"]
+    assert f"trial {failed[0]['trial_id']} failed" in proc.stdout
+    good = [row for row in rows if row["status"] != "failed"]
+    assert len(good) >= 4
+    assert "stopped_early" in statuses and "completed" in statuses
+    for row in good:
+        params = read_params(out / "sweep" / "trials" / row["trial_id"])
+        assert math.isclose(params[0]["optimizer_lr"], float(row["model.init_args.lr"]), rel_tol=1e-9)
+        assert int(row["epochs"]) == (4 if row["status"] == "completed" else int(row["epochs"]))
+        assert int(row["epochs"]) < 4 or row["status"] == "completed"
+
+    best = min(good, key=lambda row: float(row["val_loss"]))
+    assert best["status"] == "completed"
+    best_yaml = out / "sweep" / "best.yaml"
+    assert best["trial_id"] in best_yaml.read_text()
+    cli = run_lightning_cli(
+        ["fit", "--config", str(best_yaml), f"--trainer.default_root_dir={tmp_path / 'refit'}"]
+    )
+    refit = float(cli.trainer.callback_metrics["val_loss"])
+    assert refit == pytest.approx(float(best["val_loss"]), rel=1e-3)
+
+
+def test_pbt_exploited_trial_continues_with_the_mutated_value(
+    tmp_path: Path, ray_tmp: Path, python_env: dict[str, str]
+) -> None:
+    out = tmp_path / "out"
+    search = write_search(
+        tmp_path / "search.yaml",
+        out,
+        ray_tmp,
+        search_space={"model.init_args.lr": {"grid": [1.0e-4, 3.0e-2]}},
+        num_samples=1,
+        scheduler={
+            "type": "pbt",
+            "perturbation_interval": 1,
+            "synch": True,
+            "quantile_fraction": 0.5,
+            "resample_probability": 1.0,
+            "hyperparam_mutations": {"model.init_args.lr": {"loguniform": [1.0e-3, 5.0e-2]}},
+        },
+    )
+    proc = run_tune(search, tune_env(python_env))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_csv(out / "sweep" / "results.csv")
+    assert len(rows) == 2
+    exploited = []
+    for row in rows:
+        starts = read_params(out / "sweep" / "trials" / row["trial_id"])
+        for before, after in itertools.pairwise(starts):
+            assert after["restored"] is True
+            if after["params"]["model.init_args.lr"] != before["params"]["model.init_args.lr"]:
+                exploited.append(after)
+    assert exploited, "PBT never exploited/mutated a trial"
+    for start in exploited:
+        # the optimizer really uses the mutated value, not the one stored in the donor's checkpoint
+        assert start["optimizer_lr"] == pytest.approx(start["params"]["model.init_args.lr"], rel=1e-9)
+        assert 1.0e-3 <= start["optimizer_lr"] <= 5.0e-2
+        assert start["start_epoch"] >= 1
+
+
+def test_two_trials_of_two_ddp_workers(tmp_path: Path, ray_tmp: Path, python_env: dict[str, str]) -> None:
+    out = tmp_path / "out"
+    search = write_search(
+        tmp_path / "search.yaml",
+        out,
+        ray_tmp,
+        search_space={"model.init_args.lr": {"grid": [1.0e-3, 1.0e-2]}},
+        num_samples=1,
+        workers_per_trial=2,
+    )
+    proc = run_tune(search, tune_env(python_env), "--trainer.max_epochs=1", timeout=500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_csv(out / "sweep" / "results.csv")
+    assert sorted(float(row["model.init_args.lr"]) for row in rows) == [1.0e-3, 1.0e-2]
+    for row in rows:
+        assert row["status"] == "completed" and int(row["epochs"]) == 1
+        assert 0 < float(row["val_loss"]) < 1
+        record = json.loads((out / "sweep" / "trials" / row["trial_id"] / "run_record.json").read_text())
+        assert (record["launcher"], record["world_size"]) == ("ray", 2)
+
+
+def test_resume_after_the_sweep_process_is_killed(
+    tmp_path: Path, ray_tmp: Path, python_env: dict[str, str]
+) -> None:
+    out = tmp_path / "out"
+    search = write_search(
+        tmp_path / "search.yaml",
+        out,
+        ray_tmp,
+        search_space={"model.init_args.lr": {"grid": [1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2]}},
+        num_samples=1,
+        max_concurrent_trials=1,
+    )
+    env = tune_env(python_env)
+    trials = out / "sweep" / "trials"
+    proc = subprocess.Popen(
+        tune_command(search),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if trials.is_dir() and len(list(trials.glob("*/params.jsonl"))) >= 2:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        time.sleep(2)  # let Tune write its experiment state
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    started_before = {p.parent.name for p in trials.glob("*/params.jsonl")}
+    assert not (out / "sweep" / "results.csv").exists()
+
+    resumed = run_tune(search, env, "--tune.resume=true")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming the sweep" in resumed.stdout
+    rows = read_csv(out / "sweep" / "results.csv")
+    assert len(rows) == 4
+    assert {row["status"] for row in rows} == {"completed"}
+    assert started_before <= {row["trial_id"] for row in rows}
+    finished_first = [p for p in started_before if len(read_params(trials / p)) == 1]
+    assert finished_first, "no trial from the killed run was kept"
