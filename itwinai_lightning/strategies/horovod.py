@@ -1,8 +1,10 @@
 """``horovod``: data-parallel training with Horovod for Lightning 2.x (Lightning dropped Horovod in 2.0).
 
 Each process is started by ``horovodrun``, ``mpirun`` or ``srun`` (one process per device, ``devices: 1``);
-Horovod, not Lightning, knows the ranks. Importing this module does not import Horovod; building the strategy
-does, and raises :class:`~itwinai_lightning.errors.MissingExtraError` naming ``scripts/install-horovod.sh``.
+Horovod, not Lightning, knows the ranks. Under ``mpirun``/``srun`` a gloo-only Horovod build finds its
+peers through the rendezvous that :mod:`~itwinai_lightning.strategies.horovod_rendezvous` runs before
+``hvd.init()``. Importing this module does not import Horovod; building the strategy does, and raises
+:class:`~itwinai_lightning.errors.MissingExtraError` naming ``scripts/install-horovod.sh``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing_extensions import override
 
 from itwinai_lightning import cluster
 from itwinai_lightning.errors import UserError, require
+from itwinai_lightning.strategies import horovod_rendezvous as rendezvous
 
 INSTALL_HINT = "bash scripts/install-horovod.sh (Horovod 0.28.1 needs a patched build for torch 2.x)"
 COMPRESSIONS = ("none", "fp16")
@@ -101,6 +104,8 @@ class HorovodStrategy(ParallelStrategy):
     ``backward_passes_per_step``  gradients accumulated locally before one allreduce; defaults to
                                   ``trainer.accumulate_grad_batches`` and must agree with it
     ``gradient_predivide_factor`` split the averaging before/after the sum (``op: average`` only)
+    ``rendezvous_port``           under ``mpirun``/``srun``: port of the gloo rendezvous server that rank 0
+                                  starts (default ``MASTER_PORT``, else derived from the job id)
     ============================  ==========================================================================
 
     At the start of fit, rank 0's parameters, optimizer hyper-parameters and (non-empty) optimizer state are
@@ -118,6 +123,7 @@ class HorovodStrategy(ParallelStrategy):
         op: str = "average",
         backward_passes_per_step: int | None = None,
         gradient_predivide_factor: float = 1.0,
+        rendezvous_port: int | None = None,
         accelerator: Any = None,
         parallel_devices: list[torch.device] | None = None,
         checkpoint_io: CheckpointIO | None = None,
@@ -133,6 +139,8 @@ class HorovodStrategy(ParallelStrategy):
             raise UserError("strategy.init_args.backward_passes_per_step must be >= 1")
         if gradient_predivide_factor != 1.0 and op != "average":
             raise UserError("strategy.init_args.gradient_predivide_factor needs op: average")
+        if rendezvous_port is not None and not 0 < rendezvous_port < 65536:
+            raise UserError(f"strategy.init_args.rendezvous_port must be in 1..65535, got {rendezvous_port}")
         horovod = hvd()
         if op == "adasum" and not horovod.mpi_built():
             raise UserError(
@@ -149,19 +157,22 @@ class HorovodStrategy(ParallelStrategy):
         self.op = op
         self.backward_passes_per_step = backward_passes_per_step
         self.gradient_predivide_factor = gradient_predivide_factor
+        self.rendezvous_port = rendezvous_port
         self._exit_stack: ExitStack | None = None
 
     # ---- ranks and devices -------------------------------------------------------------------------------
     def set_world_ranks(self) -> None:
         """Called by the Trainer while it is built: start Horovod and check it sees the whole job."""
         horovod = hvd()
-        horovod.init()
         launched = cluster.detect()
+        if not horovod.is_initialized() and rendezvous.needs_rendezvous(launched):
+            rendezvous.prepare(launched, port=self.rendezvous_port)  # mpirun/srun: gloo rendezvous
+        horovod.init()
         if launched.world_size > 1 and horovod.size() != launched.world_size:
             raise UserError(
                 f"strategy: horovod sees {horovod.size()} process(es) but {launched.launcher} started "
-                f"{launched.world_size}; launch with horovodrun (gloo) or build Horovod with MPI for "
-                f"mpirun/srun: {INSTALL_HINT}"
+                f"{launched.world_size}; was HOROVOD_RANK/HOROVOD_SIZE set by hand? Unset them, or launch "
+                f"with horovodrun, mpirun or srun"
             )
         rank_zero_only.rank = self.global_rank
 

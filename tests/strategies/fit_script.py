@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ def main(argv: list[str]) -> int:
         "broadcasted": model.broadcasted,
         "last_ckpt": ckpt.last_model_path,
         "fit1_weight_sum": float(sum(v.double().sum() for v in fit1_weights.values())),
+        "horovod_env": {k: v for k, v in os.environ.items() if k.startswith("HOROVOD_")},
     }
     if hasattr(trainer.strategy, "config") and isinstance(trainer.strategy.config, dict):
         result["zero_stage"] = trainer.strategy.config.get("zero_optimization", {}).get("stage")
