@@ -60,3 +60,46 @@ class SlowBackend(Backend):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp: float) -> None:
         self.metrics.append((step, dict(metrics)))
+
+
+class FlakyBackend(SlowBackend):
+    """Raises on its first ``failures`` writes, then works: the automatic retry must deliver everything."""
+
+    kind = "flaky"
+
+    def __init__(self, failures: int = 3, ranks: str = "zero", name: str | None = None) -> None:
+        super().__init__(delay_s=0.0, ranks=ranks, name=name)
+        self.failures = failures
+
+    def write(self, batch: Any) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise TimeoutError("server busy")
+        super().write(batch)
+
+
+def ddp_prov_main(run_dir: str) -> None:
+    """Entry for a 2-rank torchrun run with a ProvenanceLogger (all ranks) and a rank-0 CSV backend."""
+    import lightning.pytorch as pl
+
+    from itwinai_lightning.demo import SpectrogramDataModule
+    from itwinai_lightning.loggers import MultiLogger
+
+    logger = MultiLogger(
+        backends=[{"type": "prov", "ranks": "all"}, "csv"], experiment="ddp", flush_timeout_s=120
+    )
+    trainer = pl.Trainer(
+        default_root_dir=run_dir, max_epochs=1, logger=logger, log_every_n_steps=1, accelerator="cpu",
+        devices=2, strategy="ddp", enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(
+        SpectrogramDenoiser(width=8, depth=2),
+        SpectrogramDataModule(num_samples=64, val_samples=16, batch_size=8),
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    ddp_prov_main(sys.argv[1])

@@ -23,8 +23,8 @@ def _fit(run_dir: Path, logger: MultiLogger | bool, max_epochs: int = 2) -> Spec
     data = SpectrogramDataModule(num_samples=64, val_samples=32, batch_size=8, seed=3)
     flags = dict(enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     trainer = pl.Trainer(
-        default_root_dir=run_dir, max_epochs=max_epochs, logger=logger, log_every_n_steps=1, accelerator="cpu",
-        deterministic=True, **flags,
+        default_root_dir=run_dir, max_epochs=max_epochs, logger=logger, log_every_n_steps=1,
+        accelerator="cpu", deterministic=True, **flags,
     )  # fmt: skip
     trainer.fit(model, data)
     return model
@@ -98,3 +98,20 @@ def test_bad_backend_config_is_one_clear_error() -> None:
         MultiLogger(backends=["nosuch"])
     with pytest.raises(UserError, match="ranks"):
         MultiLogger(backends=[{"type": "csv", "ranks": "some"}])
+
+
+def test_automatic_retry_delivers_everything_once_backend_recovers(tmp_path: Path) -> None:
+    from tests.tracking.helpers import FlakyBackend
+
+    flaky = FlakyBackend(failures=3)
+    logger = MultiLogger(backends=[flaky], run_dir=str(tmp_path), retry_interval_s=0.05, flush_timeout_s=30)
+    for step in range(200):
+        logger.log_metrics({"m": float(step)}, step=step)
+        if step % 50 == 0:
+            time.sleep(0.1)  # let the worker fail, back off and retry while training goes on
+    logger.finalize("success")
+    assert [s for s, _ in flaky.metrics] == list(range(200))  # all, once, in order
+    row = logger.summary["backends"][0]  # type: ignore[index]
+    assert row["healthy"] and row["spooled"] == 0 and row["delivered"] == 200
+    assert "TimeoutError" in row["errors"][0]
+    assert not (tmp_path / "tracking_spool" / "flaky.jsonl").exists()

@@ -52,3 +52,30 @@ def test_failed_fit_still_writes_prov_json_and_frees_the_slot(tmp_path: Path) ->
     second = ProvSession(tmp_path / "b", "two", rank=0)
     second.start()
     assert second.close() is not None and active_session() is None
+
+
+def test_prov_json_per_rank_under_torchrun(tmp_path: Path, python_env: dict[str, str]) -> None:
+    import subprocess
+    import sys
+
+    from tests.tracking.conftest import free_port
+
+    require_module("yprov4ml", "pip install yprov4ml==3.2.3 --no-deps")
+    port = str(free_port())
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+         "-m", "tests.tracking.helpers", str(tmp_path)],
+        env=python_env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        files = list((tmp_path / "prov" / f"rank{rank}").glob(f"ddp_*/prov_ddp_GR{rank}_*.json"))
+        assert len(files) == 1, f"rank {rank}: {files}"
+        doc = ProvDocument.deserialize(str(files[0]), format="json")
+        assert any("train_loss" in str(r.identifier) for r in doc.get_records())
+        csvs = list((files[0].parent / f"metrics_GR{rank}").glob("train_loss_training_*.csv"))
+        assert len(csvs[0].read_text().strip().splitlines()) - 1 == 4  # 64 samples / 2 ranks / batch 8
+    assert (tmp_path / "metrics.csv").exists() and not (
+        tmp_path / "metrics.rank1.csv"
+    ).exists()  # csv: rank 0
+    assert (tmp_path / "tracking_summary.rank1.json").exists()
