@@ -162,7 +162,13 @@ def prepare(
     env = os.environ if env is None else env
     plan = host_plan(info)
     slot = own_slot(info, plan)
-    address = socket.gethostbyname(main_address_for(info, env))
+    host = main_address_for(info, env)
+    address = socket.gethostbyname(host)
+    if info.num_nodes > 1 and ipaddress.ip_address(address).is_loopback:
+        raise UserError(
+            f"horovod over {info.num_nodes} nodes: the main address {host!r} resolves to loopback {address} "
+            "here; export MASTER_ADDR=<rank 0's IP address reachable from every node>"
+        )
     port = port if port is not None else derived_port(info, env)
     iface = env.get("HOROVOD_GLOO_IFACE") or gloo_iface(address)
     if info.rank == 0:
