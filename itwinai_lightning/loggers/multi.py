@@ -209,7 +209,6 @@ class MultiLogger(Logger):
         """Flush every backend (bounded by ``flush_timeout_s``), write the summary. Safe to call twice."""
         if self._finalized:
             return
-        self._finalized = True
         if self._checkpoint and self._log_checkpoints == "best":
             for key in ("best", "last"):
                 path = self._checkpoint[key]
@@ -223,6 +222,8 @@ class MultiLogger(Logger):
         self._start()
         for worker in self._workers:
             worker.stop(self._flush_timeout_s)
+        self._finalized = True
+        self._checkpoint = None
         self._write_summary(status)
 
     # ---- extras --------------------------------------------------------------------------------------
@@ -274,9 +275,9 @@ class MultiLogger(Logger):
         return self._run_dir
 
     def _emit(self, record: Record) -> None:
-        if self._finalized and self._workers and not any(w._thread.is_alive() for w in self._workers):
-            self._pending.append(record)  # logged after finalize: kept for a later finalize/replay
-            return
+        if self._finalized:  # e.g. trainer.test() after fit: reopen the backends (same runs where possible)
+            self._finalized = False
+            self._workers = []
         if not self._workers:
             if self._run_dir is None and record["kind"] == "params":
                 self._pending.append(record)  # fit has not told us the run dir yet (log_graph comes next)

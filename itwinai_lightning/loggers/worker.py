@@ -214,6 +214,8 @@ class BackendWorker:
                 self.backend.close("success" if self.healthy else "failed")
         except Exception as err:
             self._note(err)
+        finally:
+            self.backend.is_open = False
         self._write_meta()
         self.spool.remove_if_empty()
 
