@@ -122,11 +122,12 @@ def _category(name: str, cat: str) -> str | None:
 def analyze(trace: Mapping[str, Any]) -> dict[str, Any]:
     """Fractions and overlap of one rank's chrome trace (see the module docstring)."""
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
-    steps = [
-        (float(e["ts"]), float(e["ts"]) + float(e["dur"]))
-        for e in events
-        if str(e.get("name", "")).startswith("ProfilerStep#")
-    ]
+    # On CUDA, a step appears twice: the CPU annotation and its GPU-side twin (cat gpu_user_annotation);
+    # the CPU one is the step's time base, and a step counts once.
+    step_events = [e for e in events if str(e.get("name", "")).startswith("ProfilerStep#")]
+    cpu_steps = [e for e in step_events if e.get("cat") != "gpu_user_annotation"] or step_events
+    steps = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in cpu_steps]
+    step_count = len({str(e["name"]) for e in cpu_steps})
     device = any(e.get("cat") in _DEVICE_CATS for e in events)
     chosen = [e for e in events if (e.get("cat") in _DEVICE_CATS) == device]
     if not steps:
@@ -160,7 +161,7 @@ def analyze(trace: Mapping[str, Any]) -> dict[str, Any]:
     overlap = length(intersect(comm, compute_all)) / comm_s if comm_s > 0 else 0.0
     return {
         "mode": "cuda" if device else "cpu",
-        "steps": len(steps),
+        "steps": step_count or len(steps),
         "window_s": total / 1e6,
         "fractions": {k: (values[k] / total if total > 0 else 0.0) for k in FRACTIONS},
         "seconds": {k: values[k] / 1e6 for k in FRACTIONS},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,9 @@ def test_deepspeed_one_cuda_device_nccl(tmp_path: Path) -> None:
     )
     script = tmp_path / "gpu_fit.py"
     script.write_text(code)
-    proc = subprocess.run([*cmd, str(script), str(tmp_path)], env=child_env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [*cmd, sys.executable, str(script), str(tmp_path)], env=child_env(), capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads((tmp_path / "gpu.json").read_text())
     assert got == {"backend": "nccl", "device": "cuda:0", "step": 4}
