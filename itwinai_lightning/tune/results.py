@@ -138,3 +138,13 @@ def print_summary(rows: list[TrialRow], settings: TuneSettings, best: TrialRow |
         params = ", ".join(f"{k}={v}" for k, v in best.params.items())
         print(f"tune: best trial {best.trial_id}: {settings.metric}={best.metric:.6g} with {params}")
         print(f"tune: best config: {settings.experiment_dir / 'best.yaml'}")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """``results.csv`` back as dicts, numeric columns as floats."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in ("epochs", "trial_time_s", "train_time_s"):
+            row[key] = _float(row.get(key))
+    return rows
