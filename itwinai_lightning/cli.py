@@ -146,11 +146,11 @@ def _capture_user_errors() -> Iterator[list[UserError]]:
         original(self, *args, **kwargs)
         raised.append(self)
 
-    UserError.__init__ = remember  # type: ignore[method-assign]
+    UserError.__init__ = remember  # type: ignore[method-assign,assignment]
     try:
         yield raised
     finally:
-        UserError.__init__ = original  # type: ignore[method-assign]
+        UserError.__init__ = original  # type: ignore[method-assign,assignment]
 
 
 def _trainer_error(err: Exception) -> str:

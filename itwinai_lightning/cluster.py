@@ -116,14 +116,15 @@ def detect(env: Mapping[str, str] | None = None) -> ClusterInfo:
     if env.get("SLURM_STEP_ID") is not None and env.get("SLURM_PROCID") is not None:
         world = _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", default=1) or 1
         nodes = _int(env, "SLURM_STEP_NUM_NODES", "SLURM_NNODES", default=1) or 1
-        local_world = _int(env, "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", default=world // nodes)
+        per_node = _int(env, "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE")
+        local_world = per_node or max(1, world // nodes)
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
         return ClusterInfo(
             launcher="srun",
             rank=_int(env, "SLURM_PROCID", default=0) or 0,
             local_rank=_int(env, "SLURM_LOCALID", default=0) or 0,
             world_size=world,
-            local_world_size=local_world or 1,
+            local_world_size=local_world,
             node_rank=_int(env, "SLURM_NODEID", default=0) or 0,
             num_nodes=nodes,
             master_addr=env.get("MASTER_ADDR") or slurm_first_host(nodelist),

@@ -147,7 +147,7 @@ class LauncherEnvironment(ClusterEnvironment):
 
     @override
     def set_global_rank(self, rank: int) -> None:
-        rank_zero_only.rank = self.info.rank
+        rank_zero_only.rank = self.info.rank  # type: ignore[attr-defined]
 
     @override
     def local_rank(self) -> int:
