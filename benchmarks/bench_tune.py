@@ -122,6 +122,7 @@ def run_ours(out: Path, trials: int, epochs: int, ddp: bool) -> list[float]:
     from itwinai_lightning.tune.cli import main
     from itwinai_lightning.tune.results import read_rows
 
+    out.mkdir(parents=True, exist_ok=True)
     search = out / "search.yaml"
     section = {
         "search_space": {"model.init_args.lr": {"loguniform": [1e-3, 1e-2]}},
