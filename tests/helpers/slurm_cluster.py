@@ -97,8 +97,28 @@ def _munge_running() -> bool:
     return subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode == 0
 
 
-def start(directory: Path, cpus: int | None = None, port_base: int = 16817) -> SlurmCluster:
+def _free_port_pair() -> int:
+    """A port p with p and p+1 both free (slurmctld, slurmd), so parallel test sessions never collide."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as t:
+            try:
+                t.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise OSError("no free pair of ports for slurmctld/slurmd")
+
+
+def start(directory: Path, cpus: int | None = None, port_base: int | None = None) -> SlurmCluster:
     """Start munged (if needed), slurmctld and slurmd with state under ``directory``."""
+    port_base = port_base or _free_port_pair()
     for exe in ("slurmctld", "slurmd", "munged", "sinfo"):
         if shutil.which(exe) is None and not Path(f"/usr/sbin/{exe}").exists():
             raise FileNotFoundError(f"{exe} not installed (apt-get install slurmd slurmctld slurm-client munge)")
