@@ -3,8 +3,9 @@
 Configurations (interleaved A, B, C, A, B, C ... so machine-load drift hits all alike; medians reported):
 
 * ``none``      -- no profiling callbacks
-* ``pyspy``     -- ``PySpyProfiler`` at ``--rate`` Hz (default 100) over the whole training
-* ``pyspy_nb``  -- the same with ``nonblocking=True`` (py-spy reads stacks without pausing the process)
+* ``pyspy``     -- ``PySpyProfiler`` at ``--rate`` Hz (default 100) over the whole training, blocking
+  (py-spy pauses the process for each sample)
+* ``pyspy_nb``  -- the same with ``nonblocking=True`` (the default: stacks read without pausing)
 * ``torchprof`` -- ``TorchProfilerBreakdown`` active on 10 % of the training steps (chrome trace export
   and breakdown included)
 

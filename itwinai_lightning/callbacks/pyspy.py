@@ -61,7 +61,7 @@ class PySpyProfiler(Callback):
         epochs: list[int] | None = None,
         subprocesses: bool = True,
         native: bool = False,
-        nonblocking: bool = False,
+        nonblocking: bool = True,
         idle: bool = True,
         executable: str = "py-spy",
         top_functions: int = 5,

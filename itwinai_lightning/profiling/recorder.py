@@ -44,7 +44,7 @@ class PySpyRecorder:
         rate_hz: int = 100,
         subprocesses: bool = True,
         native: bool = False,
-        nonblocking: bool = False,
+        nonblocking: bool = True,
         idle: bool = True,
         executable: str = "py-spy",
     ) -> None:
