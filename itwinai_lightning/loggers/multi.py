@@ -264,8 +264,9 @@ class MultiLogger(Logger):
                 continue
             while not worker.backend.is_open and worker.healthy and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if worker.backend.is_open:
-                return {**worker.backend.spec(), **worker.backend.state()}
+            state = worker.backend.state()
+            if worker.backend.is_open or any(state.values()):  # open now, or was (closed after finalize)
+                return {**worker.backend.spec(), **state}
         return {}
 
     # ---- internals -----------------------------------------------------------------------------------
