@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from itwinai_lightning.sections import set_dotted
 from itwinai_lightning.tune.search_space import plain_values
 from itwinai_lightning.tune.settings import TuneSettings
 from itwinai_lightning.tune.trial import CONFIG_FILE
+
+_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")
 
 
 @dataclass
@@ -71,7 +74,9 @@ def collect(results: Any, settings: TuneSettings, max_epochs: int) -> list[Trial
         else:
             status = "completed"
         error = str(result.error).strip().splitlines()[-1] if result.error is not None else ""
-        trial_id = metrics.get("trial_id") or Path(result.path).name.split("_")[-2]
+        # from the trial's directory name: after a PBT exploit, ``metrics`` may be the donor's last result
+        match = _TRIAL_ID.search(Path(result.path).name)
+        trial_id = match.group(1) if match else metrics.get("trial_id")
         rows.append(
             TrialRow(
                 trial_id=str(trial_id),

@@ -86,7 +86,7 @@ def test_pbt_exploited_trial_continues_with_the_mutated_value(
             "hyperparam_mutations": {"model.init_args.lr": {"loguniform": [1.0e-3, 5.0e-2]}},
         },
     )
-    proc = run_tune(search, tune_env(python_env))
+    proc = run_tune(search, tune_env(python_env), "--trainer.max_epochs=3")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = read_csv(out / "sweep" / "results.csv")
     assert len(rows) == 2
