@@ -135,13 +135,13 @@ class RayDDPStrategy(DDPStrategy):
         if not self.is_worker:
             self._set_driver_ranks()
             return
-        rank_zero_only.rank = fabric_rank_zero_only.rank = self.global_rank
+        rank_zero_only.rank = fabric_rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
 
     def _set_driver_ranks(self) -> None:
         if self.cluster_environment is not None:
             self.cluster_environment.set_global_rank(0)
             self.cluster_environment.set_world_size(self.total_workers)
-        rank_zero_only.rank = fabric_rank_zero_only.rank = 0
+        rank_zero_only.rank = fabric_rank_zero_only.rank = 0  # type: ignore[attr-defined]
 
     @property
     @override

@@ -64,18 +64,18 @@ class Distribution:
         """The ``ray.tune`` sampler for this dimension (imports Ray)."""
         from ray import tune
 
-        low, high = (self.args[0], self.args[1]) if len(self.args) >= 2 else (None, None)
+        if self.kind == "choice":
+            return tune.choice(list(self.args))
+        if self.kind == "grid":
+            return tune.grid_search(list(self.args))
+        low, high = float(self.args[0]), float(self.args[1])
         if self.kind == "uniform":
             return tune.uniform(low, high)
         if self.kind == "quniform":
             return tune.quniform(low, high, self.args[2])
         if self.kind == "loguniform":
             return tune.loguniform(low, high)
-        if self.kind == "randint":
-            return tune.randint(int(low), int(high))
-        if self.kind == "choice":
-            return tune.choice(list(self.args))
-        return tune.grid_search(list(self.args))
+        return tune.randint(int(low), int(high))
 
     def to_mutation(self) -> Any:
         """What PBT's ``hyperparam_mutations`` takes: a list for choice/grid, a sampler otherwise."""

@@ -158,7 +158,9 @@ def fit_trial(
         run_dir.mkdir(parents=True, exist_ok=True)
         dumped = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_check=True)) or {}
         (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(redact(dumped), sort_keys=False))
-    trainer.callbacks.append(TuneReporter(report, params, trial_id, restored=checkpoint is not None))
+    trainer.callbacks.append(  # type: ignore[attr-defined]
+        TuneReporter(report, params, trial_id, restored=checkpoint is not None)
+    )
     if checkpoint is None:
         trainer.fit(cli.model, datamodule=cli.datamodule)
         return
@@ -214,7 +216,7 @@ def run_ddp_trial(
         run_config=train.RunConfig(
             name=f"{trial_id}-{uuid.uuid4().hex[:6]}",
             storage_path=str(Path(experiment_dir) / "train"),
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
         ),
     )
     trainer.fit()
