@@ -21,7 +21,9 @@ class MissingExtraError(UserError, ImportError):
 
     def __init__(self, module: str, extra: str, hint: str | None = None) -> None:
         how = hint or f'pip install "itwinai-lightning[{extra}]"'
-        super().__init__(f"'{module}' is not installed; it is needed for this feature. Install it with: {how}")
+        super().__init__(
+            f"'{module}' is not installed; it is needed for this feature. Install it with: {how}"
+        )
         self.module = module
         self.extra = extra
 

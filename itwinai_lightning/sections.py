@@ -36,7 +36,9 @@ def load_yaml_file(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {str(path)!r} must hold a mapping (key: value), not {type(data).__name__}")
+        raise UserError(
+            f"config file {str(path)!r} must hold a mapping (key: value), not {type(data).__name__}"
+        )
     return data
 
 
@@ -133,6 +135,4 @@ def check_known_keys(values: Mapping[str, Any], known: Sequence[str], section: s
     """Raise a UserError naming an unknown ``section.key`` and listing the accepted ones."""
     unknown = [k for k in values if k not in known]
     if unknown:
-        raise UserError(
-            f"unknown option '{section}.{unknown[0]}'; accepted: {', '.join(sorted(known))}"
-        )
+        raise UserError(f"unknown option '{section}.{unknown[0]}'; accepted: {', '.join(sorted(known))}")

@@ -90,27 +90,29 @@ class SpectrogramDataModule(pl.LightningDataModule):
 
     def _dataset(self, n: int, seed: int) -> SyntheticSpectrograms:
         hp = self.hparams
-        return SyntheticSpectrograms(n, hp.freq_bins, hp.time_steps, hp.noise_std, seed, hp.sleep_s)
+        return SyntheticSpectrograms(
+            n, hp["freq_bins"], hp["time_steps"], hp["noise_std"], seed, hp["sleep_s"]
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set = self._dataset(self.hparams.num_samples, self.hparams.seed)
-            self.val_set = self._dataset(self.hparams.val_samples, self.hparams.seed + 1)
+            self.train_set = self._dataset(self.hparams["num_samples"], self.hparams["seed"])
+            self.val_set = self._dataset(self.hparams["val_samples"], self.hparams["seed"] + 1)
 
     def _loader(self, dataset: Dataset[tuple[torch.Tensor, torch.Tensor]], shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
+        workers = self.hparams["num_workers"]
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
+            pin_memory=self.hparams["pin_memory"],
             persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
-        return self._loader(self.train_set, self.hparams.shuffle)
+        return self._loader(self.train_set, self.hparams["shuffle"])
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None

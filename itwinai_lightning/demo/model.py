@@ -48,8 +48,10 @@ class SpectrogramDenoiser(pl.LightningModule):
         return self(batch[0])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self.hparams.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-        if self.hparams.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        raise ValueError(f"model.init_args.optimizer must be 'adam' or 'sgd', got {self.hparams.optimizer!r}")
+        if self.hparams["optimizer"] == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"])
+        if self.hparams["optimizer"] == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
+        raise ValueError(
+            f"model.init_args.optimizer must be 'adam' or 'sgd', got {self.hparams['optimizer']!r}"
+        )

@@ -8,6 +8,7 @@ Usage outside pytest (e.g. to try the SLURM features by hand)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -49,7 +50,8 @@ MinJobAge=600
 KillWait=10
 JobRequeue=1
 PreemptType=preempt/none
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} SocketsPerBoard=1 CoresPerSocket={cpus} ThreadsPerCore=1 RealMemory=16000 State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} SocketsPerBoard=1 CoresPerSocket={cpus} \
+ThreadsPerCore=1 RealMemory=16000 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """
 
@@ -67,7 +69,9 @@ class SlurmCluster:
         return env
 
     def run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(list(args), env=self.env, capture_output=True, text=True, check=check, timeout=timeout)
+        return subprocess.run(
+            list(args), env=self.env, capture_output=True, text=True, check=check, timeout=timeout
+        )
 
     def wait_idle(self, timeout: float = 60) -> None:
         deadline = time.time() + timeout
@@ -87,7 +91,15 @@ class SlurmCluster:
             for field in out.split():
                 if field.startswith("JobState="):
                     state = field.split("=", 1)[1]
-            if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"):
+            if state in (
+                "COMPLETED",
+                "FAILED",
+                "CANCELLED",
+                "TIMEOUT",
+                "NODE_FAIL",
+                "OUT_OF_MEMORY",
+                "PREEMPTED",
+            ):
                 return state
             time.sleep(1)
         raise TimeoutError(f"job {job_id} still {state} after {timeout}s")
@@ -121,7 +133,9 @@ def start(directory: Path, cpus: int | None = None, port_base: int | None = None
     port_base = port_base or _free_port_pair()
     for exe in ("slurmctld", "slurmd", "munged", "sinfo"):
         if shutil.which(exe) is None and not Path(f"/usr/sbin/{exe}").exists():
-            raise FileNotFoundError(f"{exe} not installed (apt-get install slurmd slurmctld slurm-client munge)")
+            raise FileNotFoundError(
+                f"{exe} not installed (apt-get install slurmd slurmctld slurm-client munge)"
+            )
     directory.mkdir(parents=True, exist_ok=True)
     for sub in ("state", "spool"):
         (directory / sub).mkdir(exist_ok=True)
@@ -153,10 +167,8 @@ def stop(directory: Path) -> None:
     for name in ("slurmd", "slurmctld"):
         pid_file = directory / f"{name}.pid"
         if pid_file.exists():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
     time.sleep(0.5)
 
 
