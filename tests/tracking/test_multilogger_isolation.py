@@ -61,7 +61,7 @@ def test_backend_raising_on_every_call_changes_nothing(tmp_path: Path) -> None:
 
 def test_slow_backend_never_stalls_and_overflow_is_spooled_then_delivered(tmp_path: Path) -> None:
     slow = SlowBackend(delay_s=0.02)
-    logger = MultiLogger(backends=[slow], queue_size=2, flush_timeout_s=60)
+    logger = MultiLogger(backends=[slow], run_dir=str(tmp_path), queue_size=2, flush_timeout_s=60)
     start = time.perf_counter()
     for step in range(300):
         logger.log_metrics({"a": float(step), "b": 2.0 * step}, step=step)
@@ -69,7 +69,6 @@ def test_slow_backend_never_stalls_and_overflow_is_spooled_then_delivered(tmp_pa
     assert submit_s < 1.0, f"300 log calls took {submit_s:.2f} s: the training thread waited for the backend"
     worker = logger._workers[0]
     assert worker.overflowed > 0  # the queue of 2 was full: records went to disk instead of blocking
-    logger.bind(tmp_path)
     logger.finalize("success")
     steps = [step for step, _ in slow.metrics]
     assert sorted(steps) == list(range(300))  # all delivered exactly once
