@@ -174,7 +174,7 @@ class HorovodStrategy(ParallelStrategy):
                 f"{launched.world_size}; was HOROVOD_RANK/HOROVOD_SIZE set by hand? Unset them, or launch "
                 f"with horovodrun, mpirun or srun"
             )
-        rank_zero_only.rank = self.global_rank
+        rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
 
     @property
     @override
@@ -237,7 +237,7 @@ class HorovodStrategy(ParallelStrategy):
         self._exit_stack = ExitStack()
         if self.op != "adasum":
             for opt in wrapped:  # we synchronize right after backward (see optimizer_step)
-                self._exit_stack.enter_context(opt.skip_synchronize())
+                self._exit_stack.enter_context(opt.skip_synchronize())  # type: ignore[attr-defined]
 
     def _resolve_backward_passes(self, trainer: Any) -> int:
         accumulate = int(trainer.accumulate_grad_batches)
