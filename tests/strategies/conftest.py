@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from tests.helpers.childenv import child_env
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("fit_script.py")
@@ -46,18 +47,6 @@ def torchrun_prefix(nproc: int = 2) -> list[str]:
     port = str(free_port())
     run = [sys.executable, "-m", "torch.distributed.run", "--no-python"]  # run_launch adds the interpreter
     return [*run, f"--nproc_per_node={nproc}", f"--master_port={port}"]
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This interpreter first on PATH, the repo importable, MPI-as-root allowed, quiet warnings."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    env.update(extra or {})
-    return env
 
 
 def load_weights(out: Path) -> dict[str, torch.Tensor]:

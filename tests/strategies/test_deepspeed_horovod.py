@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import torch
 
+from tests.helpers.childenv import child_env
 from tests.helpers.engines import require_executable, require_module
-from tests.strategies.conftest import STEPS, child_env, load_weights, run_launch, torchrun_prefix
+from tests.strategies.conftest import STEPS, load_weights, run_launch, torchrun_prefix
 
 pytestmark = pytest.mark.timeout(400)
 

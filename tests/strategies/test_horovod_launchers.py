@@ -9,8 +9,9 @@ import pytest
 
 from itwinai_lightning.cluster import ClusterInfo
 from itwinai_lightning.errors import UserError
+from tests.helpers.childenv import child_env
 from tests.helpers.engines import require_executable, require_module
-from tests.strategies.conftest import child_env, free_port, load_weights, run_launch
+from tests.strategies.conftest import free_port, load_weights, run_launch
 from tests.strategies.test_deepspeed_horovod import check_fit_and_resume, check_parity
 
 pytestmark = [pytest.mark.horovod, pytest.mark.timeout(400)]

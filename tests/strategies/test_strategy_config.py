@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from itwinai_lightning.errors import MissingExtraError, UserError
+from tests.helpers.childenv import child_env
 from tests.helpers.engines import require_module
-from tests.strategies.conftest import child_env
 
 REPO_CWD = Path(__file__).resolve().parents[2]
 
