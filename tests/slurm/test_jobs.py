@@ -96,7 +96,15 @@ def test_preempted_job_requeues_and_resumes_exactly(
         assert fields["JobState"] in ("RUNNING", "COMPLETING", "REQUEUED", "PENDING"), fields["JobState"]
         assert time.time() < deadline, fields
         time.sleep(0.5)
-    _slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")  # skip SLURM's requeue delay
+    # Skip SLURM's requeue hold (BeginTime), but only once slurmd has released the previous instance:
+    # a credential issued within the same second as the requeue's revocation is refused ("Job credential
+    # revoked") and the job FAILS -- the race SLURM's own hold avoids.
+    released = time.time() + 60
+    while _slurm(slurm_env, "sinfo", "-h", "-o", "%T").strip() != "idle":
+        assert time.time() < released, "node never went idle after the requeue"
+        time.sleep(0.5)
+    time.sleep(2)
+    _slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
     assert _wait(slurm_cluster, job_id) == "COMPLETED"
     fields = _job_fields(slurm_env, job_id)
     assert fields["ExitCode"] == "0:0" and fields["Restarts"] == "1"
