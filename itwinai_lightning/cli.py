@@ -213,6 +213,32 @@ def run_lightning_cli(
     return _cli_class()(args=None if from_sys_argv else list(args), run=run, **kwargs)
 
 
+def resolve_config(args: Sequence[str], subcommand: str = "fit") -> dict[str, Any]:
+    """Parse and validate `<subcommand> <args>` as the CLI would; build nothing; return the resolved config.
+
+    For callers that must know the full config without instantiating the model, data or Trainer (e.g.
+    rendering a GPU job script on a CPU-only login node).
+    """
+    import warnings
+
+    import yaml
+
+    _register_short_names()
+
+    class _ParseOnly(_cli_class()):  # type: ignore[misc]
+        def instantiate_classes(self) -> None:
+            return None
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            return None
+
+    with warnings.catch_warnings():  # args given in-process while sys.argv holds another command
+        warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+        cli = _ParseOnly(args=[subcommand, *args], run=True)
+    text = cli._parser(subcommand).dump(cli.config[subcommand], skip_none=False, skip_check=True)
+    return yaml.safe_load(text) or {}
+
+
 def _dispatch(name: str, argv: list[str]) -> int:
     module_name = EXTRA_COMMANDS[name][0]
     module = importlib.import_module(module_name)

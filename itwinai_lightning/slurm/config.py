@@ -7,7 +7,6 @@ script runs. Nothing is instantiated, so rendering a GPU job works on a login no
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,25 +21,9 @@ GPU_ACCELERATORS = ("gpu", "cuda", "rocm", "auto")
 
 def resolve_lightning_config(lightning_argv: Sequence[str]) -> dict[str, Any]:
     """Parse ``fit <lightning_argv>`` with the project's LightningCLI and return the resolved config."""
-    from itwinai_lightning.cli import _cli_class, _register_short_names
+    from itwinai_lightning.cli import resolve_config
 
-    _register_short_names()
-
-    class _ParseOnly(_cli_class()):  # type: ignore[misc]
-        """Parses and validates like ``fit`` but builds and runs nothing."""
-
-        def instantiate_classes(self) -> None:
-            return None
-
-        def _run_subcommand(self, subcommand: str) -> None:
-            return None
-
-    with warnings.catch_warnings():  # args given in-process while sys.argv holds 'slurm ...': intended
-        warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-        cli = _ParseOnly(args=["fit", *lightning_argv], run=True)
-    parser = cli._parser("fit")
-    text = parser.dump(cli.config["fit"], skip_none=False, skip_check=True)
-    return yaml.safe_load(text) or {}
+    return resolve_config(lightning_argv, "fit")
 
 
 def devices_per_node(config: dict[str, Any], gpus_per_node: int) -> int:
