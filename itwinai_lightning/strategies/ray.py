@@ -69,7 +69,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: 
 
     if ray.is_initialized():
         return ray
-    env_vars = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    # a stopped multi-worker trial winds its ranks down together before Tune reuses its process (s)
+    env_vars = {
+        "RAY_CHDIR_TO_TRIAL_DIR": "0",
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30"),
+    }
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)

@@ -42,10 +42,12 @@ Outputs: a live progress table, <output_dir>/<name>/results.csv and best.yaml, w
 """
 
 
-def _parse_base(lightning_argv: list[str], space: dict[str, Distribution]) -> tuple[int, dict[str, Any]]:
+def _parse_base(
+    lightning_argv: list[str], space: dict[str, Distribution]
+) -> tuple[int, dict[str, Any], list[Any]]:
     """Build the LightningCLI once (no Ray) to check the base config and every searched key and value.
 
-    Returns the base ``trainer.max_epochs`` and the base trainer settings.
+    Returns the base ``trainer.max_epochs``, the base trainer settings and the base run's loggers.
     """
     from itwinai_lightning.cli import run_lightning_cli
 
@@ -74,7 +76,7 @@ def _parse_base(lightning_argv: list[str], space: dict[str, Distribution]) -> tu
     trainer = {"enable_progress_bar": _lookup(cli.config, "trainer.enable_progress_bar")}
     if max_epochs is None or max_epochs < 1:
         max_epochs = 1000
-    return int(max_epochs), trainer
+    return int(max_epochs), trainer, list(cli.trainer.loggers)
 
 
 _MISSING = object()
@@ -90,7 +92,7 @@ def _lookup(config: Any, dotted: str) -> Any:
     return node
 
 
-def prepare(argv: list[str]) -> tuple[TuneSettings, list[str], int, dict[str, Any]]:
+def prepare(argv: list[str]) -> tuple[TuneSettings, list[str], int, dict[str, Any], list[Any]]:
     """Everything before Ray: split the section, validate options, search space and keys."""
     with tempfile.TemporaryDirectory(prefix="itwinai-tune-") as scratch:
         values, lightning_argv = split_section(argv, "tune", DEFAULTS, workdir=scratch)
@@ -100,8 +102,8 @@ def prepare(argv: list[str]) -> tuple[TuneSettings, list[str], int, dict[str, An
     copies = settings.experiment_dir / "configs"
     values, lightning_argv = split_section(argv, "tune", DEFAULTS, workdir=copies)
     lightning_argv = _absolute_configs(lightning_argv)
-    max_epochs, base_trainer = _parse_base(lightning_argv, settings.space)
-    return settings, lightning_argv, max_epochs, base_trainer
+    max_epochs, base_trainer, loggers = _parse_base(lightning_argv, settings.space)
+    return settings, lightning_argv, max_epochs, base_trainer, loggers
 
 
 def _absolute_configs(argv: list[str]) -> list[str]:
@@ -121,18 +123,24 @@ def main(argv: list[str]) -> int:
         raise UserError(
             "tune needs a base config: itwinai-lightning tune --config base.yaml --config search.yaml"
         )
-    settings, lightning_argv, max_epochs, base_trainer = prepare(argv)
+    settings, lightning_argv, max_epochs, base_trainer, loggers = prepare(argv)
 
     from itwinai_lightning.tune import results
     from itwinai_lightning.tune.launcher import run_sweep
+    from itwinai_lightning.tune.tracking import finish_parent, start_parent
 
-    grid = run_sweep(settings, lightning_argv, max_epochs)
+    tracking = start_parent(loggers, settings)
+    grid = run_sweep(settings, lightning_argv, max_epochs, tracking)
     rows = results.collect(grid, settings, max_epochs)
     results.write_csv(rows, settings, settings.experiment_dir / "results.csv")
     best = results.best_row(rows, settings)
     if best is not None:
         results.write_best_yaml(best, settings, base_trainer, settings.experiment_dir / "best.yaml")
     results.print_summary(rows, settings, best)
+    if tracking is not None:
+        finish_parent(
+            tracking, settings.metric, best.metric if best else None, best.trial_id if best else None
+        )
     if best is None or math.isnan(best.metric):
         print(f"tune: no trial reported {settings.metric!r}; see the errors above")
         return 1

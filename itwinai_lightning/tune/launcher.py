@@ -5,9 +5,10 @@ mode                   what one trial is
 =====================  =========================================================================
 workers_per_trial: 1   a function trainable running the fit in its own Ray worker process
                        (``cpus_per_worker``/``gpus_per_worker`` reserved); trials run concurrently
-workers_per_trial: N   a function trainable with a tiny CPU share that drives a Ray Train (V2)
-                       ``TorchTrainer`` of N workers, each running the fit with ``ray_ddp``; Ray
-                       Train's ``TuneReportCallback`` forwards metrics and checkpoints to Tune
+workers_per_trial: N   one placement group of N bundles per trial; the function trainable is rank 0
+                       and N-1 warm Ray actors in the same placement group are the other ranks of
+                       a ``ray_ddp`` fit; Tune reuses the trainable (``reuse_actors``), which keeps
+                       the actors for the next trial (see :mod:`itwinai_lightning.tune.pool`)
 =====================  =========================================================================
 
 Ray (and the search-algorithm packages) are imported inside the functions only.
@@ -72,7 +73,7 @@ def make_search_alg(settings: TuneSettings) -> Any:
     return HyperOptSearch(**options)
 
 
-def make_trainable(settings: TuneSettings, base_argv: list[str]) -> Any:
+def make_trainable(settings: TuneSettings, base_argv: list[str], tracking: Any = None) -> Any:
     from ray import tune
 
     from itwinai_lightning.tune import trial
@@ -80,47 +81,42 @@ def make_trainable(settings: TuneSettings, base_argv: list[str]) -> Any:
     experiment = str(settings.experiment_dir)
     workers = settings.workers_per_trial
     if workers == 1:
-        trainable = tune.with_parameters(trial.run_trial, base_argv=base_argv, experiment_dir=experiment)
-        resources = {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker}
-    else:
         trainable = tune.with_parameters(
-            trial.run_ddp_trial,
-            base_argv=base_argv,
-            experiment_dir=experiment,
-            workers=workers,
-            cpus_per_worker=settings.cpus_per_worker,
-            gpus_per_worker=settings.gpus_per_worker,
+            trial.run_trial, base_argv=base_argv, experiment_dir=experiment, tracking=tracking
         )
-        resources = {"cpu": trial.DRIVER_CPU}
-    return tune.with_resources(trainable, resources)
+        return tune.with_resources(
+            trainable, {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker}
+        )
+    trainable = tune.with_parameters(
+        trial.run_ddp_trial,
+        base_argv=base_argv,
+        experiment_dir=experiment,
+        workers=workers,
+        cpus_per_worker=settings.cpus_per_worker,
+        gpus_per_worker=settings.gpus_per_worker,
+        tracking=tracking,
+    )
+    return tune.with_resources(trainable, ddp_resources(settings))
 
 
-def _ddp_concurrency(settings: TuneSettings) -> int:
-    """Multi-worker trials book their workers only once started: cap concurrency so they all fit.
+def ddp_resources(settings: TuneSettings) -> Any:
+    """All N ranks of a trial booked at once: bundle 0 for the trainable (rank 0), 1..N-1 for the actors."""
+    from ray import tune
 
-    Otherwise several trials could each hold part of the workers they need and wait for each other.
-    """
-    import ray
-
-    available = ray.cluster_resources()
-    fits = [available.get("CPU", 0.0) / max(1e-9, settings.workers_per_trial * settings.cpus_per_worker)]
+    bundle = {"CPU": settings.cpus_per_worker or 0.01}
     if settings.gpus_per_worker:
-        fits.append(available.get("GPU", 0.0) / (settings.workers_per_trial * settings.gpus_per_worker))
-    cap = max(1, int(min(fits) + 1e-6))
-    if settings.max_concurrent_trials is not None:
-        cap = min(cap, settings.max_concurrent_trials)
-    print(f"tune: {settings.workers_per_trial}-worker trials, at most {cap} at a time", flush=True)
-    return cap
+        bundle["GPU"] = settings.gpus_per_worker
+    return tune.PlacementGroupFactory(
+        [dict(bundle) for _ in range(settings.workers_per_trial)], strategy="PACK"
+    )
 
 
-def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int) -> Any:
+def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int, tracking: Any = None) -> Any:
     """Start (or resume) the sweep and block until it ends; returns Ray's ``ResultGrid``."""
     init_ray(settings.ray["address"], settings.ray["num_cpus"], settings.ray["temp_dir"])
     from ray import tune
 
-    if settings.workers_per_trial > 1:
-        settings.max_concurrent_trials = _ddp_concurrency(settings)
-    trainable = make_trainable(settings, base_argv)
+    trainable = make_trainable(settings, base_argv, tracking)
     path = str(settings.experiment_dir)
     if settings.resume and tune.Tuner.can_restore(path):
         print(f"tune: resuming the sweep in {path}", flush=True)
@@ -141,6 +137,8 @@ def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int) -> 
         time_budget_s=settings.time_budget_s,
         scheduler=make_scheduler(settings, max_epochs),
         search_alg=make_search_alg(settings),
+        # multi-worker trials: keep the trainable, its placement group and its warm ranks for the next trial
+        reuse_actors=settings.workers_per_trial > 1,
     )
     tuner = tune.Tuner(
         trainable,

@@ -27,11 +27,9 @@ from itwinai_lightning.tune.search_space import override_args, plain_values
 CHECKPOINT_FILE = "trial.ckpt"
 PARAMS_FILE = "params.jsonl"
 CONFIG_FILE = "trial_config.yaml"
-#: CPU share of a multi-worker trial's function trainable, which only drives its TorchTrainer
-DRIVER_CPU = 0.01
 
-#: reports one epoch: (metrics, directory holding CHECKPOINT_FILE)
-ReportFn = Callable[[dict[str, float], str], None]
+#: reports one epoch: (metrics, directory holding CHECKPOINT_FILE) -> True when Tune stopped the trial
+ReportFn = Callable[[dict[str, float], str], "bool | None"]
 
 
 class TuneReporter(pl.Callback):
@@ -48,7 +46,9 @@ class TuneReporter(pl.Callback):
     ==========================  ======================================================================
 
     On (re)start it appends to ``<run_dir>/params.jsonl``: start epoch, whether a checkpoint was restored,
-    the trial's sampled params and the optimizer's learning rate actually in use. After a restore, the
+    the trial's sampled params, the optimizer's learning rate actually in use and the PIDs of all ranks
+    (``rank_pids``). In a multi-rank trial rank 0 reports and broadcasts whether Tune stopped the trial,
+    so that every rank ends the fit together (the ranks stay usable for the next trial). After a restore, the
     optimizers' hyper-parameters (lr, momentum, weight decay, ...) are reset to the values this trial was
     configured with, so a PBT-mutated value really takes effect instead of the checkpoint's old one.
     """
@@ -66,6 +66,7 @@ class TuneReporter(pl.Callback):
         restored = self._restored
         if restored:
             _reset_optimizer_hparams(trainer, pl_module)
+        pids = trainer.strategy.all_gather(torch.tensor([os.getpid()], dtype=torch.int64))
         if trainer.is_global_zero:
             entry = {
                 "trial_id": self._trial_id,
@@ -73,6 +74,7 @@ class TuneReporter(pl.Callback):
                 "restored": restored,
                 "params": self._params,
                 "optimizer_lr": _current_lr(trainer),
+                "rank_pids": [int(pid) for pid in pids.reshape(-1).tolist()],
                 "time": time.time(),
             }
             run_dir = Path(trainer.default_root_dir)
@@ -104,7 +106,11 @@ class TuneReporter(pl.Callback):
         metrics["trial_train_time_s"] = self._train_time_s
         with tempfile.TemporaryDirectory(prefix="itwinai-trial-") as directory:
             trainer.save_checkpoint(os.path.join(directory, CHECKPOINT_FILE))
-            self._report(metrics, directory)
+            stop = bool(self._report(metrics, directory))
+        if trainer.world_size > 1:
+            stop = bool(trainer.strategy.broadcast(stop, src=0))
+        if stop:
+            trainer.should_stop = True
         self._epoch_start = time.perf_counter()
 
 
@@ -147,13 +153,22 @@ def fit_trial(
     report: ReportFn,
     checkpoint: Any | None,
     extra_args: Sequence[str] = (),
+    tracking: Any = None,
 ) -> None:
-    """Build the run exactly as ``fit`` would (plus overrides) and train it, reporting each epoch."""
+    """Build the run exactly as ``fit`` would (plus overrides) and train it, reporting each epoch.
+
+    ``tracking`` (a :class:`~itwinai_lightning.tune.tracking.SweepTracking`) makes the run's MLflow run a
+    child of the sweep's parent run.
+    """
     from itwinai_lightning.cli import run_lightning_cli
 
     params = plain_values(config)
     cli = run_lightning_cli([*trial_args(base_argv, params, run_dir), *extra_args], run=False)
     trainer = cli.trainer
+    if tracking is not None:
+        from itwinai_lightning.tune.tracking import adopt_trial
+
+        adopt_trial(trainer.loggers, tracking, trial_id)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         dumped = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_check=True)) or {}
@@ -168,7 +183,9 @@ def fit_trial(
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=os.path.join(directory, CHECKPOINT_FILE))
 
 
-def run_trial(config: dict[str, Any], base_argv: list[str], experiment_dir: str) -> None:
+def run_trial(
+    config: dict[str, Any], base_argv: list[str], experiment_dir: str, tracking: Any = None
+) -> None:
     """Ray Tune function trainable for a single-process trial."""
     from ray import tune
 
@@ -178,7 +195,7 @@ def run_trial(config: dict[str, Any], base_argv: list[str], experiment_dir: str)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     run_dir = Path(experiment_dir) / "trials" / trial_id
-    fit_trial(base_argv, config, run_dir, trial_id, report, tune.get_checkpoint())
+    fit_trial(base_argv, config, run_dir, trial_id, report, tune.get_checkpoint(), tracking=tracking)
 
 
 def run_ddp_trial(
@@ -188,65 +205,41 @@ def run_ddp_trial(
     workers: int,
     cpus_per_worker: float,
     gpus_per_worker: float,
+    tracking: Any = None,
 ) -> None:
-    """Ray Tune function trainable whose trial is an N-worker Ray Train (V2) ``TorchTrainer`` run."""
-    import uuid
+    """Ray Tune function trainable for an N-worker DDP trial: this process is rank 0, warm actors the rest.
 
-    from ray import train, tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    See :mod:`itwinai_lightning.tune.pool` for how the ranks are booked, reused and replaced.
+    """
+    import ray
+    from ray import tune
+
+    from itwinai_lightning.tune import pool
 
     trial_id = tune.get_context().get_trial_id()
-    # this function holds DRIVER_CPU; the workers take the rest, so a trial books workers * cpus_per_worker
-    worker_cpus = max(0.0, cpus_per_worker - DRIVER_CPU / workers)
-    resources = {"CPU": worker_cpus, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
-    loop_config = {
-        "config": config,
-        "base_argv": base_argv,
-        "run_dir": str(Path(experiment_dir) / "trials" / trial_id),
-        "trial_id": trial_id,
-        "checkpoint": tune.get_checkpoint(),
-    }
-    trainer = TorchTrainer(
-        _ddp_worker_loop,
-        train_loop_config=loop_config,
-        scaling_config=train.ScalingConfig(
-            num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
-        ),
-        run_config=train.RunConfig(
-            name=f"{trial_id}-{uuid.uuid4().hex[:6]}",
-            storage_path=str(Path(experiment_dir) / "train"),
-            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
-        ),
-    )
-    trainer.fit()
+    ranks = pool.acquire(workers - 1, cpus_per_worker, gpus_per_worker)
+    envs = pool.rank_envs(workers)
+    checkpoint = tune.get_checkpoint()
+    run_dir = Path(experiment_dir) / "trials" / trial_id
+    job = {"base_argv": base_argv, "config": config, "run_dir": str(run_dir), "trial_id": trial_id,
+           "checkpoint": checkpoint, "tracking": tracking}  # fmt: skip
+    pending = [
+        actor.run.remote({**job, "env": env}) for actor, env in zip(ranks.actors, envs[1:], strict=True)
+    ]
 
+    def report(metrics: dict[str, float], directory: str) -> bool:
+        try:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        except SystemExit:  # Tune stops or pauses the trial here: all ranks end the fit together
+            return True
+        return False
 
-def _ddp_worker_loop(loop_config: dict[str, Any]) -> None:
-    """Runs on each Ray Train worker: expose the rank layout, then the ordinary fit with ``ray_ddp``."""
-    from ray import train
-
-    context = train.get_context()
-    rank = context.get_world_rank()
-    os.environ.update(
-        RAY_TRAIN_WORKER="1",
-        RANK=str(rank),
-        LOCAL_RANK=str(context.get_local_rank()),
-        WORLD_SIZE=str(context.get_world_size()),
-        LOCAL_WORLD_SIZE=str(context.get_local_world_size()),
-        NODE_RANK=str(context.get_node_rank()),
-    )
-
-    def report(metrics: dict[str, float], directory: str) -> None:
-        checkpoint = train.Checkpoint.from_directory(directory) if rank == 0 else None
-        train.report(metrics, checkpoint=checkpoint)
-
-    fit_trial(
-        loop_config["base_argv"],
-        loop_config["config"],
-        Path(loop_config["run_dir"]),
-        loop_config["trial_id"],
-        report,
-        loop_config["checkpoint"],
-        extra_args=["--trainer.strategy=ray_ddp", "--trainer.devices=1", "--trainer.num_nodes=1"],
-    )
+    try:
+        pool.enter_rank(envs[0])
+        fit_trial(base_argv, config, run_dir, trial_id, report, checkpoint, pool.RANK_ARGS, tracking)
+        ray.get(pending)
+    except BaseException:
+        pool.discard()  # other ranks may wait in a collective: the retry gets fresh actors
+        raise
+    finally:
+        pool.fresh_process_group()

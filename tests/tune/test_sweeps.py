@@ -10,13 +10,23 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from itwinai_lightning.cli import run_lightning_cli
-from tests.tune.conftest import read_csv, read_params, run_tune, tune_command, tune_env, write_search
+from tests.tune.conftest import TINY, read_csv, read_params, run_tune, tune_command, tune_env, write_search
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+MULTI = "itwinai_lightning.loggers.multi.MultiLogger"
+DDP_ARGS = (
+    "--data.init_args.shuffle=false",
+    "--model.init_args.optimizer=sgd",
+    "--trainer.max_epochs=1",
+    "--data.init_args.batch_size=16",
+)
 
 
 def test_asha_sweep_stops_some_records_all_and_best_yaml_reproduces(
@@ -105,7 +115,9 @@ def test_pbt_exploited_trial_continues_with_the_mutated_value(
         assert start["start_epoch"] >= 1
 
 
-def test_two_trials_of_two_ddp_workers(tmp_path: Path, ray_tmp: Path, python_env: dict[str, str]) -> None:
+def test_two_trials_of_two_ddp_workers_reuse_ranks_and_nest_mlflow_runs(
+    tmp_path: Path, ray_tmp: Path, python_env: dict[str, str], mlflow_server: Any
+) -> None:
     out = tmp_path / "out"
     search = write_search(
         tmp_path / "search.yaml",
@@ -115,15 +127,56 @@ def test_two_trials_of_two_ddp_workers(tmp_path: Path, ray_tmp: Path, python_env
         num_samples=1,
         workers_per_trial=2,
     )
-    proc = run_tune(search, tune_env(python_env), "--trainer.max_epochs=1", timeout=500)
+    logger = tmp_path / "logger.yaml"
+    backend = {"type": "mlflow", "tracking_uri": mlflow_server.uri, "batch_interval_s": 0.2}
+    multi = {"experiment": "tune-ddp", "backends": [backend], "isolation": "thread"}
+    logger.write_text(yaml.safe_dump({"trainer": {"logger": {"class_path": MULTI, "init_args": multi}}}))
+    # 2 ranks x batch 16 without shuffling must train exactly what 1 process x batch 32 does
+    proc = run_tune(search, tune_env(python_env), "--config", str(logger), *DDP_ARGS, timeout=500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = read_csv(out / "sweep" / "results.csv")
     assert sorted(float(row["model.init_args.lr"]) for row in rows) == [1.0e-3, 1.0e-2]
+    pids = []
     for row in rows:
         assert row["status"] == "completed" and int(row["epochs"]) == 1
         assert 0 < float(row["val_loss"]) < 1
-        record = json.loads((out / "sweep" / "trials" / row["trial_id"] / "run_record.json").read_text())
+        trial_dir = out / "sweep" / "trials" / row["trial_id"]
+        record = json.loads((trial_dir / "run_record.json").read_text())
         assert (record["launcher"], record["world_size"]) == ("ray", 2)
+        (start,) = read_params(trial_dir)
+        assert len(set(start["rank_pids"])) == 2
+        pids.append(start["rank_pids"])
+    # the two trials ran one after the other (2 CPUs) on the very same warm processes
+    assert pids[0] == pids[1]
+
+    single = run_lightning_cli(
+        ["fit", "--config", str(TINY), *DDP_ARGS[:-1], "--data.init_args.batch_size=32",
+         "--model.init_args.lr=0.01", f"--trainer.default_root_dir={tmp_path / 'single'}"]
+    )  # fmt: skip
+    ddp = next(row for row in rows if float(row["model.init_args.lr"]) == 1.0e-2)
+    assert float(ddp["val_loss"]) == pytest.approx(
+        float(single.trainer.callback_metrics["val_loss"]), rel=1e-4
+    )
+
+    # one MLflow parent run for the sweep, each trial's run nested under it with its id, params, metrics
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("tune-ddp")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if run.data.tags.get("itwinai.kind") == "tune_sweep"]
+    assert parent.info.run_name == "sweep" and parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2
+    by_trial = {run.data.tags["itwinai.tune_trial_id"]: run for run in children}
+    assert set(by_trial) == {row["trial_id"] for row in rows}
+    for row in rows:
+        child = by_trial[row["trial_id"]]
+        assert child.data.params["tune_trial_id"] == row["trial_id"]
+        assert float(child.data.params["model.init_args.lr"]) == float(row["model.init_args.lr"])
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        assert history and history[-1].value == pytest.approx(float(row["val_loss"]), rel=1e-6)
 
 
 def test_resume_after_the_sweep_process_is_killed(
