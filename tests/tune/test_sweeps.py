@@ -179,6 +179,36 @@ def test_two_trials_of_two_ddp_workers_reuse_ranks_and_nest_mlflow_runs(
         assert history and history[-1].value == pytest.approx(float(row["val_loss"]), rel=1e-6)
 
 
+def test_a_killed_ddp_rank_fails_the_trial_and_the_retry_gets_fresh_ranks(
+    tmp_path: Path, ray_tmp: Path, python_env: dict[str, str]
+) -> None:
+    out = tmp_path / "out"
+    marker = tmp_path / "killed.pid"
+    search = write_search(
+        tmp_path / "search.yaml",
+        out,
+        ray_tmp,
+        search_space={"model.init_args.lr": {"choice": [1.0e-2]}},
+        num_samples=1,
+        workers_per_trial=2,
+        max_failures=1,
+    )
+    killer = {"class_path": "tests.tune.faults.KillRankOnce", "init_args": {"marker": str(marker)}}
+    faults = tmp_path / "faults.yaml"
+    faults.write_text(yaml.safe_dump({"trainer": {"callbacks": [killer]}}))
+    proc = run_tune(
+        search, tune_env(python_env), "--config", str(faults), "--trainer.max_epochs=1", timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (row,) = read_csv(out / "sweep" / "results.csv")
+    assert row["status"] == "completed" and int(row["epochs"]) == 1
+    first, retry = read_params(out / "sweep" / "trials" / row["trial_id"])
+    killed = int(marker.read_text())
+    assert first["rank_pids"][1] == killed
+    # Tune's retry ran on fresh processes: a new rank 0 (trainable) and a new rank 1 (actor)
+    assert killed not in retry["rank_pids"] and first["rank_pids"][0] not in retry["rank_pids"]
+
+
 def test_resume_after_the_sweep_process_is_killed(
     tmp_path: Path, ray_tmp: Path, python_env: dict[str, str]
 ) -> None:
