@@ -69,7 +69,9 @@ def _register_short_names() -> None:
     for module in (
         "itwinai_lightning.strategies",
         "itwinai_lightning.callbacks",
-        "itwinai_lightning.loggers",
+        "itwinai_lightning.loggers.multi",
+        "itwinai_lightning.loggers.provenance",
+        "itwinai_lightning.loggers.registry",
     ):
         importlib.import_module(module)
 

@@ -16,7 +16,9 @@ from lightning.pytorch.loggers.logger import Logger
 from typing_extensions import override
 
 from itwinai_lightning.loggers.backends import Backend, Record, RunContext, build_backend
+from itwinai_lightning.loggers.fanout import spool_name, start_workers, stop_workers
 from itwinai_lightning.loggers.spool import Spool, spool_dir
+from itwinai_lightning.loggers.tracking_process import LINK_NAME, TrackingProcess, hand_over_spool, picklable
 from itwinai_lightning.loggers.worker import BackendWorker
 from itwinai_lightning.secrets import redact
 
@@ -52,8 +54,11 @@ def flatten_params(
 class MultiLogger(Logger):
     """Fans metrics, hyperparameters, checkpoints, artifacts, figures and text out to several backends.
 
-    Each backend gets its own worker thread and bounded queue, so a slow or dead backend never stalls a
-    training step; a backend that raises is set aside, its records spooled to
+    By default the backends run in a child *tracking process* (``isolation: process``): the training
+    process only hands plain-dict records to one background thread that sends them in batches, so
+    backend code never competes with the training loop for the GIL. In that process (or in this one with
+    ``isolation: thread``) each backend gets its own worker thread and bounded queue, so a slow or dead
+    backend never stalls a training step; a backend that raises is set aside, its records spooled to
     ``<run_dir>/tracking_spool/<backend>.jsonl`` and retried (``python -m itwinai_lightning logs replay
     RUN_DIR`` re-sends a spool later). The run directory is ``trainer.default_root_dir`` (or ``run_dir``);
     every backend writes under it. Secrets are redacted from every hyperparameter set.
@@ -81,6 +86,9 @@ class MultiLogger(Logger):
         retry_interval_s: first delay before a failed backend is retried (doubles up to 60 s).
         log_checkpoints: ``"best"`` (best + last at the end), ``"all"`` (every save) or ``"none"``.
         secret_keys: extra key names to redact besides the built-in patterns.
+        isolation: ``"process"`` (backends in a child process; default) or ``"thread"`` (worker threads
+            in the training process, e.g. for backend objects that cannot be pickled).
+        process_nice: niceness added to the tracking process (e.g. 10 on nodes whose cores all train).
     """
 
     def __init__(
@@ -94,8 +102,14 @@ class MultiLogger(Logger):
         retry_interval_s: float = 5.0,
         log_checkpoints: str = "best",
         secret_keys: Sequence[str] = (),
+        isolation: str = "process",
+        process_nice: int = 0,
     ) -> None:
         super().__init__()
+        if isolation not in ("process", "thread"):
+            from itwinai_lightning.errors import UserError
+
+            raise UserError(f"MultiLogger isolation must be process|thread, got {isolation!r}")
         if log_checkpoints not in ("best", "all", "none"):
             from itwinai_lightning.errors import UserError
 
@@ -114,6 +128,13 @@ class MultiLogger(Logger):
         self._retry_interval_s = retry_interval_s
         self._log_checkpoints = log_checkpoints
         self._secret_keys = tuple(secret_keys)
+        why_not = picklable(self._backends) if isolation == "process" else None
+        if why_not:
+            log.info("MultiLogger: backends run in threads of this process: %s", why_not)
+        self._isolation = "thread" if why_not else isolation
+        self._process_nice = int(process_nice)
+        self._link: TrackingProcess | None = None
+        self._started = False
         self._rank = 0
         self._world_size = 1
         self._workers: list[BackendWorker] = []
@@ -220,8 +241,10 @@ class MultiLogger(Logger):
                     }
                     self._emit({"kind": "checkpoint", "data": data})
         self._start()
-        for worker in self._workers:
-            worker.stop(self._flush_timeout_s)
+        if self._link is not None:  # the child flushes within flush_timeout_s; allow it that and start-up
+            stop_workers(self._workers, self._flush_timeout_s + 60.0)
+        else:
+            stop_workers(self._workers, self._flush_timeout_s)
         self._finalized = True
         self._checkpoint = None
         self._write_summary(status)
@@ -259,6 +282,8 @@ class MultiLogger(Logger):
         Waits up to ``wait_s`` for it to be opened by its worker (unless it has been set aside).
         """
         deadline = time.monotonic() + wait_s
+        if self._link is not None:
+            return self._state_from_meta(kind, deadline)
         for worker in self._workers:
             if worker.backend.kind != kind:
                 continue
@@ -268,6 +293,26 @@ class MultiLogger(Logger):
             if worker.backend.is_open or any(state.values()):  # open now, or was (closed after finalize)
                 return {**worker.backend.spec(), **state}
         return {}
+
+    def _state_from_meta(self, kind: str, deadline: float) -> dict[str, Any]:
+        """Backend state as the tracking process records it beside the spool (written once it is open)."""
+        directory = spool_dir(self._ensure_run_dir())
+        while True:
+            for path in sorted(directory.glob("*.meta.json")) if directory.exists() else []:
+                try:
+                    meta = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                spec, state = meta.get("spec") or {}, meta.get("state") or {}
+                if spec.get("type") != kind or (meta.get("context") or {}).get("rank") != self._rank:
+                    continue
+                if meta.get("open") or (self._finalized and any(state.values())):
+                    return {**spec, **state}
+                if meta.get("healthy") is False:
+                    return {}
+            if time.monotonic() >= deadline:
+                return {}
+            time.sleep(0.05)
 
     # ---- internals -----------------------------------------------------------------------------------
     def _ensure_run_dir(self) -> Path:
@@ -279,7 +324,8 @@ class MultiLogger(Logger):
         if self._finalized:  # e.g. trainer.test() after fit: reopen the backends (same runs where possible)
             self._finalized = False
             self._workers = []
-        if not self._workers:
+            self._started = False
+        if not self._started:
             if self._run_dir is None and record["kind"] == "params":
                 self._pending.append(record)  # fit has not told us the run dir yet (log_graph comes next)
                 return
@@ -288,34 +334,69 @@ class MultiLogger(Logger):
             worker.submit(record)
 
     def _start(self) -> None:
-        if self._workers:
+        if self._started:
             return
+        self._started = True
         run_dir = self._ensure_run_dir().resolve()
         rank_suffix = f"-rank{self._rank}" if self._rank else ""
-        base = dict(
+        base: dict[str, Any] = dict(
             run_dir=str(run_dir),
             experiment=self._experiment,
             run_name=(self._run_name or run_dir.name) + rank_suffix,
             rank=self._rank,
             world_size=self._world_size,
+            extra={"environment": _environment()},
         )
-        for backend in self._backends:
-            if not backend.active_on(self._rank):
-                continue
-            spool_name = backend.name if backend.ranks == "zero" else f"{backend.name}.rank{self._rank}"
-            ctx = RunContext(**base)  # type: ignore[arg-type]
-            spool = Spool(spool_dir(run_dir), spool_name)
-            worker = BackendWorker(
-                backend, ctx, spool, self._queue_size, retry_interval_s=self._retry_interval_s
+        active = [b for b in self._backends if b.active_on(self._rank)]
+        if not active:
+            self._workers = []
+        elif self._isolation == "thread":
+            self._workers = start_workers(active, base, self._queue_size, self._retry_interval_s, resume=True)
+        else:
+            reopened = self._link is not None
+            self._link = TrackingProcess(
+                active, self._queue_size, self._retry_interval_s, self._flush_timeout_s, self._process_nice
             )
-            self._workers.append(worker)
+            self._link.starts = int(reopened)
+            name = LINK_NAME if self._rank == 0 else f"{LINK_NAME}.rank{self._rank}"
+            spool = Spool(spool_dir(run_dir), name)
+            self._workers = [
+                BackendWorker(
+                    self._link, RunContext(**base), spool, self._queue_size,
+                    retry_interval_s=self._retry_interval_s,
+                )
+            ]  # fmt: skip
         pending, self._pending = self._pending, []
         for record in pending:
             for worker in self._workers:
                 worker.submit(record)
 
-    def _write_summary(self, status: str) -> None:
+    def _summary_rows(self) -> list[dict[str, Any]]:
         rows = [w.summary() for w in self._workers]
+        if self._link is None or not self._workers:
+            return rows
+        link_worker, link_row = self._workers[0], rows[0]
+        if link_row["spooled"]:  # never reached the child: give each backend its copy, for replay
+            hand_over_spool(link_worker.spool, self._link.backends, link_worker.ctx)
+        out = []
+        for backend in self._link.backends:
+            child = next((r for r in self._link.child_rows or [] if r["backend"] == backend.name), None)
+            if child is None:  # the child is gone without a report: its spool is all we know
+                spool = Spool(spool_dir(link_worker.ctx.run_dir), spool_name(backend, self._rank))
+                errors = link_row["errors"] or ["the tracking process ended without a report"]
+                child = {
+                    "backend": backend.name, "type": backend.kind, "rank": self._rank, "delivered": 0,
+                    "spooled": len(spool), "overflowed_to_disk": 0, "rejected": 0,
+                    "spool": str(spool.path) if len(spool) else None, "healthy": False,
+                    "timed_out": link_row["timed_out"], "errors": list(errors),
+                }  # fmt: skip
+            out.append(child)
+        if not link_row["healthy"] or link_row["errors"] or link_row["timed_out"]:
+            out.append({**link_row, "spooled": 0, "spool": None})
+        return out
+
+    def _write_summary(self, status: str) -> None:
+        rows = self._summary_rows()
         run_dir = self._ensure_run_dir()
         self.summary = {"status": status, "rank": self._rank, "backends": rows}
         name = SUMMARY_FILENAME if self._rank == 0 else f"tracking_summary.rank{self._rank}.json"
@@ -347,3 +428,10 @@ class MultiLogger(Logger):
                 )
             except Exception as err:  # the record is a report, not a reason to fail
                 log.warning("could not add tracking to the RunRecord: %s", err)
+
+
+def _environment() -> dict[str, Any]:
+    """Where the run ran (versions, host, launcher), computed here where torch and Lightning are loaded."""
+    from itwinai_lightning.loggers.prov_session import environment_params
+
+    return environment_params()

@@ -10,7 +10,10 @@ Policy (documented in docs/tracking.md):
   spool again (re-opening the backend if needed). Success puts the backend back in service.
 * A :class:`PermanentError` (a request the backend rejects for good) moves that batch to
   ``<name>.rejected.jsonl`` instead of retrying it forever; the backend stays in service.
-* :meth:`stop` flushes with a timeout: what the backend did not take in time stays spooled on disk
+* Each delivery gathers records for the backend's ``linger_s`` first (MLflow: 1 s, so one HTTP request
+  carries many steps).
+* :meth:`stop` flushes with a timeout (a set-aside backend gets up to ``final_retries`` more tries on
+  its back-off, at most 5 s apart): what the backend did not take in time stays spooled on disk
   for ``logs replay``.
 """
 
@@ -43,8 +46,13 @@ class BackendWorker:
         batch_size: int = 500,
         retry_interval_s: float = 5.0,
         max_retry_interval_s: float = 60.0,
+        linger_s: float | None = None,
+        final_retries: int = 3,
     ) -> None:
         self.backend = backend
+        #: after the first record of a batch, wait up to this long for more (fewer, larger deliveries)
+        self.linger_s = backend.linger_s if linger_s is None else linger_s
+        self.final_retries = final_retries
         self.ctx = ctx
         self.spool = spool
         self.batch_size = batch_size
@@ -116,9 +124,11 @@ class BackendWorker:
             batch.append(self._queue.get(timeout=0.2))
         except queue.Empty:
             return batch, self._stop_event.is_set()
-        while len(batch) < self.batch_size:
+        deadline = time.monotonic() + self.linger_s
+        while len(batch) < self.batch_size and batch[-1] is not _STOP:
+            wait = deadline - time.monotonic()
             try:
-                batch.append(self._queue.get_nowait())
+                batch.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
             except queue.Empty:
                 break
         stop = any(r is _STOP for r in batch)
@@ -142,7 +152,17 @@ class BackendWorker:
                 with self.spool.lock:
                     if not len(self.spool):
                         self._spilling = False  # caught up: back to the queue
+        self._last_tries()
         self._close()
+
+    def _last_tries(self) -> None:
+        """Flushing a set-aside backend: a few more tries on its back-off (within the flush timeout)."""
+        for _ in range(self.final_retries):
+            if self.healthy or not len(self.spool) or self._stop_event.is_set():
+                return
+            self._stop_event.wait(min(max(0.0, self._next_retry - time.monotonic()), 5.0))
+            if not self._stop_event.is_set():
+                self._drain_spool()
 
     def _deliver(self, batch: list[Record]) -> None:
         self._in_flight = batch
@@ -222,7 +242,13 @@ class BackendWorker:
     def _write_meta(self) -> None:
         try:
             self.spool.write_meta(
-                {"spec": self.backend.spec(), "context": self.ctx.to_dict(), "state": self.backend.state()}
+                {
+                    "spec": self.backend.spec(),
+                    "context": self.ctx.to_dict(),
+                    "state": self.backend.state(),
+                    "healthy": self.healthy,
+                    "open": self.backend.is_open,
+                }
             )
         except Exception as err:  # state of a half-open backend: never fatal
             self._note(err)

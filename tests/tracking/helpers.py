@@ -103,3 +103,15 @@ if __name__ == "__main__":
     import sys
 
     ddp_prov_main(sys.argv[1])
+
+
+class PidBackend(Backend):
+    """Writes the process id and thread name it runs in to ``<run_dir>/pid_<name>.txt`` when it opens."""
+
+    kind = "pid"
+
+    def open(self, ctx: RunContext) -> None:
+        import os
+        import threading
+
+        ctx.path(f"pid_{self.name}.txt").write_text(f"{os.getpid()} {threading.current_thread().name}")

@@ -28,6 +28,9 @@ def normalise_uri(uri: str) -> str:
 class MLflowBackend(Backend):
     """Metrics (``log_batch``, 1000 per request), params, artifacts, figures, text, checkpoints.
 
+    Records are gathered for ``batch_interval_s`` (default 1 s) before each request: a tracking server
+    pays per request, so per-step requests would make it the bottleneck.
+
     HTTP retries are kept short (``max_retries``, ``timeout_s``; via MLflow's ``MLFLOW_HTTP_REQUEST_*``
     environment variables unless already set) because the MultiLogger retries a failed backend itself.
     """
@@ -42,10 +45,12 @@ class MLflowBackend(Backend):
         tags: Mapping[str, str] | None = None,
         timeout_s: float = 10.0,
         max_retries: int = 1,
+        batch_interval_s: float = 1.0,
         ranks: str = "zero",
         name: str | None = None,
     ) -> None:
         super().__init__(ranks, name)
+        self.linger_s = float(batch_interval_s)
         self.tracking_uri = normalise_uri(tracking_uri) if tracking_uri else None
         self.experiment = experiment
         self.run_name = run_name

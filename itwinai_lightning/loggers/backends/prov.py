@@ -48,13 +48,13 @@ class ProvBackend(Backend):
 
     @override
     def open(self, ctx: RunContext) -> None:
-        from itwinai_lightning.loggers.provenance import ProvSession, environment_params
+        from itwinai_lightning.loggers.prov_session import ProvSession, environment_params
 
         self._session = ProvSession(
             ctx.path(self.subdir, f"rank{ctx.rank}"), ctx.experiment, ctx.rank, self.namespace
         )
         self._session.start()
-        self.log_params(environment_params())
+        self.log_params(ctx.extra.get("environment") or environment_params())
         config = ctx.path("config.yaml")
         if config.exists():
             self._prov().log_artifact("config", str(config), is_input=True, log_copy_in_prov_directory=False)
@@ -67,7 +67,7 @@ class ProvBackend(Backend):
 
     @override
     def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp: float) -> None:
-        from itwinai_lightning.loggers.provenance import metric_context
+        from itwinai_lightning.loggers.prov_session import metric_context
 
         prov = self._prov()
         for key, value in metrics.items():

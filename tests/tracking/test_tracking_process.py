@@ -1,0 +1,139 @@
+"""The tracking process: backends run outside the training process; a death on either side loses little."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from itwinai_lightning.demo import SpectrogramDataModule, SpectrogramDenoiser
+from itwinai_lightning.loggers import MultiLogger
+
+STEPS = 16  # 64 samples / batch 8 x 2 epochs
+
+
+def _fit(run_dir: Path, logger: MultiLogger, callbacks: list[pl.Callback] | None = None) -> None:
+    pl.seed_everything(7)
+    trainer = pl.Trainer(
+        default_root_dir=run_dir, max_epochs=2, logger=logger, log_every_n_steps=1, accelerator="cpu",
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        callbacks=callbacks or [],
+    )  # fmt: skip
+    data = SpectrogramDataModule(num_samples=64, val_samples=16, batch_size=8)
+    trainer.fit(SpectrogramDenoiser(width=8, depth=2), data)
+
+
+def _steps(run_dir: Path) -> list[int]:
+    rows = csv.DictReader((run_dir / "metrics.csv").open())
+    return [int(r["step"]) for r in rows if r["key"] == "train_loss"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_backends_run_in_a_child_process_that_ends_with_the_run(tmp_path: Path) -> None:
+    logger = MultiLogger(backends=["csv", {"type": "tests.tracking.helpers:PidBackend", "name": "where"}])
+    _fit(tmp_path, logger)
+    pid_text, thread = (tmp_path / "pid_where.txt").read_text().split()
+    pid = int(pid_text)
+    assert pid != os.getpid() and thread == "itwinai-logger-where"  # not in the training process
+    assert logger._link is not None and logger._link.pid == pid and not _alive(pid)  # flushed and gone
+    assert _steps(tmp_path) == list(range(STEPS))
+    summary = json.loads((tmp_path / "tracking_summary.json").read_text())
+    assert [r["backend"] for r in summary["backends"]] == ["csv", "where"]  # the link itself is not a row
+    assert all(r["healthy"] and r["spooled"] == 0 for r in summary["backends"])
+
+
+class KillTrackingProcess(pl.Callback):
+    """SIGKILLs the tracking process after ``at_step`` steps."""
+
+    def __init__(self, logger: MultiLogger, at_step: int) -> None:
+        self.logger, self.at_step = logger, at_step
+        self.killed: int | None = None
+        self.step = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step < self.at_step or self.killed is not None:
+            return
+        deadline = time.monotonic() + 120
+        done = Path(trainer.default_root_dir, "metrics.csv")
+        while not (done.exists() and _steps(done.parent)) and time.monotonic() < deadline:
+            time.sleep(0.1)  # a loaded machine may take a while to start the child
+        link = self.logger._link
+        if link is not None and link.pid:
+            time.sleep(0.5)  # let the steps the child has reach the CSV file
+            self.killed, self.step = link.pid, trainer.global_step
+            os.kill(link.pid, signal.SIGKILL)
+
+
+def test_killed_tracking_process_is_restarted_and_training_goes_on(tmp_path: Path) -> None:
+    logger = MultiLogger(backends=["csv"], retry_interval_s=0.2, flush_timeout_s=60)
+    killer = KillTrackingProcess(logger, at_step=4)
+    _fit(tmp_path, logger, [killer])
+    assert killer.killed is not None and logger._link is not None
+    assert logger._link.starts == 2 and logger._link.pid != killer.killed  # a new child took over
+    steps = _steps(tmp_path)
+    assert steps[: killer.step] == list(range(killer.step))  # delivered by the first child before it died
+    # everything sent after the death was spooled by the training side and delivered by the new child
+    assert set(range(killer.step, STEPS)) <= set(steps) and len(steps) == len(set(steps))
+    rows = {r["backend"]: r for r in json.loads((tmp_path / "tracking_summary.json").read_text())["backends"]}
+    assert rows["csv"]["healthy"] and rows["csv"]["spooled"] == 0
+    assert rows["tracking-process"]["errors"]  # the death is reported, not hidden
+
+
+SELF_KILLING = textwrap.dedent(
+    """
+    import os, signal, sys
+    import lightning.pytorch as pl
+    from itwinai_lightning.demo import SpectrogramDataModule, SpectrogramDenoiser
+    from itwinai_lightning.loggers import MultiLogger
+
+    class Die(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 10:
+                import time
+                link = trainer.logger._workers[0]  # wait until the first 10 steps have left this process
+                while not (link.backend.is_open and link._queue.empty() and not link._in_flight):
+                    time.sleep(0.05)
+                time.sleep(0.2)
+                open(os.path.join(sys.argv[1], "child.pid"), "w").write(str(trainer.logger._link.pid))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    logger = MultiLogger(backends=["csv"])
+    trainer = pl.Trainer(default_root_dir=sys.argv[1], max_epochs=2, logger=logger, log_every_n_steps=1,
+                         enable_progress_bar=False, enable_checkpointing=False, callbacks=[Die()])
+    trainer.fit(SpectrogramDenoiser(width=8, depth=2),
+                SpectrogramDataModule(num_samples=64, val_samples=16, batch_size=8))
+    """
+)
+
+
+def test_tracking_process_flushes_when_the_training_process_is_killed(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(SELF_KILLING)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=python_env, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 60
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)  # the orphan noticed, flushed and left
+    # every step that had left the training process reached the file (step 9 is logged after the
+    # callbacks' on_train_batch_end, i.e. after the kill)
+    assert set(range(9)) <= set(_steps(tmp_path)) and _steps(tmp_path) == sorted(set(_steps(tmp_path)))
