@@ -227,10 +227,13 @@ def run_ddp_trial(
         actor.run.remote({**job, "env": env}) for actor, env in zip(ranks.actors, envs[1:], strict=True)
     ]
 
+    stopped: list[SystemExit] = []
+
     def report(metrics: dict[str, float], directory: str) -> bool:
         try:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-        except SystemExit:  # Tune stops or pauses the trial here: all ranks end the fit together
+        except SystemExit as stop:  # Tune stops or pauses the trial here: all ranks end the fit together
+            stopped.append(stop)
             return True
         return False
 
@@ -243,3 +246,6 @@ def run_ddp_trial(
         raise
     finally:
         pool.fresh_process_group()
+    if stopped:
+        # end the way Tune ended it: returning would make Tune's wrapper report once more and wait forever
+        raise stopped[0]

@@ -24,7 +24,7 @@ MULTI = "itwinai_lightning.loggers.multi.MultiLogger"
 DDP_ARGS = (
     "--data.init_args.shuffle=false",
     "--model.init_args.optimizer=sgd",
-    "--trainer.max_epochs=1",
+    "--trainer.max_epochs=2",
     "--data.init_args.batch_size=16",
 )
 
@@ -115,17 +115,20 @@ def test_pbt_exploited_trial_continues_with_the_mutated_value(
         assert start["start_epoch"] >= 1
 
 
-def test_two_trials_of_two_ddp_workers_reuse_ranks_and_nest_mlflow_runs(
+def test_ddp_trials_reuse_ranks_through_asha_stops_and_nest_mlflow_runs(
     tmp_path: Path, ray_tmp: Path, python_env: dict[str, str], mlflow_server: Any
 ) -> None:
     out = tmp_path / "out"
+    # 3 trials x 2 DDP workers, one after the other on 2 CPUs; ASHA stops every trial through Tune (at max_t,
+    # and the hopeless lr=1e-4 early), which must not cost the warm ranks
     search = write_search(
         tmp_path / "search.yaml",
         out,
         ray_tmp,
-        search_space={"model.init_args.lr": {"grid": [1.0e-3, 1.0e-2]}},
+        search_space={"model.init_args.lr": {"grid": [1.0e-2, 3.0e-2, 1.0e-4]}},
         num_samples=1,
         workers_per_trial=2,
+        scheduler={"type": "asha", "reduction_factor": 2},
     )
     logger = tmp_path / "logger.yaml"
     backend = {"type": "mlflow", "tracking_uri": mlflow_server.uri, "batch_interval_s": 0.2}
@@ -135,10 +138,10 @@ def test_two_trials_of_two_ddp_workers_reuse_ranks_and_nest_mlflow_runs(
     proc = run_tune(search, tune_env(python_env), "--config", str(logger), *DDP_ARGS, timeout=500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = read_csv(out / "sweep" / "results.csv")
-    assert sorted(float(row["model.init_args.lr"]) for row in rows) == [1.0e-3, 1.0e-2]
+    status = {float(row["model.init_args.lr"]): (row["status"], int(row["epochs"])) for row in rows}
+    assert status == {1.0e-2: ("completed", 2), 3.0e-2: ("completed", 2), 1.0e-4: ("stopped_early", 1)}
     pids = []
     for row in rows:
-        assert row["status"] == "completed" and int(row["epochs"]) == 1
         assert 0 < float(row["val_loss"]) < 1
         trial_dir = out / "sweep" / "trials" / row["trial_id"]
         record = json.loads((trial_dir / "run_record.json").read_text())
@@ -146,8 +149,8 @@ def test_two_trials_of_two_ddp_workers_reuse_ranks_and_nest_mlflow_runs(
         (start,) = read_params(trial_dir)
         assert len(set(start["rank_pids"])) == 2
         pids.append(start["rank_pids"])
-    # the two trials ran one after the other (2 CPUs) on the very same warm processes
-    assert pids[0] == pids[1]
+    # all trials ran on the very same warm processes
+    assert pids[0] == pids[1] == pids[2]
 
     single = run_lightning_cli(
         ["fit", "--config", str(TINY), *DDP_ARGS[:-1], "--data.init_args.batch_size=32",
@@ -168,7 +171,7 @@ def test_two_trials_of_two_ddp_workers_reuse_ranks_and_nest_mlflow_runs(
     assert parent.info.run_name == "sweep" and parent.info.status == "FINISHED"
     assert parent.data.metrics["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2
+    assert len(children) == 3
     by_trial = {run.data.tags["itwinai.tune_trial_id"]: run for run in children}
     assert set(by_trial) == {row["trial_id"] for row in rows}
     for row in rows:
