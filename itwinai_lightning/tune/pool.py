@@ -15,7 +15,9 @@ process group               a fresh gloo/NCCL group per trial, on a fresh port (
 failure                     a rank that raises prints its traceback and exits, which breaks the others'
                             collectives; rank 0 then kills the pool and the trial fails; Tune's retry
                             (``max_failures``) gets fresh actors. Actors die with their owner, the
-                            trainable process.
+                            trainable process. Where rank 0 cannot notice (it waits for a dead rank in
+                            the rendezvous), :func:`watch` ends the trial process after
+                            ``DEAD_RANK_GRACE_S`` instead of letting it wait for the DDP timeout.
 ==========================  ===========================================================================
 
 Ray is imported inside functions only.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,8 @@ from itwinai_lightning.tune.trial import fit_trial
 RANK_ARGS = ("--trainer.strategy=ray_ddp", "--trainer.devices=1", "--trainer.num_nodes=1")
 #: seconds a reused rank may take to answer before the pool is replaced
 PING_TIMEOUT_S = 30.0
+#: seconds rank 0 may go on after another rank died before :func:`watch` ends the trial process
+DEAD_RANK_GRACE_S = 10.0
 
 
 def fresh_process_group() -> None:
@@ -161,3 +166,34 @@ def rank_envs(world: int) -> list[dict[str, str]]:
         sock.bind(("", 0))
         port = int(sock.getsockname()[1])
     return _rank_envs(hosts, hosts[0], port)
+
+
+def watch(pending: list[Any], finished: threading.Event, grace_s: float = DEAD_RANK_GRACE_S) -> None:
+    """Fail the trial fast when a rank dies while rank 0 is still busy (e.g. waiting in the rendezvous).
+
+    Rank 0 normally fails by itself (its collectives break) and sets ``finished``; if it has not within
+    ``grace_s`` it is stuck, and the trial process exits: Tune records the trial as failed and retries it
+    on fresh processes.
+    """
+
+    def run() -> None:
+        import ray
+
+        remaining = list(pending)
+        while remaining and not finished.is_set():
+            ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except Exception as err:  # the actor died: its result is an error
+                    if finished.wait(grace_s):
+                        return
+                    print(
+                        f"tune: a DDP rank of this trial died ({type(err).__name__}) and rank 0 is still "
+                        f"waiting for it after {grace_s:.0f} s: ending the trial process",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    os._exit(1)
+
+    threading.Thread(target=run, name="itwinai-rank-watch", daemon=True).start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -228,6 +229,8 @@ def run_ddp_trial(
     ]
 
     stopped: list[SystemExit] = []
+    finished = threading.Event()
+    pool.watch(pending, finished)
 
     def report(metrics: dict[str, float], directory: str) -> bool:
         try:
@@ -245,6 +248,7 @@ def run_ddp_trial(
         pool.discard()  # other ranks may wait in a collective: the retry gets fresh actors
         raise
     finally:
+        finished.set()
         pool.fresh_process_group()
     if stopped:
         # end the way Tune ended it: returning would make Tune's wrapper report once more and wait forever
