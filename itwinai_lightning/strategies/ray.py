@@ -5,9 +5,10 @@ dashboard off, bound to 127.0.0.1; with ``address: auto`` or ``host:port``: the 
 the Trainer to them exactly as Lightning's spawn launcher does, runs the fit there over gloo/NCCL and brings
 the final weights, state and ``callback_metrics`` back to the driver.
 
-Inside a Ray Train worker (``RAY_TRAIN_WORKER`` set, as the ``tune`` subcommand's multi-worker trials do)
-the strategy launches nothing: ranks come from the environment Ray Train set up and the process group Ray
-Train already created is reused. Ray is imported only when a fit actually launches.
+Inside a Ray worker that already is one rank (``RAY_TRAIN_WORKER`` set: the ranks of the ``tune``
+subcommand's multi-worker trials, or a Ray Train worker) the strategy launches nothing: ranks come from
+the environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...) and an existing process group is reused.
+Ray is imported only when a fit actually launches.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: 
 
 
 class RayDDPStrategy(DDPStrategy):
-    """DDP over Ray actors (driver side) or over the workers of a Ray Train run (worker side).
+    """DDP over Ray actors (driver side) or over Ray processes that already are the ranks (worker side).
 
     Args:
         num_workers: processes to start; default ``trainer.num_nodes * trainer.devices``.

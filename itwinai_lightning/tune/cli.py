@@ -31,7 +31,7 @@ sampled values as dotted overrides. The 'tune:' section (in any config file, or 
   num_samples              4          max_concurrent_trials  null     time_budget_s  null
   scheduler                fifo | asha | hyperband | median | pbt   (or {type: asha, grace_period: 1})
   search_alg               random | optuna | hyperopt               (or {type: optuna, ...})
-  workers_per_trial        1 = concurrent single-process trials; N = N-worker DDP trials (Ray Train)
+  workers_per_trial        1 = concurrent single-process trials; N = N-rank DDP trials (ray_ddp, warm ranks)
   cpus_per_worker / gpus_per_worker   1 / 0        max_failures  0     seed  null
   output_dir / name        tune_runs / sweep -> results.csv, best.yaml, trials/<id>/
   resume                   true: continue the interrupted sweep in output_dir/name

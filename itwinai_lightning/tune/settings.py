@@ -11,8 +11,8 @@ time_budget_s              stop the whole sweep after this many seconds (``null`
 scheduler                  ``fifo`` | ``asha`` | ``hyperband`` | ``median`` | ``pbt``, or
                            ``{type: asha, grace_period: 1, reduction_factor: 2, ...}``
 search_alg                 ``random`` | ``optuna`` | ``hyperopt``, or ``{type: optuna, ...}``
-workers_per_trial          1: concurrent single-process trials; N > 1: each trial is an N-worker DDP
-                           run on Ray Train (strategy ``ray_ddp``)
+workers_per_trial          1: concurrent single-process trials; N > 1: each trial is an N-rank DDP
+                           fit (strategy ``ray_ddp``) on warm Ray actors reused across trials
 cpus_per_worker            CPUs reserved per trial process / per DDP worker
 gpus_per_worker            GPUs reserved per trial process / per DDP worker
 max_failures               retries of a crashing trial before it is reported as failed
