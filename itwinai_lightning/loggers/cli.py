@@ -68,10 +68,25 @@ def replay_spool(spool: Spool, to: str | None = None) -> dict[str, Any]:
     return result
 
 
+def _hand_over_links(directory: Path) -> None:
+    """Records that never reached the tracking process (the trainer died first) go to each backend."""
+    from itwinai_lightning.loggers.tracking_process import LINK_NAME, hand_over_spool
+
+    for meta_path in sorted(directory.glob(f"{LINK_NAME}*.meta.json")):
+        link = Spool(directory, meta_path.name[: -len(".meta.json")])
+        meta = link.read_meta()
+        if len(link) and (meta.get("spec") or {}).get("type") == LINK_NAME:
+            backends = [build_backend(spec) for spec in meta["spec"].get("backends") or []]
+            ctx = RunContext.from_dict(meta.get("context") or {"run_dir": str(directory.parent)})
+            hand_over_spool(link, backends, ctx)
+            link.remove_if_empty()
+
+
 def replay(run_dir: str | Path, to: str | None = None, only: list[str] | None = None) -> list[dict[str, Any]]:
     directory = spool_dir(run_dir)
     if not Path(run_dir).is_dir():
         raise UserError(f"RUN_DIR {run_dir} is not a directory; pass the run's trainer.default_root_dir")
+    _hand_over_links(directory)
     results = []
     for meta_path in sorted(directory.glob("*.meta.json")):
         name = meta_path.name[: -len(".meta.json")]

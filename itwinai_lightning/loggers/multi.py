@@ -176,6 +176,11 @@ class MultiLogger(Logger):
         return self
 
     @property
+    def experiment_name(self) -> str:
+        """The experiment/project name given to every backend (unless a backend sets its own)."""
+        return self._experiment
+
+    @property
     def backends(self) -> list[Backend]:
         return list(self._backends)
 

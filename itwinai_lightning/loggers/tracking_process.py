@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -78,6 +79,11 @@ class TrackingProcess(Backend):
         self.pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+
+    @override
+    def spec(self) -> dict[str, Any]:
+        """The backends' own specs, so ``logs replay`` can hand a left-over link spool to them."""
+        return {**super().spec(), "backends": [b.spec() for b in self.backends]}
 
     @override
     def open(self, ctx: RunContext) -> None:
@@ -134,11 +140,14 @@ class TrackingProcess(Backend):
                     self.child_rows = rows
         except (OSError, EOFError):
             pass  # died while flushing: what it did not deliver is in its backends' spools
-        finally:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if self.child_rows is not None:
+            # everything is delivered: let the child's interpreter tear down (W&B service, atexit
+            # hooks: about a second) without holding up the end of fit; a daemon thread reaps it
+            threading.Thread(target=proc.wait, name="itwinai-tracking-reaper", daemon=True).start()
+            conn.close()
+            self._conn, self._proc = None, None
+            self.is_open = False
+        else:
             self._abandon()
 
     def _abandon(self) -> None:

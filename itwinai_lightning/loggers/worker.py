@@ -70,6 +70,7 @@ class BackendWorker:
         self.timed_out = False
         self._backoff = retry_interval_s
         self._next_retry = 0.0
+        self._meta_written: dict[str, Any] | None = None
         self._thread = threading.Thread(target=self._run, name=f"itwinai-logger-{backend.name}", daemon=True)
         self._write_meta()
         self._thread.start()
@@ -240,16 +241,18 @@ class BackendWorker:
         self.spool.remove_if_empty()
 
     def _write_meta(self) -> None:
+        """Save how to rebuild and continue this backend beside its spool (only when that changed)."""
         try:
-            self.spool.write_meta(
-                {
-                    "spec": self.backend.spec(),
-                    "context": self.ctx.to_dict(),
-                    "state": self.backend.state(),
-                    "healthy": self.healthy,
-                    "open": self.backend.is_open,
-                }
-            )
+            meta = {
+                "spec": self.backend.spec(),
+                "context": self.ctx.to_dict(),
+                "state": self.backend.state(),
+                "healthy": self.healthy,
+                "open": self.backend.is_open,
+            }
+            if meta != self._meta_written:
+                self.spool.write_meta(meta)
+                self._meta_written = meta
         except Exception as err:  # state of a half-open backend: never fatal
             self._note(err)
 

@@ -56,7 +56,7 @@ def mlflow_backends(loggers: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
 
 
 def _experiment_of(logger: Any, backend: Any) -> str:
-    return str(backend.experiment or getattr(logger, "_experiment", None) or "itwinai")
+    return str(backend.experiment or getattr(logger, "experiment_name", None) or "itwinai")
 
 
 def start_parent(loggers: Sequence[Any], settings: TuneSettings) -> SweepTracking | None:

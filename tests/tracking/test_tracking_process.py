@@ -137,3 +137,26 @@ def test_tracking_process_flushes_when_the_training_process_is_killed(
     # every step that had left the training process reached the file (step 9 is logged after the
     # callbacks' on_train_batch_end, i.e. after the kill)
     assert set(range(9)) <= set(_steps(tmp_path)) and _steps(tmp_path) == sorted(set(_steps(tmp_path)))
+
+
+def test_replay_hands_a_left_over_link_spool_to_the_backends(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    """The trainer died with records still queued for the tracking process: ``logs replay`` delivers them."""
+    from itwinai_lightning.loggers.backends import RunContext, build_backend
+    from itwinai_lightning.loggers.spool import Spool, spool_dir
+    from itwinai_lightning.loggers.tracking_process import LINK_NAME, TrackingProcess
+
+    link = TrackingProcess([build_backend("csv")], queue_size=10, retry_interval_s=1.0, flush_timeout_s=5.0)
+    spool = Spool(spool_dir(tmp_path), LINK_NAME)
+    spool.write_meta(
+        {"spec": link.spec(), "context": RunContext(run_dir=str(tmp_path)).to_dict(), "state": {}}
+    )
+    spool.append(
+        [{"kind": "metrics", "step": s, "time": 0.0, "data": {"train_loss": 1.0 / (s + 1)}} for s in range(7)]
+    )
+    cmd = [sys.executable, "-m", "itwinai_lightning", "logs", "replay", str(tmp_path)]
+    proc = subprocess.run(cmd, env=python_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _steps(tmp_path) == list(range(7))
+    assert not spool.path.exists() and not Spool(spool_dir(tmp_path), "csv").path.exists()  # all delivered
