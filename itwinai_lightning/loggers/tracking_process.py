@@ -12,8 +12,9 @@ and retries by starting a new child (whose backends continue their runs where th
 link still holds at the end is copied into every backend's own spool, so ``logs replay`` finds it.
 
 Child side (``python -m itwinai_lightning.loggers.tracking_process FD``): one :class:`BackendWorker`
-per backend, exactly as in-process; SIGINT is ignored (the parent decides when to stop); when the parent
-vanishes (EOF), the child flushes and exits by itself.
+per backend, exactly as in-process; SIGINT, SIGTERM, SIGUSR1/2 and SIGHUP are ignored (they are meant for
+the trainer: Ctrl-C, SLURM preemption and requeue signals reach the whole process group); when the
+parent stops it or vanishes (EOF), the child flushes and exits by itself.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from itwinai_lightning.loggers.fanout import spool_name, start_workers, stop_wor
 from itwinai_lightning.loggers.spool import Spool, spool_dir
 
 LINK_NAME = "tracking-process"
+#: the child leaves these to the trainer and ends when the trainer stops it or is gone (EOF)
+IGNORED_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP")
 #: seconds for the child to import and build its workers before the start counts as failed
 START_TIMEOUT_S = 120.0
 
@@ -179,7 +182,8 @@ def hand_over_spool(link: Spool, backends: Sequence[Backend], context: RunContex
 
 def serve(conn: Connection) -> int:
     """The child's loop: build the workers, submit what arrives, flush on 'stop' or parent exit."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in IGNORED_SIGNALS:  # meant for the trainer (Ctrl-C, SLURM preemption/requeue)
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     try:
         init = conn.recv()
         if init.get("nice"):

@@ -45,9 +45,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class SignalTrackingProcess(pl.Callback):
+    """Sends the tracking process the signals SLURM and a terminal send to a whole process group."""
+
+    def __init__(self, logger: MultiLogger) -> None:
+        self.logger = logger
+        self.sent: list[int] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step != 3:
+            return
+        deadline = time.monotonic() + 120
+        while not (self.logger._link and self.logger._link.is_open) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the child is up (it ignores the signals only once it runs)
+        link = self.logger._link
+        if link is not None and link.pid:
+            for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+                os.kill(link.pid, sig)
+                self.sent.append(sig)
+
+
 def test_backends_run_in_a_child_process_that_ends_with_the_run(tmp_path: Path) -> None:
     logger = MultiLogger(backends=["csv", {"type": "tests.tracking.helpers:PidBackend", "name": "where"}])
-    _fit(tmp_path, logger)
+    signaller = SignalTrackingProcess(logger)
+    _fit(tmp_path, logger, [signaller])
+    assert len(signaller.sent) == 3 and logger._link is not None
+    assert logger._link.starts == 1  # SIGUSR1/SIGTERM/SIGINT are the trainer's business: no restart
     pid_text, thread = (tmp_path / "pid_where.txt").read_text().split()
     pid = int(pid_text)
     assert pid != os.getpid() and thread == "itwinai-logger-where"  # not in the training process
