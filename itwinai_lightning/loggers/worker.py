@@ -60,6 +60,7 @@ class BackendWorker:
         self.max_retry_interval_s = max_retry_interval_s
         self._queue: queue.Queue[Record] = queue.Queue(maxsize=queue_size)
         self._stop_event = threading.Event()
+        self._flush_now = threading.Event()
         self._in_flight: list[Record] = []
         self._spilling = False
         self.healthy = True
@@ -98,6 +99,7 @@ class BackendWorker:
 
     def stop(self, timeout_s: float) -> None:
         """Flush: deliver what is queued and spooled, close the backend; give up after ``timeout_s``."""
+        self._flush_now.set()
         deadline = time.monotonic() + timeout_s
         try:
             self._queue.put(_STOP, timeout=max(0.0, timeout_s))
@@ -125,11 +127,13 @@ class BackendWorker:
             batch.append(self._queue.get(timeout=0.2))
         except queue.Empty:
             return batch, self._stop_event.is_set()
-        deadline = time.monotonic() + self.linger_s
+        if batch[-1] is not _STOP and self.linger_s > 0:
+            # sleep instead of waiting on the queue: one wake-up per batch, not one per record (this
+            # thread shares the GIL with the training loop); stop() cuts the sleep short
+            self._flush_now.wait(self.linger_s)
         while len(batch) < self.batch_size and batch[-1] is not _STOP:
-            wait = deadline - time.monotonic()
             try:
-                batch.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
         stop = any(r is _STOP for r in batch)
