@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,3 +55,29 @@ def stop_workers(workers: Sequence[BackendWorker], timeout_s: float) -> list[dic
     for thread in threads:
         thread.join()
     return [w.summary() for w in workers]
+
+
+def state_from_meta(
+    directory: Path, kind: str, rank: int, deadline: float, finalized: bool = False
+) -> dict[str, Any]:
+    """Spec and state of the first ``kind`` backend of ``rank``, as its worker saved it beside its spool.
+
+    Waits (until the ``time.monotonic()`` ``deadline``) for the backend to be open; ``{}`` if it was set
+    aside or never opened in time.
+    """
+    while True:
+        for path in sorted(directory.glob("*.meta.json")) if directory.exists() else []:
+            try:
+                meta = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            spec, state = meta.get("spec") or {}, meta.get("state") or {}
+            if spec.get("type") != kind or (meta.get("context") or {}).get("rank") != rank:
+                continue
+            if meta.get("open") or (finalized and any(state.values())):
+                return {**spec, **state}
+            if meta.get("healthy") is False:
+                return {}
+        if time.monotonic() >= deadline:
+            return {}
+        time.sleep(0.05)

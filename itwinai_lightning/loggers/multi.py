@@ -16,39 +16,15 @@ from lightning.pytorch.loggers.logger import Logger
 from typing_extensions import override
 
 from itwinai_lightning.loggers.backends import Backend, Record, RunContext, build_backend
-from itwinai_lightning.loggers.fanout import spool_name, start_workers, stop_workers
+from itwinai_lightning.loggers.fanout import start_workers, state_from_meta, stop_workers
+from itwinai_lightning.loggers.params import flatten_params
 from itwinai_lightning.loggers.spool import Spool, spool_dir
-from itwinai_lightning.loggers.tracking_process import LINK_NAME, TrackingProcess, hand_over_spool, picklable
+from itwinai_lightning.loggers.tracking_process import LINK_NAME, TrackingProcess, link_report, picklable
 from itwinai_lightning.loggers.worker import BackendWorker
-from itwinai_lightning.secrets import redact
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILENAME = "tracking_summary.json"
-
-
-def flatten_params(
-    params: Mapping[str, Any] | argparse.Namespace, extra_secret_keys: Sequence[str] = ()
-) -> dict:
-    """Redact secrets, then flatten nested hyperparameters to ``a.b.c`` keys with JSON-safe values."""
-    if isinstance(params, argparse.Namespace):
-        params = vars(params)
-    clean = redact(dict(params), extra_secret_keys)
-    flat: dict[str, Any] = {}
-
-    def visit(prefix: str, value: Any) -> None:
-        if isinstance(value, Mapping) and value:
-            for key, sub in value.items():
-                visit(f"{prefix}.{key}" if prefix else str(key), sub)
-        elif isinstance(value, argparse.Namespace):
-            visit(prefix, vars(value))
-        elif value is None or isinstance(value, bool | int | float | str):
-            flat[prefix] = value
-        else:
-            flat[prefix] = str(value)
-
-    visit("", clean)
-    return flat
 
 
 class MultiLogger(Logger):
@@ -287,8 +263,10 @@ class MultiLogger(Logger):
         Waits up to ``wait_s`` for it to be opened by its worker (unless it has been set aside).
         """
         deadline = time.monotonic() + wait_s
-        if self._link is not None:
-            return self._state_from_meta(kind, deadline)
+        if self._link is not None:  # the backends live in the tracking process: read what it saved
+            return state_from_meta(
+                spool_dir(self._ensure_run_dir()), kind, self._rank, deadline, self._finalized
+            )
         for worker in self._workers:
             if worker.backend.kind != kind:
                 continue
@@ -298,26 +276,6 @@ class MultiLogger(Logger):
             if worker.backend.is_open or any(state.values()):  # open now, or was (closed after finalize)
                 return {**worker.backend.spec(), **state}
         return {}
-
-    def _state_from_meta(self, kind: str, deadline: float) -> dict[str, Any]:
-        """Backend state as the tracking process records it beside the spool (written once it is open)."""
-        directory = spool_dir(self._ensure_run_dir())
-        while True:
-            for path in sorted(directory.glob("*.meta.json")) if directory.exists() else []:
-                try:
-                    meta = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    continue
-                spec, state = meta.get("spec") or {}, meta.get("state") or {}
-                if spec.get("type") != kind or (meta.get("context") or {}).get("rank") != self._rank:
-                    continue
-                if meta.get("open") or (self._finalized and any(state.values())):
-                    return {**spec, **state}
-                if meta.get("healthy") is False:
-                    return {}
-            if time.monotonic() >= deadline:
-                return {}
-            time.sleep(0.05)
 
     # ---- internals -----------------------------------------------------------------------------------
     def _ensure_run_dir(self) -> Path:
@@ -356,7 +314,7 @@ class MultiLogger(Logger):
         if not active:
             self._workers = []
         elif self._isolation == "thread":
-            self._workers = start_workers(active, base, self._queue_size, self._retry_interval_s, resume=True)
+            self._workers = start_workers(active, base, self._queue_size, self._retry_interval_s)
         else:
             reopened = self._link is not None
             self._link = TrackingProcess(
@@ -377,28 +335,9 @@ class MultiLogger(Logger):
                 worker.submit(record)
 
     def _summary_rows(self) -> list[dict[str, Any]]:
-        rows = [w.summary() for w in self._workers]
         if self._link is None or not self._workers:
-            return rows
-        link_worker, link_row = self._workers[0], rows[0]
-        if link_row["spooled"]:  # never reached the child: give each backend its copy, for replay
-            hand_over_spool(link_worker.spool, self._link.backends, link_worker.ctx)
-        out = []
-        for backend in self._link.backends:
-            child = next((r for r in self._link.child_rows or [] if r["backend"] == backend.name), None)
-            if child is None:  # the child is gone without a report: its spool is all we know
-                spool = Spool(spool_dir(link_worker.ctx.run_dir), spool_name(backend, self._rank))
-                errors = link_row["errors"] or ["the tracking process ended without a report"]
-                child = {
-                    "backend": backend.name, "type": backend.kind, "rank": self._rank, "delivered": 0,
-                    "spooled": len(spool), "overflowed_to_disk": 0, "rejected": 0,
-                    "spool": str(spool.path) if len(spool) else None, "healthy": False,
-                    "timed_out": link_row["timed_out"], "errors": list(errors),
-                }  # fmt: skip
-            out.append(child)
-        if not link_row["healthy"] or link_row["errors"] or link_row["timed_out"]:
-            out.append({**link_row, "spooled": 0, "spool": None})
-        return out
+            return [w.summary() for w in self._workers]
+        return link_report(self._link, self._workers[0])
 
     def _write_summary(self, status: str) -> None:
         rows = self._summary_rows()

@@ -37,6 +37,7 @@ from typing_extensions import override
 from itwinai_lightning.loggers.backends.base import Backend, Record, RunContext
 from itwinai_lightning.loggers.fanout import spool_name, start_workers, stop_workers
 from itwinai_lightning.loggers.spool import Spool, spool_dir
+from itwinai_lightning.loggers.worker import BackendWorker
 
 LINK_NAME = "tracking-process"
 #: the child leaves these to the trainer and ends when the trainer stops it or is gone (EOF)
@@ -178,6 +179,33 @@ def hand_over_spool(link: Spool, backends: Sequence[Backend], context: RunContex
         spool.append(records)
     link.drain(lambda chunk: None)
     return len(records)
+
+
+def link_report(link: TrackingProcess, worker: BackendWorker) -> list[dict[str, Any]]:
+    """Summary rows of the backends behind ``link`` (plus the link's own row if it had trouble).
+
+    Records the link still holds are first handed to each backend's spool, so ``logs replay`` finds them.
+    """
+    link_row = worker.summary()
+    if link_row["spooled"]:
+        hand_over_spool(worker.spool, link.backends, worker.ctx)
+    rank = worker.ctx.rank
+    out = []
+    for backend in link.backends:
+        row = next((r for r in link.child_rows or [] if r["backend"] == backend.name), None)
+        if row is None:  # the child is gone without a report: its spool is all we know
+            spool = Spool(spool_dir(worker.ctx.run_dir), spool_name(backend, rank))
+            errors = link_row["errors"] or ["the tracking process ended without a report"]
+            row = {
+                "backend": backend.name, "type": backend.kind, "rank": rank, "delivered": 0,
+                "spooled": len(spool), "overflowed_to_disk": 0, "rejected": 0,
+                "spool": str(spool.path) if len(spool) else None, "healthy": False,
+                "timed_out": link_row["timed_out"], "errors": list(errors),
+            }  # fmt: skip
+        out.append(row)
+    if not link_row["healthy"] or link_row["errors"] or link_row["timed_out"]:
+        out.append({**link_row, "spooled": 0, "spool": None})
+    return out
 
 
 def serve(conn: Connection) -> int:
