@@ -94,8 +94,11 @@ def start_parent(loggers: Sequence[Any], settings: TuneSettings) -> SweepTrackin
         num_samples=str(settings.num_samples),
         workers_per_trial=str(settings.workers_per_trial),
     )
-    for key, value in params.items():
-        client.log_param(run.info.run_id, key, str(value)[:6000])
+    from mlflow.entities import Param
+
+    items = [Param(key, str(value)[:6000]) for key, value in params.items()]
+    for start in range(0, len(items), 100):  # one request per 100 params (MLflow's log_batch limit)
+        client.log_batch(run.info.run_id, params=items[start : start + 100])
     # the URI may carry credentials: keep only its digest
     state = {"run_id": run.info.run_id, "store": _digest(uri), "experiment": experiment}
     state_file.write_text(json.dumps(state))

@@ -170,6 +170,8 @@ def test_ddp_trials_reuse_ranks_through_asha_stops_and_nest_mlflow_runs(
     (parent,) = [run for run in runs if run.data.tags.get("itwinai.kind") == "tune_sweep"]
     assert parent.info.run_name == "sweep" and parent.info.status == "FINISHED"
     assert parent.data.metrics["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    assert parent.data.params["metric"] == "val_loss" and parent.data.params["workers_per_trial"] == "2"
+    assert parent.data.params["search_space.model.init_args.lr"].startswith("grid")
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
     by_trial = {run.data.tags["itwinai.tune_trial_id"]: run for run in children}
