@@ -119,6 +119,13 @@ class Spool:
                 self._put_back(pending[done:])
         return done
 
+    def clear(self) -> None:
+        """Forget the spooled records (after they were handed over elsewhere)."""
+        with self._lock:
+            if self.path.exists():
+                self.path.unlink()
+            self._count = 0
+
     def _put_back(self, records: list[dict[str, Any]]) -> None:
         with self._lock:
             newer = self._read(self.path)

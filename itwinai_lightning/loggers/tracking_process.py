@@ -177,7 +177,7 @@ def hand_over_spool(link: Spool, backends: Sequence[Backend], context: RunContex
         if not spool.meta_path.exists():
             spool.write_meta({"spec": backend.spec(), "context": context.to_dict(), "state": backend.state()})
         spool.append(records)
-    link.drain(lambda chunk: None)
+    link.clear()
     return len(records)
 
 
