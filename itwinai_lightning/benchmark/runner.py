@@ -8,20 +8,23 @@ failing point is recorded as ``failed`` with its error line and the grid goes on
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from itwinai_lightning import records
 from itwinai_lightning.benchmark import launchers
+from itwinai_lightning.benchmark.failure import TAIL_CHARS, error_line
 from itwinai_lightning.benchmark.launchers import GridPoint
 from itwinai_lightning.benchmark.settings import Settings
 from itwinai_lightning.secrets import REDACTED, is_secret_key
@@ -60,26 +63,13 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def error_line(text: str) -> str:
-    """The most telling line of a failed run's stderr: our one-line error, else the exception line."""
-    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "itwinai-lightning: error:" in ln:
-            return ln.split("itwinai-lightning: error:", 1)[1].strip()
-    for ln in reversed(lines):
-        head = ln.split(":", 1)[0].strip()
-        if head.endswith(("Error", "Exception", "Interrupt")) or head == "AssertionError":
-            return ln.strip()
-    return lines[-1].strip() if lines else "no error output"
-
-
 def finish_point(
     run_dir: str | Path, returncode: int, stderr_path: str | Path | None = None
 ) -> dict[str, Any]:
     """Complete the point's RunRecord after the fit exited: status, error text, exit code."""
     tail = ""
     if stderr_path is not None and Path(stderr_path).is_file():
-        tail = Path(stderr_path).read_text(errors="replace")[-4000:]
+        tail = Path(stderr_path).read_text(errors="replace")[-TAIL_CHARS:]
     current = records.load_or_new(run_dir)
     fields: dict[str, Any]
     if returncode == 0 and current.get("status") != "failed":
@@ -154,6 +144,32 @@ def _epoch_time(rec: dict[str, Any]) -> float | None:
         times = [e.get("wall_time_s") for e in rec.get("epochs") or [] if e.get("wall_time_s") is not None]
         value = sum(times) / len(times) if times else None
     return float(value) if value is not None else None
+
+
+class GridInterrupted(BaseException):
+    """SIGTERM (``kill``, ``scancel`` of the driving job) reached the grid driver; the running point's
+    process group has been ended and its record marked failed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While the grid runs, SIGTERM unwinds like Ctrl-C, so no launcher is left running without us."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise GridInterrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -260,16 +276,23 @@ class GridRunner:
                     )
                     err.flush()
                     rc = 124
-                except BaseException:
+                except BaseException as exc:
                     _kill_group(proc)
-                    finish_point(run_dir, 130, None)
+                    why = str(exc) if isinstance(exc, GridInterrupted) else "interrupted"
+                    records.update(run_dir, fields={"error": f"{why}; run the same command again to resume"})
+                    finish_point(run_dir, getattr(exc, "exit_code", 130), None)
                     raise
         rec = finish_point(run_dir, rc, run_dir / "fit.stderr")
         records.update(run_dir, section="benchmark", section_values={"wall_time_s": time.monotonic() - start})
         return PointResult(point, rec["status"], time.monotonic() - start, rec.get("error"), _epoch_time(rec))
 
     def run(self) -> list[PointResult]:
-        """Every point in order; completed ones are skipped; returns one result per point."""
+        """Every point in order; completed ones are skipped; returns one result per point. SIGTERM ends the
+        running point's process group and raises :class:`GridInterrupted`."""
+        with _sigterm_interrupts():
+            return self._run_all()
+
+    def _run_all(self) -> list[PointResult]:
         from itwinai_lightning.benchmark import submit
 
         points = self.points()

@@ -77,14 +77,25 @@ def _records(directory: Path) -> dict[str, dict[str, object]]:
     return {p.parent.name: records.load(p) for p in directory.glob("*/run_record.json")}
 
 
+def _failures(directory: Path) -> str:
+    """Each failed point's error and the end of its fit.stderr, for the assertion message."""
+    out = []
+    for name, rec in _records(directory).items():
+        if rec["status"] != "completed":
+            stderr = directory / name / "fit.stderr"
+            tail = stderr.read_text(errors="replace")[-4000:] if stderr.is_file() else ""
+            out.append(f"--- {name}: {rec.get('error')}\n{tail}")
+    return "\n".join(out)
+
+
 def test_points_complete_with_real_records(grids: dict[str, object]) -> None:
     root = Path(str(grids["root"]))
     local, torchrun = grids["local"], grids["torchrun"]
     assert isinstance(local, subprocess.CompletedProcess) and isinstance(
         torchrun, subprocess.CompletedProcess
     )
-    assert torchrun.returncode == 0, torchrun.stderr[-3000:]
-    assert local.returncode == 0, local.stderr[-3000:]
+    assert torchrun.returncode == 0, torchrun.stderr[-3000:] + _failures(root / "torchrun")
+    assert local.returncode == 0, local.stderr[-3000:] + _failures(root / "local")
     assert "[4/4]" in local.stderr and "[4/4]" in torchrun.stderr  # progress display
     for launcher in ("local", "torchrun"):
         recs = _records(root / launcher)

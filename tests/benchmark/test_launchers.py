@@ -1,14 +1,17 @@
-"""Command lines per launcher and the sbatch script, through the runner's dry run (nothing is executed)."""
+"""Command lines per launcher and the sbatch script (dry run), and failure lines from real torchrun output."""
 
 from __future__ import annotations
 
 import io
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from itwinai_lightning.benchmark.runner import GridRunner, error_line, redact_argv
+from itwinai_lightning.benchmark.failure import error_line
+from itwinai_lightning.benchmark.runner import GridRunner, redact_argv
 from itwinai_lightning.benchmark.settings import parse
 
 BASE = {"strategies": ["hpc_ddp"], "workers": [4], "batch_size": 64, "accelerator": "cpu", "dry_run": True}
@@ -63,3 +66,35 @@ def test_error_line_and_redaction() -> None:
     assert redact_argv(["--logger.init_args.api_key", "s3cr3t", "--x.token=abc", "--a", "b"]) == [
         "--logger.init_args.api_key", "***REDACTED***", "--x.token=***REDACTED***", "--a", "b",
     ]  # fmt: skip
+
+
+FAILING_RANK = """
+import os, signal, sys
+import torch.distributed as dist
+dist.init_process_group("gloo")
+if dist.get_rank() == 1:
+    if sys.argv[1] == "raise":
+        raise RuntimeError("boom on rank 1")
+    os.kill(os.getpid(), signal.SIGSEGV)
+dist.barrier()
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("raise", "rank 1: RuntimeError: boom on rank 1"),
+        ("segv", "rank 1 exited with exitcode -11 (SIGSEGV)"),
+    ],
+)
+def test_error_line_finds_the_root_cause_under_real_torchrun(tmp_path: Path, how: str, expected: str) -> None:
+    """torchrun's ChildFailedError wrapper is not the error: the root-cause rank's own one is."""
+    script = tmp_path / "fail.py"
+    script.write_text(FAILING_RANK)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), how],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "ChildFailedError" in done.stderr
+    assert error_line(done.stderr).startswith(expected)
