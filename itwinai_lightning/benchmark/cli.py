@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
-    from itwinai_lightning.benchmark.runner import GridRunner
+    from itwinai_lightning.benchmark.runner import GridInterrupted, GridRunner
     from itwinai_lightning.benchmark.settings import parse
 
     with tempfile.TemporaryDirectory(prefix="itwinai-benchmark-") as tmp:
@@ -71,7 +71,13 @@ def main(argv: list[str]) -> int:
     settings = parse(values, lightning_argv)
     if not any(a.startswith(("--config", "-c", "--model", "--data")) for a in lightning_argv):
         raise UserError("benchmark needs the training config: pass --config base.yaml (as for 'fit')")
-    results = GridRunner(settings, lightning_argv).run()
+    try:
+        results = GridRunner(settings, lightning_argv).run()
+    except GridInterrupted as stop:
+        print(
+            f"benchmark: {stop}; completed points are kept, run the same command to resume", file=sys.stderr
+        )
+        return stop.exit_code
     failed = [r for r in results if r.status == "failed"]
     submitted = [r for r in results if r.status == "submitted"]
     print(

@@ -1,0 +1,57 @@
+"""SIGTERM to the grid driver (``kill``, ``scancel``) ends the running point's launcher and ranks too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from itwinai_lightning import records
+from tests.benchmark.test_grid import TINY, _env
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_sigterm_ends_the_running_point_and_records_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(TINY.replace("max_epochs: 1", "max_epochs: 2000"))
+    out = tmp_path / "grid"
+    cmd = [sys.executable, "-m", "itwinai_lightning", "benchmark", "--config", str(cfg),
+           "--benchmark.strategies", "[hpc_ddp]", "--benchmark.launcher", "torchrun",
+           "--benchmark.workers", "[2]", "--benchmark.output_dir", str(out)]  # fmt: skip
+    driver = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = out / "hpc_ddp-w2-r0"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # wait until both ranks train (their epochs reach the record)
+        try:
+            if len(records.load(run_dir).get("epochs") or []) >= 1:
+                break
+        except (OSError, ValueError):
+            pass
+        assert driver.poll() is None, driver.communicate()
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the point never started training")
+    ranks = [p for p in _processes_mentioning(str(run_dir)) if p != driver.pid]
+    assert len(ranks) >= 3  # torchrun + 2 ranks
+
+    driver.terminate()
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 143, stderr  # 128 + SIGTERM
+    assert "interrupted by SIGTERM" in stderr and "run the same command to resume" in stderr
+    time.sleep(1)
+    assert _processes_mentioning(str(run_dir)) == []  # launcher and both ranks are gone
+    rec = records.load(run_dir)
+    assert rec["status"] == "failed" and "SIGTERM" in str(rec["error"])
+    assert rec["sections"]["benchmark"]["returncode"] == 143  # type: ignore[index]
