@@ -111,20 +111,24 @@ def _lightning_list(run_dir: Path, uri: str) -> list[Logger]:
     ]
 
 
-def _multi(uri: str, only_csv: bool = False) -> MultiLogger:
+def _multi(uri: str, only_csv: bool = False, nice: int = 0) -> MultiLogger:
     backends: list[Any] = ["tensorboard", {"type": "mlflow", "tracking_uri": uri}, "wandb", "prov", "csv"]
     return MultiLogger(
-        backends=["csv"] if only_csv else backends, experiment="bench-multi", flush_timeout_s=300
+        backends=["csv"] if only_csv else backends,
+        experiment="bench-multi",
+        flush_timeout_s=300,
+        process_nice=nice,
     )
 
 
-#: what each variant logs to; ``null`` and ``multi_csv`` are diagnostics (``--variants``)
+#: what each variant logs to; ``null``, ``multi_csv`` and ``multi_nice`` are diagnostics (``--variants``)
 VARIANTS = {
     "none": "no logger",
     "null": "no-op Logger",
     "list": "logger=[...] list",
     "multi_csv": "MultiLogger, CSV only",
     "multi": "MultiLogger",
+    "multi_nice": "MultiLogger, nice 10",
 }
 
 
@@ -138,7 +142,7 @@ def run_once(variant: str, steps: int, root: Path, uri: str) -> float:
     elif variant == "null":
         logger = NullLogger()
     elif variant.startswith("multi"):
-        logger = _multi(uri, only_csv=variant == "multi_csv")
+        logger = _multi(uri, only_csv=variant == "multi_csv", nice=10 if variant == "multi_nice" else 0)
     pl.seed_everything(0)
     model = FiveMetrics(width=8, depth=3)
     data = SpectrogramDataModule(num_samples=512, val_samples=16, batch_size=16)
@@ -200,7 +204,7 @@ def report(times: dict[str, list[float]], steps: int) -> None:
         if reps >= 4:  # the middle half of the per-rep relative differences
             q = statistics.quantiles([100 * (t - n) / n for t, n in pairs[key]], n=4)
             spread = f", middle half of reps {q[0]:+.1f} .. {q[2]:+.1f} %"
-        print(f"  {VARIANTS[key]:<22} {med[key]:7.2f} s  (+{add[key]:.2f} s, {rel[key]:+.1f} %{spread})")
+        print(f"  {VARIANTS[key]:<22} {med[key]:7.2f} s  ({add[key]:+.2f} s, {rel[key]:+.1f} %{spread})")
     if "multi" in add:
         print(f"  MultiLogger overhead = {rel['multi']:.1f} % of no-logger time (target <= 5 %)")
     if "multi" in add and "list" in add and add["list"] > 0:
