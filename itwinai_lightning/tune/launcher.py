@@ -77,6 +77,7 @@ def make_trainable(settings: TuneSettings, base_argv: list[str], tracking: Any =
     from ray import tune
 
     from itwinai_lightning.tune import trial
+    from itwinai_lightning.tune.teardown import waits_for_teardown
 
     experiment = str(settings.experiment_dir)
     workers = settings.workers_per_trial
@@ -85,7 +86,7 @@ def make_trainable(settings: TuneSettings, base_argv: list[str], tracking: Any =
             trial.run_trial, base_argv=base_argv, experiment_dir=experiment, tracking=tracking
         )
         return tune.with_resources(
-            trainable, {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker}
+            waits_for_teardown(trainable), {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker}
         )
     trainable = tune.with_parameters(
         trial.run_ddp_trial,
@@ -96,7 +97,7 @@ def make_trainable(settings: TuneSettings, base_argv: list[str], tracking: Any =
         gpus_per_worker=settings.gpus_per_worker,
         tracking=tracking,
     )
-    return tune.with_resources(trainable, ddp_resources(settings))
+    return tune.with_resources(waits_for_teardown(trainable), ddp_resources(settings))
 
 
 def ddp_resources(settings: TuneSettings) -> Any:

@@ -24,6 +24,7 @@ from typing_extensions import override
 
 from itwinai_lightning.secrets import redact
 from itwinai_lightning.tune.search_space import override_args, plain_values
+from itwinai_lightning.tune.teardown import allow_reuse_after_teardown, trial_running
 
 CHECKPOINT_FILE = "trial.ckpt"
 PARAMS_FILE = "params.jsonl"
@@ -196,7 +197,8 @@ def run_trial(
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     run_dir = Path(experiment_dir) / "trials" / trial_id
-    fit_trial(base_argv, config, run_dir, trial_id, report, tune.get_checkpoint(), tracking=tracking)
+    with trial_running():  # Tune's cleanup waits for this (see tune/teardown.py)
+        fit_trial(base_argv, config, run_dir, trial_id, report, tune.get_checkpoint(), tracking=tracking)
 
 
 def run_ddp_trial(
@@ -228,6 +230,7 @@ def run_ddp_trial(
         actor.run.remote({**job, "env": env}) for actor, env in zip(ranks.actors, envs[1:], strict=True)
     ]
 
+    allow_reuse_after_teardown()
     stopped: list[SystemExit] = []
     finished = threading.Event()
     pool.watch(pending, finished)
@@ -240,16 +243,17 @@ def run_ddp_trial(
             return True
         return False
 
-    try:
-        pool.enter_rank(envs[0])
-        fit_trial(base_argv, config, run_dir, trial_id, report, checkpoint, pool.RANK_ARGS, tracking)
-        ray.get(pending)
-    except BaseException:
-        pool.discard()  # other ranks may wait in a collective: the retry gets fresh actors
-        raise
-    finally:
-        finished.set()
-        pool.fresh_process_group()
+    with trial_running():  # Tune's cleanup and reuse wait for this (see tune/teardown.py)
+        try:
+            pool.enter_rank(envs[0])
+            fit_trial(base_argv, config, run_dir, trial_id, report, checkpoint, pool.RANK_ARGS, tracking)
+            ray.get(pending)
+        except BaseException:
+            pool.discard()  # other ranks may wait in a collective: the retry gets fresh actors
+            raise
+        finally:
+            finished.set()
+            pool.fresh_process_group()
     if stopped:
         # end the way Tune ended it: returning would make Tune's wrapper report once more and wait forever
         raise stopped[0]

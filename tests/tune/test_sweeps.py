@@ -146,6 +146,9 @@ def test_ddp_trials_reuse_ranks_through_asha_stops_and_nest_mlflow_runs(
         trial_dir = out / "sweep" / "trials" / row["trial_id"]
         record = json.loads((trial_dir / "run_record.json").read_text())
         assert (record["launcher"], record["world_size"]) == ("ray", 2)
+        # Tune waited for every trial to finish, the early-stopped last one too: its logger was finalized
+        summary = json.loads((trial_dir / "tracking_summary.json").read_text())
+        assert summary["backends"][0]["delivered"] > 0 and summary["backends"][0]["spooled"] == 0
         (start,) = read_params(trial_dir)
         assert len(set(start["rank_pids"])) == 2
         pids.append(start["rank_pids"])
