@@ -94,11 +94,10 @@ def start_parent(loggers: Sequence[Any], settings: TuneSettings) -> SweepTrackin
         num_samples=str(settings.num_samples),
         workers_per_trial=str(settings.workers_per_trial),
     )
-    from mlflow.entities import Param
+    from itwinai_lightning.loggers.backends.mlflow import param_batches
 
-    items = [Param(key, str(value)[:6000]) for key, value in params.items()]
-    for start in range(0, len(items), 100):  # one request per 100 params (MLflow's log_batch limit)
-        client.log_batch(run.info.run_id, params=items[start : start + 100])
+    for chunk in param_batches(params):  # one request per 100 params (MLflow's log_batch limit)
+        client.log_batch(run.info.run_id, params=chunk)
     # the URI may carry credentials: keep only its digest
     state = {"run_id": run.info.run_id, "store": _digest(uri), "experiment": experiment}
     state_file.write_text(json.dumps(state))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from typing_extensions import override
@@ -94,7 +94,7 @@ class MLflowBackend(Backend):
 
     @override
     def write(self, batch: Sequence[Record]) -> None:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric
 
         metrics: list[Any] = []
         for record in batch:
@@ -106,9 +106,8 @@ class MLflowBackend(Backend):
             self._flush_metrics(metrics)
             metrics = []
             if record.get("kind") == "params":
-                items = [Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in record["data"].items()]
-                for i in range(0, len(items), _MAX_PARAMS):
-                    self._call(self._client.log_batch, self.run_id, params=items[i : i + _MAX_PARAMS])
+                for chunk in param_batches(record["data"]):
+                    self._call(self._client.log_batch, self.run_id, params=chunk)
             else:
                 self.write_one(record)
         self._flush_metrics(metrics)
@@ -142,3 +141,12 @@ class MLflowBackend(Backend):
     def close(self, status: str = "success") -> None:
         if self._client is not None and self.run_id is not None:
             self._client.set_terminated(self.run_id, "FINISHED" if status == "success" else "FAILED")
+
+
+def param_batches(params: Mapping[str, Any]) -> Iterator[list[Any]]:
+    """``params`` as MLflow ``Param`` lists of at most 100 (log_batch's limit), values cut to 6000 chars."""
+    from mlflow.entities import Param
+
+    items = [Param(key, str(value)[:_MAX_PARAM_LEN]) for key, value in params.items()]
+    for start in range(0, len(items), _MAX_PARAMS):
+        yield items[start : start + _MAX_PARAMS]
