@@ -79,3 +79,33 @@ def test_prov_json_per_rank_under_torchrun(tmp_path: Path, python_env: dict[str,
         tmp_path / "metrics.rank1.csv"
     ).exists()  # csv: rank 0
     assert (tmp_path / "tracking_summary.rank1.json").exists()
+
+
+def test_closing_a_session_imports_nothing_so_the_final_flush_stays_short(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    """``end_run`` serializes through ``prov``'s registry; its serializers are loaded at start, not at the
+    end of fit (where the trainer waits for the flush). Checked in a fresh interpreter."""
+    require_module("yprov4ml", "pip install yprov4ml==3.2.3 --no-deps")
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from itwinai_lightning.loggers.provenance import ProvSession\n"
+        f"s = ProvSession(__import__('pathlib').Path({str(tmp_path)!r}), 'x', rank=0)\n"
+        "s.start()\n"
+        "import yprov4ml\n"
+        "yprov4ml.log_metric('loss', 1.0, context='training', step=0)\n"
+        "before = set(sys.modules)\n"
+        "path = s.close()\n"
+        "print(sorted(set(sys.modules) - before))\n"
+        "print(path.is_file())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=python_env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    new_modules, written = done.stdout.strip().splitlines()[-2:]
+    assert written == "True"
+    assert "prov.serializers" not in new_modules and "rdflib" not in new_modules, new_modules
