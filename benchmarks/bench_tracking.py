@@ -23,6 +23,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,24 @@ VARIANTS = {
 }
 
 
+def thread_clock() -> tuple[float, float]:
+    """The calling thread's (CPU seconds, seconds runnable but waiting for a core), from Linux schedstat."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+            on_cpu, waiting = f.read().split()[:2]
+    except OSError:  # not Linux
+        return float("nan"), float("nan")
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+#: per variant, the training thread's (CPU s, run-queue wait s, other waits s) of each rep
+THREAD: dict[str, list[tuple[float, float, float]]] = {}
+
+
 def run_once(variant: str, steps: int, root: Path, uri: str) -> float:
     """Seconds from building the logger(s) to the end of ``trainer.fit`` (final flush included)."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{variant}-", dir=root))
+    cpu0, wait0 = thread_clock()
     start = time.perf_counter()
     logger: Any = False
     if variant == "list":
@@ -154,7 +170,11 @@ def run_once(variant: str, steps: int, root: Path, uri: str) -> float:
     trainer.fit(model, data)
     if variant.startswith("multi"):
         assert logger.summary and all(r["spooled"] == 0 for r in logger.summary["backends"]), logger.summary
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    cpu1, wait1 = thread_clock()
+    cpu, wait = cpu1 - cpu0, wait1 - wait0
+    THREAD.setdefault(variant, []).append((cpu, wait, wall - cpu - wait))
+    return wall
 
 
 def main() -> None:
@@ -205,6 +225,11 @@ def report(times: dict[str, list[float]], steps: int) -> None:
             q = statistics.quantiles([100 * (t - n) / n for t, n in pairs[key]], n=4)
             spread = f", middle half of reps {q[0]:+.1f} .. {q[2]:+.1f} %"
         print(f"  {VARIANTS[key]:<22} {med[key]:7.2f} s  ({add[key]:+.2f} s, {rel[key]:+.1f} %{spread})")
+    print("  training thread (medians; Linux schedstat): CPU, waiting for a core, other waits (GIL, flush)")
+    for key in times:
+        rows = THREAD.get(key, [])[-reps:]
+        cpu, wait, other = (statistics.median(r[i] for r in rows) for i in range(3))
+        print(f"    {VARIANTS[key]:<22} {cpu:7.2f} s  {wait:5.2f} s  {other:5.2f} s")
     if "multi" in add:
         print(f"  MultiLogger overhead = {rel['multi']:.1f} % of no-logger time (target <= 5 %)")
     if "multi" in add and "list" in add and add["list"] > 0:
