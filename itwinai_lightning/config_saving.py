@@ -17,6 +17,9 @@ from itwinai_lightning.secrets import redact
 class RecordingSaveConfigCallback(SaveConfigCallback):
     """Writes ``<run_dir>/config.yaml`` (redacted) and the RunRecord's ``config`` section, on rank 0.
 
+    It also ends the record: ``status`` ``completed`` at fit end, ``failed``/``interrupted`` with the
+    (redacted) error on an exception, so a run without TimingMonitor does not stay ``running``.
+
     Unlike Lightning's, it never writes secrets to disk and does not depend on a logger's ``log_dir``:
     the run directory is ``trainer.default_root_dir``.
     """
@@ -37,3 +40,15 @@ class RecordingSaveConfigCallback(SaveConfigCallback):
         run_dir.mkdir(parents=True, exist_ok=True)
         Path(run_dir, self.config_filename).write_text(yaml.safe_dump(config, sort_keys=False))
         records.contribute(trainer, fields={"config": config, "stage": stage})
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.already_saved:
+            records.contribute(trainer, fields=records.end_fields())
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if self.already_saved:
+            records.contribute(trainer, fields=records.end_fields(exception))

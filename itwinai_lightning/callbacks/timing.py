@@ -12,7 +12,6 @@ from typing_extensions import override
 
 from itwinai_lightning import records
 from itwinai_lightning.monitoring import aggregate as agg
-from itwinai_lightning.secrets import redact
 
 #: Per-rank epoch figures, gathered across ranks with ONE all_gather per epoch.
 GATHERED = (
@@ -154,7 +153,7 @@ class TimingMonitor(Callback):
         summary = self.summary()
         if self._setup_t is not None:
             summary["fit_wall_time_s"] = time.perf_counter() - self._setup_t
-        records.contribute(trainer, summary=summary, fields={"status": "completed", "error": None})
+        records.contribute(trainer, summary=summary, fields=records.end_fields())
 
     @override
     def on_exception(
@@ -162,10 +161,7 @@ class TimingMonitor(Callback):
     ) -> None:
         if not self.record:
             return
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
-        error = redact(f"{type(exception).__name__}: {exception}")
-        summary = self.summary()
-        records.contribute(trainer, summary=summary, fields={"status": status, "error": error})
+        records.contribute(trainer, summary=self.summary(), fields=records.end_fields(exception))
 
     # -- figures -----------------------------------------------------------------------------------
     def _local_epoch(self, now: float) -> dict[str, float | None]:

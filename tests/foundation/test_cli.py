@@ -81,6 +81,7 @@ def test_foreign_lightning_module_runs_unchanged(tmp_path: Path, python_env: dic
     assert ckpt["global_step"] == 8 and ckpt["epoch"] == 1  # 2 epochs x 4 batches
     record = json.loads((run_dir / "run_record.json").read_text())
     assert record["config"]["model"]["class_path"].endswith("BoringModel")
+    assert (record["status"], record["error"]) == ("completed", None)  # ended without a TimingMonitor too
 
 
 def test_quickstart_writes_checkpoints_logs_and_progress(tmp_path: Path, python_env: dict[str, str]) -> None:

@@ -146,6 +146,8 @@ def test_ddp_trials_reuse_ranks_through_asha_stops_and_nest_mlflow_runs(
         trial_dir = out / "sweep" / "trials" / row["trial_id"]
         record = json.loads((trial_dir / "run_record.json").read_text())
         assert (record["launcher"], record["world_size"]) == ("ray", 2)
+        # the record is ended, not left "running"; a stopped DDP trial ends its fit on every rank together
+        assert (record["status"], record["error"]) == ("completed", None)
         # Tune waited for every trial to finish, the early-stopped last one too: its logger was finalized
         summary = json.loads((trial_dir / "tracking_summary.json").read_text())
         assert summary["backends"][0]["delivered"] > 0 and summary["backends"][0]["spooled"] == 0
