@@ -50,5 +50,6 @@ class RecordingSaveConfigCallback(SaveConfigCallback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if self.already_saved:
-            records.contribute(trainer, fields=records.end_fields(exception))
+        fields = records.end_fields(exception)
+        if self.already_saved and fields is not None:
+            records.contribute(trainer, fields=fields)

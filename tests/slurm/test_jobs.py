@@ -110,7 +110,10 @@ def test_preempted_job_requeues_and_resumes_exactly(
     assert fields["ExitCode"] == "0:0" and fields["Restarts"] == "1"
 
     total = epochs * STEPS_PER_EPOCH
-    section = records.load(run_dir)["sections"]["slurm"]
+    record = records.load(run_dir)
+    # the requeue exit left the record running, the resumed job adopted it and ended it
+    assert (record["status"], record["error"]) == ("completed", None)
+    section = record["sections"]["slurm"]
     (requeue,) = section["requeues"]
     (resume,) = section["resumes"]
     assert requeue["reason"] == "SIGUSR1" and requeue["job_id"] == job_id and requeue["restart"] == 0
