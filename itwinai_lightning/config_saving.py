@@ -50,6 +50,5 @@ class RecordingSaveConfigCallback(SaveConfigCallback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        fields = records.end_fields(exception)
-        if self.already_saved and fields is not None:
+        if self.already_saved and (fields := records.end_fields(exception)) is not None:
             records.contribute(trainer, fields=fields)

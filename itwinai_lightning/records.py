@@ -246,15 +246,14 @@ def describe_trainer(trainer: pl.Trainer) -> dict[str, Any]:
 def end_fields(exception: BaseException | None = None) -> dict[str, Any] | None:
     """The record's ``status`` and ``error`` at the end of fit: ``completed``; ``interrupted`` (Ctrl-C, or
     ``SystemExit``: a stop asked of the process, e.g. Ray Tune ending a trial) or ``failed``, each with the
-    exception's message, secrets redacted. ``None`` when the run goes on in another process (a SLURM
-    requeue exit): the record stays ``running``, so the resumed job adopts it instead of starting anew."""
+    exception's message, secrets redacted. ``None`` when the run goes on in another process (an exception
+    with ``run_continues = True``, e.g. a SLURM requeue exit): the record stays ``running``, so the resumed
+    job adopts it instead of starting anew."""
     if exception is None:
         return {"status": "completed", "error": None}
-    from itwinai_lightning.secrets import redact
-    from itwinai_lightning.slurm.requeue import RequeueExit
-
-    if isinstance(exception, RequeueExit):
+    if getattr(exception, "run_continues", False):
         return None
+    from itwinai_lightning.secrets import redact
 
     status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SystemExit)) else "failed"
     return {"status": status, "error": redact(f"{type(exception).__name__}: {exception}")}

@@ -33,7 +33,11 @@ FLAG_ENV = "ITWINAI_REQUEUE_FLAG"
 
 
 class RequeueExit(SystemExit):
-    """Raised on every rank after the requeue checkpoint is saved; the process exits with EXIT_REQUEUE."""
+    """Raised on every rank after the requeue checkpoint is saved; the process exits with EXIT_REQUEUE.
+
+    The run continues in the requeued job, so the RunRecord is not ended (see ``records.end_fields``)."""
+
+    run_continues = True
 
     def __init__(self) -> None:
         super().__init__(EXIT_REQUEUE)
