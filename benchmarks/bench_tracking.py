@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import lightning.pytorch as pl  # noqa: E402
+import psutil  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.loggers.logger import Logger  # noqa: E402
 
@@ -198,12 +199,10 @@ def main() -> None:
     times: dict[str, list[float]] = {v: [] for v in variants}
     try:
         run_once("none", 50, root, server.uri)  # warm-up: imports, first allocations
-        import psutil
-
-        _RESIDENT.update(c.pid for c in psutil.Process().children(recursive=True))
+        resident = {c.pid for c in psutil.Process().children(recursive=True)}
         for rep in range(args.reps):
             for variant in times:
-                settle(server_pid=server.proc.pid if server.proc else None)
+                settle(resident)
                 seconds = run_once(variant, args.steps, root, server.uri)
                 times[variant].append(seconds)
                 print(f"rep {rep} {variant:<6} {seconds:7.2f} s", flush=True)
@@ -213,35 +212,16 @@ def main() -> None:
     report(times, args.steps)
 
 
-def settle(server_pid: int | None, timeout_s: float = 60.0) -> None:
+def settle(resident: set[int], timeout_s: float = 60.0) -> None:
     """Wait until the previous run's helpers are gone (a tracking process that is still tearing down,
-    W&B's service), so that no run pays for its predecessor; the MLflow server stays."""
-    import psutil
-
+    W&B's service), so that no run pays for its predecessor. ``resident``: children that outlive every
+    run (the MLflow server and its workers; the ``orted`` of an MPI singleton that Lightning's MPI
+    detection starts when mpi4py is installed)."""
     me = psutil.Process()
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        children = me.children(recursive=True)
-        helpers = [
-            c for c in children
-            if c.pid != server_pid and server_pid not in _ancestors(c) and c.pid not in _RESIDENT
-        ]  # fmt: skip
-        if not helpers:
-            break
+    while time.monotonic() < deadline and any(c.pid not in resident for c in me.children(recursive=True)):
         time.sleep(0.2)
     time.sleep(1.0)  # let the server finish what the last run sent
-
-
-#: children that outlive every run (e.g. the ``orted`` of an MPI singleton that Lightning's MPI detection
-#: starts when mpi4py is installed); recorded after the warm-up run
-_RESIDENT: set[int] = set()
-
-
-def _ancestors(proc: Any) -> list[int]:
-    try:
-        return [p.pid for p in proc.parents()]
-    except Exception:
-        return []
 
 
 def report(times: dict[str, list[float]], steps: int) -> None:
