@@ -31,7 +31,7 @@ trainer:
   enable_model_summary: false
   callbacks:
     - class_path: PySpyProfiler
-      init_args: {{start_step: 2, num_steps: 25, rate_hz: 100}}
+      init_args: {{start_step: 2, num_steps: 40, rate_hz: 100}}
     - class_path: TorchProfilerBreakdown
       init_args: {{skip_steps: 2, warmup_steps: 1, active_steps: 3}}
 model:
@@ -39,7 +39,7 @@ model:
   init_args: {{width: 8, depth: 3}}
 data:
   class_path: itwinai_lightning.demo.SpectrogramDataModule
-  init_args: {{num_samples: 480, val_samples: 16, batch_size: 8, num_workers: 1}}
+  init_args: {{num_samples: 800, val_samples: 16, batch_size: 8, num_workers: 1}}
 """
 
 
