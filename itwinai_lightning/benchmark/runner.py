@@ -172,17 +172,36 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _group_gone(pgid: int, timeout: float) -> bool:
+    """Whether every process of group ``pgid`` has exited within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # only a recycled, foreign group is left
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM the point's whole process group (launcher and ranks), SIGKILL whatever is left after
+    ``grace_s``. Returns only when the launcher is reaped and no rank of the group is left: a launcher
+    (torchrun, mpirun) can exit before the ranks it signalled have finished exiting."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+        if _group_gone(proc.pid, grace_s if proc.returncode is not None else 0.0):
+            break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
 
 
 class GridRunner:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from itwinai_lightning import records
+from itwinai_lightning.benchmark.runner import _kill_group
 from tests.benchmark.test_grid import TINY, _env
 
 
@@ -50,8 +55,34 @@ def test_sigterm_ends_the_running_point_and_records_it(tmp_path: Path) -> None:
     _, stderr = driver.communicate(timeout=60)
     assert driver.returncode == 143, stderr  # 128 + SIGTERM
     assert "interrupted by SIGTERM" in stderr and "run the same command to resume" in stderr
-    time.sleep(1)
-    assert _processes_mentioning(str(run_dir)) == []  # launcher and both ranks are gone
+    assert _processes_mentioning(str(run_dir)) == []  # the driver exits only once launcher and ranks are gone
     rec = records.load(run_dir)
     assert rec["status"] == "failed" and "SIGTERM" in str(rec["error"])
     assert rec["sections"]["benchmark"]["returncode"] == 143  # type: ignore[index]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("child_trap", ["sleep 1.5; exit 0", ""])
+def test_kill_group_outlasts_a_launcher_that_exits_before_its_ranks(child_trap: str) -> None:
+    """The leader exits at once on SIGTERM; its 'rank' takes 1.5 s to exit (or ignores SIGTERM and
+    needs SIGKILL): _kill_group returns only once the whole group is gone."""
+    rank = f"trap '{child_trap}' TERM; while :; do sleep 0.05; done"
+    leader = f"trap 'exit 0' TERM; bash -c \"{rank}\" & while :; do sleep 0.05; done"
+    proc = subprocess.Popen(["bash", "-c", leader], start_new_session=True)
+    time.sleep(0.5)  # both traps installed
+    start = time.monotonic()
+    _kill_group(proc, grace_s=3.0)  # type: ignore[arg-type]
+    took = time.monotonic() - start
+    alive = _group_alive(proc.pid)
+    if alive:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not alive
+    assert proc.returncode is not None
+    assert took >= (1.0 if child_trap else 2.5)  # it waited for the rank, not just for the leader
