@@ -265,19 +265,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             run_lightning_cli(args, from_sys_argv=argv is None)
         except UserError as err:
             raise UserError(_name_the_file(str(err), configs)) from err
-        _close_process_group()
+        from itwinai_lightning.strategies import process_group
+
+        process_group.close()  # before interpreter teardown, see strategies.process_group
     except UserError as err:
         if os.environ.get("ITWINAI_DEBUG"):
             raise
         exit_with_error(str(err))
-
-
-def _close_process_group() -> None:
-    """Shut the torch.distributed group down before the interpreter exits (torch asks for it; a group left
-    to interpreter teardown can abort a rank after a successful run). No-op where torch never set one up."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _holds_value(node: Any, value: str) -> bool:

@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from itwinai_lightning.cluster import default_backend
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.strategies import process_group
 from itwinai_lightning.strategies.environment import LauncherEnvironment, make_cluster_environment
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class HPCDDPStrategy(DDPStrategy):
             super().setup_distributed()
         finally:
             self._timeout = collective
+        process_group.close_at_exit()
         if collective is not None and collective != rendezvous and torch.distributed.is_initialized():
             set_timeout = getattr(torch.distributed.distributed_c10d, "_set_pg_timeout", None)
             if set_timeout is not None:

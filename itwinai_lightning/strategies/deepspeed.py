@@ -24,6 +24,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from typing_extensions import override
 
 from itwinai_lightning.errors import UserError, require
+from itwinai_lightning.strategies import process_group
 from itwinai_lightning.strategies.environment import LauncherEnvironment, make_cluster_environment
 
 ZERO_STAGES = (0, 1, 2, 3)
@@ -145,6 +146,7 @@ class HPCDeepSpeedStrategy(DeepSpeedStrategy):
 
     @override
     def setup_distributed(self) -> None:
+        process_group.close_at_exit()
         if not self._on_cpu:
             super().setup_distributed()
             return
