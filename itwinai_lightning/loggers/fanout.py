@@ -11,7 +11,7 @@ from typing import Any
 
 from itwinai_lightning.loggers.backends.base import Backend, RunContext
 from itwinai_lightning.loggers.spool import Spool, spool_dir
-from itwinai_lightning.loggers.worker import BackendWorker
+from itwinai_lightning.loggers.worker import BackendWorker, OpenTurn
 
 
 def spool_name(backend: Backend, rank: int) -> str:
@@ -34,6 +34,7 @@ def start_workers(
     rank = int(context.get("rank", 0))
     directory = spool_dir(Path(context["run_dir"]))
     workers = []
+    turn = OpenTurn()
     for backend in backends:
         if not backend.active_on(rank):
             continue
@@ -43,7 +44,9 @@ def start_workers(
             if any(state.values()):
                 backend.resume(state)
         ctx = RunContext(**dict(context))
-        workers.append(BackendWorker(backend, ctx, spool, queue_size, retry_interval_s=retry_interval_s))
+        workers.append(
+            BackendWorker(backend, ctx, spool, queue_size, retry_interval_s=retry_interval_s, open_turn=turn)
+        )
     return workers
 
 

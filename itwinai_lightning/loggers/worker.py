@@ -19,11 +19,13 @@ Policy (documented in docs/tracking.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from itwinai_lightning.loggers.backends.base import Backend, PermanentError, Record, RunContext
@@ -32,6 +34,30 @@ from itwinai_lightning.loggers.spool import Spool
 log = logging.getLogger(__name__)
 
 _STOP: Record = {"kind": "__stop__"}
+
+
+class OpenTurn:
+    """Backends of one fan-out open one at a time (imports, ``wandb.init``, MLflow's run creation).
+
+    Opening is the costly part of a backend's life (seconds of imports, each on its own thread): done in
+    parallel, the threads hand the GIL back and forth and wake each other up, and on a small node those
+    wake-ups land on the training thread's core. In turns, one thread at a time does the same work.
+    A backend whose open hangs (a tracking server that does not answer) holds its turn for at most
+    ``wait_s``; the next one then opens anyway.
+    """
+
+    def __init__(self, wait_s: float = 30.0) -> None:
+        self.wait_s = wait_s
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        got = self._lock.acquire(timeout=self.wait_s)
+        try:
+            yield
+        finally:
+            if got:
+                self._lock.release()
 
 
 class BackendWorker:
@@ -48,8 +74,10 @@ class BackendWorker:
         max_retry_interval_s: float = 60.0,
         linger_s: float | None = None,
         final_retries: int = 3,
+        open_turn: OpenTurn | None = None,
     ) -> None:
         self.backend = backend
+        self.open_turn = open_turn
         #: after the first record of a batch, wait up to this long for more (fewer, larger deliveries)
         self.linger_s = backend.linger_s if linger_s is None else linger_s
         self.final_retries = final_retries
@@ -172,7 +200,7 @@ class BackendWorker:
     def _deliver(self, batch: list[Record]) -> None:
         self._in_flight = batch
         try:
-            self.backend.ensure_open(self.ctx)
+            self._ensure_open()
             self._write_meta()
             self.backend.write(batch)
             self.delivered += len(batch)
@@ -189,7 +217,7 @@ class BackendWorker:
     def _drain_spool(self) -> None:
         def deliver(chunk: list[Record]) -> None:
             self._in_flight = chunk
-            self.backend.ensure_open(self.ctx)
+            self._ensure_open()
             try:
                 self.backend.write(chunk)
             except PermanentError as err:
@@ -211,6 +239,13 @@ class BackendWorker:
             log.warning("tracking backend %r is back; its spool was delivered", self.backend.name)
         self.healthy = True
         self._backoff = self.retry_interval_s
+
+    def _ensure_open(self) -> None:
+        if self.backend.is_open or self.open_turn is None:
+            self.backend.ensure_open(self.ctx)
+            return
+        with self.open_turn.turn():
+            self.backend.ensure_open(self.ctx)
 
     def _set_aside(self, err: BaseException) -> None:
         if self.healthy:
