@@ -26,6 +26,7 @@ from itwinai_lightning import records
 from itwinai_lightning.benchmark import launchers
 from itwinai_lightning.benchmark.failure import TAIL_CHARS, error_line
 from itwinai_lightning.benchmark.launchers import GridPoint
+from itwinai_lightning.benchmark.process_tree import terminate_tree
 from itwinai_lightning.benchmark.settings import Settings
 from itwinai_lightning.secrets import REDACTED, is_secret_key
 
@@ -172,38 +173,6 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _group_gone(pgid: int, timeout: float) -> bool:
-    """Whether every process of group ``pgid`` has exited within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # only a recycled, foreign group is left
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
-def _kill_group(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM the point's whole process group (launcher and ranks), SIGKILL whatever is left after
-    ``grace_s``. Returns only when the launcher is reaped and no rank of the group is left: a launcher
-    (torchrun, mpirun) can exit before the ranks it signalled have finished exiting."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-        if _group_gone(proc.pid, grace_s if proc.returncode is not None else 0.0):
-            break
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace_s)
-
-
 class GridRunner:
     """Runs (or submits) every point of :class:`Settings` with the user's LightningCLI arguments."""
 
@@ -289,14 +258,14 @@ class GridRunner:
                 try:
                     rc = proc.wait(timeout=self.settings.timeout_s)
                 except subprocess.TimeoutExpired:
-                    _kill_group(proc)
+                    terminate_tree(proc)
                     err.write(
                         f"\nitwinai-lightning: error: timed out after {self.settings.timeout_s} s\n".encode()
                     )
                     err.flush()
                     rc = 124
                 except BaseException as exc:
-                    _kill_group(proc)
+                    terminate_tree(proc)
                     why = str(exc) if isinstance(exc, GridInterrupted) else "interrupted"
                     records.update(run_dir, fields={"error": f"{why}; run the same command again to resume"})
                     finish_point(run_dir, getattr(exc, "exit_code", 130), None)

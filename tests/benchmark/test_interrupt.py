@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from itwinai_lightning import records
-from itwinai_lightning.benchmark.runner import _kill_group
+from itwinai_lightning.benchmark.process_tree import terminate_tree
 from tests.benchmark.test_grid import TINY, _env
 
 
@@ -61,28 +60,34 @@ def test_sigterm_ends_the_running_point_and_records_it(tmp_path: Path) -> None:
     assert rec["sections"]["benchmark"]["returncode"] == 143  # type: ignore[index]
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+_LEADER = """
+import signal, subprocess, sys, time
+rank = subprocess.Popen(["bash", "-c", sys.argv[1]], start_new_session=sys.argv[2] == "own")
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exits at once, without waiting for its rank
+while True:
+    time.sleep(0.05)
+"""
 
 
+@pytest.mark.parametrize("session", ["own", "shared"])
 @pytest.mark.parametrize("child_trap", ["sleep 1.5; exit 0", ""])
-def test_kill_group_outlasts_a_launcher_that_exits_before_its_ranks(child_trap: str) -> None:
-    """The leader exits at once on SIGTERM; its 'rank' takes 1.5 s to exit (or ignores SIGTERM and
-    needs SIGKILL): _kill_group returns only once the whole group is gone."""
-    rank = f"trap '{child_trap}' TERM; while :; do sleep 0.05; done"
-    leader = f"trap 'exit 0' TERM; bash -c \"{rank}\" & while :; do sleep 0.05; done"
-    proc = subprocess.Popen(["bash", "-c", leader], start_new_session=True)
-    time.sleep(0.5)  # both traps installed
+def test_terminate_tree_outlasts_a_launcher_that_exits_first(session: str, child_trap: str) -> None:
+    """The launcher exits at once on SIGTERM; its 'rank' takes 1.5 s to exit (or ignores SIGTERM and
+    needs SIGKILL), and like torchrun's ranks may sit in a session of its own, out of the launcher's
+    process group: terminate_tree returns only once the rank is gone too."""
+    rank_script = f"trap '{child_trap}' TERM; while :; do sleep 0.05; done"
+    proc = subprocess.Popen([sys.executable, "-c", _LEADER, rank_script, session], start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not (ranks := psutil.Process(proc.pid).children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(ranks) == 1
+    time.sleep(0.5)  # the rank's trap is installed
     start = time.monotonic()
-    _kill_group(proc, grace_s=3.0)  # type: ignore[arg-type]
+    terminate_tree(proc, grace_s=3.0)  # type: ignore[arg-type]
     took = time.monotonic() - start
-    alive = _group_alive(proc.pid)
-    if alive:
-        os.killpg(proc.pid, signal.SIGKILL)
-    assert not alive
+    left = [r for r in ranks if r.is_running() and r.status() != psutil.STATUS_ZOMBIE]
+    for rank in left:
+        rank.kill()
+    assert left == []
     assert proc.returncode is not None
-    assert took >= (1.0 if child_trap else 2.5)  # it waited for the rank, not just for the leader
+    assert took >= (1.0 if child_trap else 2.5)  # it waited for the rank, not just for the launcher

@@ -24,7 +24,8 @@ trainer = pl.Trainer(strategy=strategy, accelerator="cpu", devices=1, max_steps=
 trainer.fit(BoringModel())
 after_fit = dist.is_initialized()
 atexit._run_exitfuncs()  # what the interpreter runs first on exit, before native teardown
-print(json.dumps({"after_fit": after_fit, "after_atexit": dist.is_initialized(), "step": trainer.global_step}))
+state = {"after_fit": after_fit, "after_atexit": dist.is_initialized(), "step": trainer.global_step}
+print(json.dumps(state))
 """
 
 
