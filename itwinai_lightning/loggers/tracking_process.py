@@ -62,7 +62,7 @@ class TrackingProcess(Backend):
     """The link to the child process that runs the real backends (see the module docstring)."""
 
     kind = LINK_NAME
-    linger_s = 0.05
+    linger_s = 0.2
 
     def __init__(
         self,

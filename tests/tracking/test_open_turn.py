@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ class TimedOpenBackend(Backend):
         self.open_s = open_s
         self.opened: tuple[float, float] | None = None
         self.steps: list[int] = []
+        self.opening = threading.Event()
 
     def open(self, ctx: RunContext) -> None:
         began = time.monotonic()
+        self.opening.set()
         time.sleep(self.open_s)
         self.opened = (began, time.monotonic())
 
@@ -64,17 +67,17 @@ def test_a_hung_open_holds_the_turn_for_at_most_wait_s(tmp_path: Path) -> None:
     ctx = RunContext(run_dir=str(tmp_path))
     directory = spool_dir(tmp_path)
     hung, quick = TimedOpenBackend(3.0, "hung"), TimedOpenBackend(0.0, "quick")
-    t0 = time.monotonic()
-    first = BackendWorker(hung, ctx, Spool(directory, "hung"), open_turn=turn)
+    first = BackendWorker(hung, ctx, Spool(directory, "hung"), linger_s=0.0, open_turn=turn)
     first.submit(_metric(0))
-    time.sleep(0.1)  # the hung backend is inside its open, holding the turn
-    second = BackendWorker(quick, ctx, Spool(directory, "quick"), open_turn=turn)
+    assert hung.opening.wait(5.0)  # the hung backend is inside its open, holding the turn
+    t0 = time.monotonic()
+    second = BackendWorker(quick, ctx, Spool(directory, "quick"), linger_s=0.0, open_turn=turn)
     second.submit(_metric(0))
     second.stop(timeout_s=5.0)
 
     assert quick.steps == [0]
     assert quick.opened is not None and hung.opened is None
     waited = quick.opened[0] - t0
-    assert 0.3 <= waited < 2.0, f"quick backend waited {waited:.2f} s for a turn of at most 0.3 s"
+    assert 0.25 <= waited < 2.0, f"quick backend waited {waited:.2f} s for a turn of at most 0.3 s"
     first.stop(timeout_s=10.0)
     assert hung.steps == [0]

@@ -102,7 +102,7 @@ class KillTrackingProcess(pl.Callback):
             time.sleep(0.1)  # a loaded machine may take a while to start the child
         link = self.logger._link
         if link is not None and link.pid:
-            time.sleep(0.5)  # let the steps the child has reach the CSV file
+            time.sleep(1.5)  # the last steps reach the CSV file: link linger 0.2 s + CSV linger 0.5 s
             self.killed, self.step = link.pid, trainer.global_step
             os.kill(link.pid, signal.SIGKILL)
 

@@ -64,7 +64,7 @@ class Backend:
     #: short name used in YAML (``type: mlflow``) and in spool file names
     kind: str = "backend"
     #: seconds the worker gathers records before a delivery (a backend with costly calls batches more)
-    linger_s: float = 0.1
+    linger_s: float = 0.5
 
     def __init__(self, ranks: str = "zero", name: str | None = None) -> None:
         if ranks not in RANK_POLICIES:
