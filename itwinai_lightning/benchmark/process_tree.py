@@ -49,9 +49,10 @@ def _signal(pgid: int, processes: list[psutil.Process], sig: signal.Signals) -> 
                 process.send_signal(sig)
 
 
-def _all_gone(pgid: int, processes: list[psutil.Process], timeout: float) -> bool:
+def _all_gone(proc: subprocess.Popen[bytes], processes: list[psutil.Process], timeout: float) -> bool:
+    """Whether the launcher (reaped here), its group and ``processes`` have all exited within ``timeout``."""
     deadline = time.monotonic() + timeout
-    while _group_alive(pgid) or any(_alive(p) for p in processes):
+    while proc.poll() is None or _group_alive(proc.pid) or any(_alive(p) for p in processes):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
@@ -60,14 +61,10 @@ def _all_gone(pgid: int, processes: list[psutil.Process], timeout: float) -> boo
 
 def terminate_tree(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
     """SIGTERM the launcher ``proc`` (leader of its own process group), its group and all its descendants;
-    SIGKILL whatever is left after ``grace_s``. Returns only once every one of them has exited."""
+    SIGKILL whatever is left ``grace_s`` later. Returns only once every one of them has exited."""
     tree = _descendants(proc.pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         tree += [p for p in _descendants(proc.pid) if p not in tree]  # started since the snapshot
         _signal(proc.pid, tree, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-        if _all_gone(proc.pid, tree, grace_s if proc.returncode is not None else 0.0):
-            break
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace_s)
+        if _all_gone(proc, tree, grace_s):
+            return
