@@ -10,13 +10,15 @@ import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 from typing_extensions import override
 
-from itwinai_lightning import records
+from itwinai_lightning import placement, records
 from itwinai_lightning.secrets import redact
 
 
 class RecordingSaveConfigCallback(SaveConfigCallback):
     """Writes ``<run_dir>/config.yaml`` (redacted) and the RunRecord's ``config`` section, on rank 0.
 
+    At setup every rank reports its host and launch context (:mod:`itwinai_lightning.placement`), so the
+    record's ``hostnames``, ``num_nodes``, ``devices_per_node`` and ``launcher`` are what really ran.
     It also ends the record: ``status`` ``completed`` at fit end, ``failed``/``interrupted`` with the
     (redacted) error on an exception, so a run without TimingMonitor does not stay ``running``.
 
@@ -32,6 +34,11 @@ class RecordingSaveConfigCallback(SaveConfigCallback):
         text = self.parser.dump(self.config, skip_none=False, skip_check=True)
         loaded = yaml.safe_load(text) or {}
         return redact(loaded)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        placement.of(trainer)  # every rank takes part, before rank 0 writes the record
+        super().setup(trainer, pl_module, stage)
 
     @override
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

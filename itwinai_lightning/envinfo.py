@@ -37,7 +37,13 @@ BACKENDS: dict[str, str] = {
     "py-spy": "profiling",
     "nvidia-ml-py": "GPU monitoring",
 }
-LAUNCHERS = ("srun", "sbatch", "mpirun", "torchrun", "horovodrun", "ray")
+
+
+def _executables() -> list[str]:
+    """The launchers of the table that are programs, plus sbatch (to submit jobs)."""
+    from itwinai_lightning.launchers import TABLE
+
+    return [spec.executable for spec in TABLE if spec.executable] + ["sbatch"]
 
 
 def _version(distribution: str) -> str | None:
@@ -86,7 +92,7 @@ def collect() -> dict[str, Any]:
         "versions": {name: _version(name) for name in BACKENDS},
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "executables": {name: shutil.which(name) for name in LAUNCHERS},
+        "executables": {name: shutil.which(name) for name in _executables()},
     }
 
 
@@ -122,9 +128,24 @@ def main(argv: list[str]) -> int:
         description="Print the detected launcher, ranks, devices and versions (one report per rank).",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per rank, on one line")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="distributed health check under the launcher: all-reduce/all-gather over gloo or NCCL, "
+        "per-rank hosts, latency and bus bandwidth, the slowest rank; exit 1 if a rank is missing",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for every rank to join (--check)"
+    )
     known, unknown = parser.parse_known_args(argv)
     if unknown:
         raise UserError(f"env: unknown argument(s) {' '.join(unknown)}; see 'itwinai-lightning env --help'")
+    if known.timeout <= 0:
+        raise UserError(f"env --timeout must be > 0 seconds, got {known.timeout:g}")
+    if known.check:
+        from itwinai_lightning import healthcheck
+
+        return healthcheck.main(known.timeout, known.json)
     report = collect()
     text = json.dumps(report, sort_keys=True) if known.json else render(report)
     sys.stdout.write(text + "\n")

@@ -16,15 +16,17 @@ Schema (version :data:`SCHEMA_VERSION`); units are in the key names (``_s`` seco
     run_dir          str
     config           dict    resolved run config (secrets redacted), written by the CLI
     strategy         str     short name or class name (e.g. "hpc_ddp", "DDPStrategy")
-    launcher         str     see cluster.py: torchrun|horovodrun|mpirun|srun|ray|local
+    launcher         str     the launcher that started the processes (launchers.py): torchrun|horovodrun|
+                             mpirun|srun|ray|local
     world_size       int     number of processes
-    num_nodes        int
-    devices_per_node int
+    num_nodes        int     distinct hosts of the ranks
+    devices_per_node int     ranks per host
     accelerator      str     "cpu" | "cuda" | ...
     device_names     list[str]
     precision        str
     global_batch_size int|None   samples per optimizer step across all ranks
-    hostnames        list[str]
+    hostnames        list[str]   every rank's host, distinct, rank 0's first (gathered from all ranks)
+    ranks            list[dict]  rank, hostname, local_rank, node_rank of every rank
     versions         dict[str, str]   python, torch, lightning, itwinai_lightning
     stage            str     the LightningCLI subcommand (written by the CLI)
     epochs           list[dict]  one entry per epoch, merged from several callbacks, keyed by "epoch":
@@ -71,6 +73,8 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 RECORD_FILENAME = "run_record.json"
 FINISHED = ("completed", "failed", "interrupted")
+#: Trainer attribute holding the :class:`~itwinai_lightning.placement.Placement` gathered at setup.
+PLACEMENT_ATTR = "_itwinai_placement"
 
 
 def _now() -> str:
@@ -225,12 +229,18 @@ def describe_trainer(trainer: pl.Trainer) -> dict[str, Any]:
     device_names = []
     if accelerator == "cuda" and torch.cuda.is_available():
         device_names = [torch.cuda.get_device_name(root)]
-    return {
-        "strategy": name,
+    where: dict[str, Any] = {
         "launcher": detect().launcher,
         "world_size": int(trainer.world_size),
         "num_nodes": int(trainer.num_nodes),
         "devices_per_node": int(trainer.num_devices),
+    }
+    placed = getattr(trainer, PLACEMENT_ATTR, None)
+    if placed is not None:  # what every rank reported beats the Trainer's arguments
+        where = placed.record_fields()
+    return {
+        "strategy": name,
+        **where,
         "accelerator": accelerator,
         "device_names": device_names,
         "precision": str(trainer.precision),

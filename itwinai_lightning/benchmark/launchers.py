@@ -4,16 +4,8 @@ Every grid point is the ordinary ``python -m itwinai_lightning fit`` with the us
 plus the strategy, the device count, the per-worker batch size, the monitoring callbacks and its own
 ``--trainer.default_root_dir`` (so it writes its own RunRecord).
 
-=============  ==========================================================================================
-launcher       command
-=============  ==========================================================================================
-local          ``python -m itwinai_lightning fit ... --trainer.devices N`` (Lightning's own launcher)
-torchrun       ``python -m torch.distributed.run --standalone --nproc_per_node N -m itwinai_lightning fit``
-mpirun         ``mpirun -np N python -m itwinai_lightning fit ...``
-srun           ``srun -N 1 --ntasks-per-node=N python -m itwinai_lightning fit ...`` (inside an allocation)
-horovodrun     ``horovodrun -np N -H localhost:N --gloo python -m itwinai_lightning fit ...``
-ray            ``python -m itwinai_lightning fit ... --trainer.devices N`` with a Ray strategy (``ray_ddp``)
-=============  ==========================================================================================
+The command of each launcher is the launcher table's (:mod:`itwinai_lightning.launchers`); a ``ray``
+strategy (``ray_ddp``) runs under the ``local`` command, as Ray starts the workers itself.
 """
 
 from __future__ import annotations
@@ -24,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-LAUNCHERS = ("local", "torchrun", "mpirun", "srun", "horovodrun", "ray")
+from itwinai_lightning import launchers as table
+
+LAUNCHERS = table.NAMES
 #: Callbacks every grid point gets (skipped, with a warning, when not importable in this install).
 DEFAULT_CALLBACKS = (
     "itwinai_lightning.callbacks.timing.TimingMonitor",
@@ -76,21 +70,7 @@ def launch_command(
     launcher: str, workers: int, fit: Sequence[str], python: str | None = None, extra: Sequence[str] = ()
 ) -> list[str]:
     """The full argv that runs ``fit`` on ``workers`` processes with ``launcher`` on this node."""
-    py = python or sys.executable
-    module = [py, "-m", "itwinai_lightning", *fit]
-    n = str(workers)
-    if launcher in ("local", "ray"):
-        return module
-    if launcher == "torchrun":
-        return [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", n, *extra,
-                "-m", "itwinai_lightning", *fit]  # fmt: skip
-    if launcher == "mpirun":
-        return ["mpirun", "-np", n, *extra, *module]
-    if launcher == "srun":
-        return ["srun", "-N", "1", f"--ntasks-per-node={n}", *extra, *module]
-    if launcher == "horovodrun":
-        return ["horovodrun", "-np", n, "-H", f"localhost:{n}", "--gloo", *extra, *module]
-    raise ValueError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+    return table.launch_command(launcher, workers, fit, python or sys.executable, extra)
 
 
 def slurm_layout(workers: int, tasks_per_node: int | None) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from itwinai_lightning import records
+from itwinai_lightning import placement, records
 from itwinai_lightning.monitoring import aggregate as agg
 
 #: Per-rank epoch figures, gathered across ranks with ONE all_gather per epoch.
@@ -88,7 +88,8 @@ class TimingMonitor(Callback):
             self._first_step_s = None
             self.epochs = []
             if self.record:
-                fields = {"status": "running", "error": None, "hostnames": _hostnames(trainer)}
+                placement.of(trainer)  # every rank takes part; contribute() writes what it found
+                fields = {"status": "running", "error": None}
                 records.contribute(trainer, fields=fields)
 
     @override
@@ -224,20 +225,6 @@ class TimingMonitor(Callback):
         return {
             k: v for k, v in out.items() if v is not None and not (isinstance(v, float) and math.isnan(v))
         }
-
-
-def _hostnames(trainer: pl.Trainer) -> list[str]:
-    """The distinct hosts of all ranks (one all_gather_object at setup), or this host alone."""
-    import platform
-
-    import torch.distributed as dist
-
-    own = platform.node()
-    if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
-        return [own]
-    names: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(names, own)
-    return sorted({str(n) for n in names})
 
 
 def _batch_size(batch: Any) -> int:

@@ -64,6 +64,31 @@ def _sbatch(script: Path, test_only: bool, env: dict[str, str] | None = None) ->
     return match.group(1)
 
 
+def check_partition(nodes: int, partition: str | None, env: dict[str, str] | None = None) -> None:
+    """Refuse, before sbatch, a job that asks for more nodes than its partition has (when sinfo can tell)."""
+    exe = shutil.which("sinfo")
+    if exe is None:
+        return
+    args = [exe, "-h", "-o", "%P %D"] + (["-p", partition] if partition else [])
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False, timeout=30)
+    if proc.returncode != 0:
+        return
+    sizes = {}
+    for line in proc.stdout.splitlines():
+        name, _, count = line.partition(" ")
+        if count.strip().isdigit():
+            sizes[name] = sizes.get(name, 0) + int(count)
+    wanted = partition or next((n for n in sizes if n.endswith("*")), None)
+    if wanted is None:
+        return
+    size = sizes.get(wanted) or sizes.get(wanted + "*")
+    if size is not None and nodes > size:
+        raise UserError(
+            f"slurm.nodes={nodes} but partition {wanted.rstrip('*')!r} has {size} node(s); "
+            f"lower --slurm.nodes (and trainer.num_nodes) or choose another --slurm.partition"
+        )
+
+
 def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     """Render the job files; return ``(script_path, config_path, options_as_dict)``."""
     from dataclasses import asdict
@@ -78,6 +103,7 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     if opts.command == "tune":
         tune_section, rest = split_section(rest, "tune")
     config = jobcfg.resolve_lightning_config(rest)
+    jobcfg.check_nodes(config, opts.nodes, opts.command)
     devices = jobcfg.devices_per_node(config, opts.gpus_per_node)
     accelerator = str((config.get("trainer") or {}).get("accelerator") or "auto")
     if opts.gpus_per_node > 0 and accelerator in jobcfg.GPU_ACCELERATORS and devices > opts.gpus_per_node:
@@ -116,6 +142,8 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
         check_every_n_steps=opts.check_every_n_steps,
         time_limit_margin_s=opts.time_limit_margin_s,
     )
+    if opts.command == "tune":  # trials start fresh: 'tune' accepts none of fit's own arguments
+        config = jobcfg.without_fit_arguments(config)
     config_path = jobcfg.save_config(
         config, job_dir / "config.yaml", extra={"tune": tune_section} if opts.command == "tune" else None
     )
@@ -154,6 +182,7 @@ def main(argv: list[str]) -> int:
     if opts.get("test_only"):
         print(_sbatch(script, test_only=True))
     if opts.get("submit"):
+        check_partition(int(opts["nodes"]), opts.get("partition"))  # type: ignore[arg-type]
         job_id = _sbatch(script, test_only=False)
         print(f"submitted job {job_id}")
     return 0

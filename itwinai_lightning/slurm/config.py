@@ -47,6 +47,40 @@ def devices_per_node(config: dict[str, Any], gpus_per_node: int) -> int:
     )
 
 
+#: Strategies whose processes Lightning starts itself on one machine: they cannot span nodes.
+SINGLE_NODE_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook", "dp", "single_device")
+
+
+def check_nodes(config: dict[str, Any], nodes: int, command: str) -> None:
+    """One line (UserError) when ``slurm.nodes`` cannot be what the config runs on."""
+    trainer = config.get("trainer") or {}
+    num_nodes = trainer.get("num_nodes")
+    if isinstance(num_nodes, int) and num_nodes > 1 and num_nodes != nodes:
+        raise UserError(
+            f"slurm.nodes={nodes} but trainer.num_nodes={num_nodes}; they must agree: "
+            f"set --slurm.nodes {num_nodes} or drop trainer.num_nodes (the job sets it from slurm.nodes)"
+        )
+    strategy = trainer.get("strategy")
+    name = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy or "")
+    if command == "fit" and nodes > 1 and name.rsplit(".", 1)[-1] in SINGLE_NODE_STRATEGIES:
+        raise UserError(
+            f"slurm.nodes={nodes} but trainer.strategy {name!r} starts its processes on one machine only; "
+            "use hpc_ddp (or hpc_deepspeed, horovod) across nodes, or --slurm.nodes 1"
+        )
+
+
+def without_fit_arguments(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the top-level keys that are ``Trainer.fit`` arguments (``ckpt_path``,
+    ``weights_only``...): the ``fit`` dump has them, ``tune`` (whose trials start fresh) rejects them."""
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    objects = ("self", "model", "train_dataloaders", "val_dataloaders", "datamodule")
+    fit_only = set(inspect.signature(Trainer.fit).parameters) - set(objects)
+    return {key: value for key, value in config.items() if key not in fit_only}
+
+
 def uses_horovod(config: dict[str, Any]) -> bool:
     strategy = (config.get("trainer") or {}).get("strategy")
     text = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy or "")

@@ -15,11 +15,11 @@ from typing import Any
 import yaml
 
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.launchers import SLURM_LAUNCHERS as LAUNCHERS
 from itwinai_lightning.sections import check_known_keys, deep_merge, load_yaml_file
 
 #: Short aliases for the shipped presets.
 ALIASES = {"juwels": "juwels_booster", "lumi": "lumi_g", "booster": "juwels_booster"}
-LAUNCHERS = ("srun", "torchrun", "ray")
 COMMANDS = ("fit", "tune")
 
 

@@ -22,6 +22,8 @@ from itwinai_lightning.slurm.options import SlurmOptions
 #: Environment variable through which the script tells the requeue callback where to leave its request.
 REQUEUE_FLAG_ENV = "ITWINAI_REQUEUE_FLAG"
 REQUEUE_FLAG_NAME = ".requeue"
+#: The job's Ray token file (mode 600) in the job directory.
+RAY_TOKEN_NAME = "ray-auth-token"
 
 
 @dataclass(frozen=True)
@@ -156,9 +158,16 @@ def _launch_ray(opts: SlurmOptions, job: JobLayout) -> list[str]:
     gpus = job.gpus_per_node
     cpus = job.cpus_per_task
     port = opts.ray_port
+    token = job.job_dir / RAY_TOKEN_NAME
     return [
         "# --- a Ray cluster inside the allocation: head on the first node, one worker per other node",
         f"CONFIG={_q(job.config_path)}",
+        "# token authentication: a fresh token per job, readable by this user only; every Ray process of the",
+        "# job reads it from RAY_AUTH_TOKEN_PATH. Attach from a login node with the same two variables set.",
+        "export RAY_AUTH_MODE=token",
+        f"export RAY_AUTH_TOKEN_PATH={_q(token)}",
+        '(umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d " \\n" > "$RAY_AUTH_TOKEN_PATH")',
+        'if [ ! -s "$RAY_AUTH_TOKEN_PATH" ]; then echo "itwinai-lightning: no Ray token" >&2; exit 1; fi',
         'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
         'HEAD="${NODES[0]}"',
         'HEAD_IP="$(srun --nodes=1 --ntasks=1 -w "$HEAD" hostname --ip-address | awk \'{print $1}\')"',

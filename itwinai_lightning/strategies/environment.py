@@ -35,17 +35,12 @@ from lightning.fabric.plugins.environments import ClusterEnvironment, LightningE
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
+from itwinai_lightning import launchers
 from itwinai_lightning.cluster import ClusterInfo, detect
 from itwinai_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: Environment variables that identify one launch (the same on every rank, different for the next launch).
-_LAUNCH_KEYS: dict[str, tuple[str, ...]] = {
-    "srun": ("SLURM_JOB_ID", "SLURM_STEP_ID"),
-    "mpirun": ("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "PMI_KVSNAME", "PMI_JOBID", "PALS_APID"),
-    "horovodrun": ("HOROVOD_GLOO_RENDEZVOUS_PORT", "HOROVOD_GLOO_RENDEZVOUS_ADDR"),
-}
 _PORT_BASE, _PORT_SPAN = 20000, 20000
 
 
@@ -54,7 +49,7 @@ def derived_port(info: ClusterInfo, env: Mapping[str, str] | None = None) -> int
     env = os.environ if env is None else env
     if info.master_port is not None:
         return info.master_port
-    parts = [env.get(name, "") for name in _LAUNCH_KEYS.get(info.launcher, ())]
+    parts = [env.get(name, "") for name in launchers.get(info.launcher).launch_keys]
     key = "/".join(parts)
     if not key.strip("/"):
         key = f"{info.launcher}/{info.job_id}/{info.world_size}"

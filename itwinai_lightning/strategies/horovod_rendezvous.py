@@ -32,9 +32,10 @@ from typing import Any
 
 from itwinai_lightning.cluster import ClusterInfo
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.launchers import RENDEZVOUS_MARK
 from itwinai_lightning.strategies.environment import derived_port, main_address_for
 
-LAUNCHERS = ("mpirun", "srun")
+LAUNCHERS = ("mpirun", "srun")  # launchers whose ranks need our rendezvous
 _servers: list[Any] = []  # keeps rank 0's server alive for the life of the process
 
 
@@ -176,5 +177,6 @@ def prepare(
     else:
         wait_for_server(address, port, float(env.get("HOROVOD_GLOO_TIMEOUT_SECONDS", "30")))
     values = slot_env(slot, address, port, iface)
+    values[RENDEZVOUS_MARK] = info.launcher  # detect() still reports the real launcher
     env.update(values)
     return values

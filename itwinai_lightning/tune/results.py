@@ -122,6 +122,8 @@ def write_best_yaml(row: TrialRow, settings: TuneSettings, base_trainer: dict[st
     config = yaml.safe_load(trial_config.read_text()) or {}
     set_dotted(config, "trainer.default_root_dir", str(settings.experiment_dir / "best"))
     set_dotted(config, "trainer.enable_progress_bar", base_trainer.get("enable_progress_bar"))
+    if settings.workers_per_trial > 1:  # each rank ran ray_ddp on one device: fit starts all N itself
+        set_dotted(config, "trainer.devices", settings.workers_per_trial)
     header = (
         f"# Best trial {row.trial_id} of sweep {settings.experiment_dir}: "
         f"{settings.metric}={row.metric:.6g} ({settings.mode}) after {row.epochs} epochs.\n"
