@@ -234,9 +234,17 @@ def resolve_config(args: Sequence[str], subcommand: str = "fit") -> dict[str, An
         def _run_subcommand(self, subcommand: str) -> None:
             return None
 
-    with warnings.catch_warnings():  # args given in-process while sys.argv holds another command
-        warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-        cli = _ParseOnly(args=[subcommand, *args], run=True)
+    import logging
+
+    seed_log = logging.getLogger("lightning.fabric.utilities.seed")  # nothing is seeded: no "Seed set to"
+    level = seed_log.level
+    seed_log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():  # args given in-process while sys.argv holds another command
+            warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+            cli = _ParseOnly(args=[subcommand, *args], run=True)
+    finally:
+        seed_log.setLevel(level)
     text = cli._parser(subcommand).dump(cli.config[subcommand], skip_none=False, skip_check=True)
     return yaml.safe_load(text) or {}
 

@@ -208,7 +208,9 @@ class GridRunner:
             num_nodes=nodes,
         )
 
-    def _prepare(self, point: GridPoint, run_dir: Path, command: Sequence[str]) -> None:
+    def _prepare(
+        self, point: GridPoint, run_dir: Path, command: Sequence[str], launcher: str | None = None
+    ) -> None:
         records.record_path(run_dir).unlink(missing_ok=True)  # a re-run starts from a clean record
         per_worker = self.settings.per_worker_batch(point.workers)
         records.update(
@@ -216,7 +218,7 @@ class GridRunner:
             fields={
                 "status": "running",
                 "strategy": point.strategy,
-                "launcher": self.settings.launcher,
+                "launcher": launcher or self.settings.launcher,
                 "world_size": point.workers,
                 "global_batch_size": per_worker * point.workers if per_worker else None,
             },
@@ -226,7 +228,7 @@ class GridRunner:
                 "strategy": point.strategy,
                 "workers": point.workers,
                 "repetition": point.repetition,
-                "launcher": self.settings.launcher,
+                "launcher": launcher or self.settings.launcher,
                 "scaling": self.settings.scaling,
                 "per_worker_batch_size": per_worker,
                 "command": shlex.join(redact_argv(command)),

@@ -50,7 +50,7 @@ def submit_point(runner: GridRunner, point: GridPoint, run_dir: Path) -> PointRe
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "job.sbatch"
     path.write_text(script)
-    runner._prepare(point, run_dir, ["sbatch", str(path)])
+    runner._prepare(point, run_dir, ["sbatch", str(path)], launcher="srun")  # the job's step is an srun
     out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         why = out.stderr.strip() or f"sbatch exit code {out.returncode}"

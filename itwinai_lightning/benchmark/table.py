@@ -2,6 +2,7 @@
 
 Definitions (per series = one strategy x launcher x scaling mode; ``N0`` = its smallest worker count):
 
+* ``launcher`` / ``nodes``: what the run's ranks reported (the RunRecord's ``launcher`` and ``num_nodes``).
 * ``epoch_time_s``: median over repetitions of the run's mean epoch wall time
   (``summary.mean_epoch_time_s``, else the mean of ``epochs[].wall_time_s``).
 * ``speedup = epoch_time(N0) / epoch_time(N)`` -- relative to the series' own baseline.
@@ -25,12 +26,14 @@ from itwinai_lightning import records
 
 FRACTIONS = ("compute", "communication", "memcpy", "other")
 RUN_COLUMNS = (
-    "strategy", "launcher", "scaling", "workers", "repetition", "status", "epoch_time_s", "samples_per_s",
+    "strategy", "launcher", "scaling", "workers", "nodes", "repetition", "status", "epoch_time_s",
+    "samples_per_s",
     "energy_per_epoch_wh", "energy_per_sample_wh", "gpu_util_pct", "cpu_util_pct", "global_batch_size",
     "run_dir", "error",
 )  # fmt: skip
 SUMMARY_COLUMNS = (
-    "strategy", "launcher", "scaling", "workers", "repetitions", "failed", "epoch_time_s", "epoch_time_min_s",
+    "strategy", "launcher", "scaling", "workers", "nodes", "repetitions", "failed", "epoch_time_s",
+    "epoch_time_min_s",
     "epoch_time_max_s", "speedup", "efficiency_pct", "samples_per_s", "energy_per_epoch_wh",
     "energy_per_sample_wh", "gpu_util_pct", "cpu_util_pct", "compute_s", "communication_s", "memcpy_s",
     "other_s",
@@ -71,6 +74,7 @@ class Run:
     status: str
     run_dir: str
     error: str | None = None
+    nodes: int = 1
     epoch_time_s: float | None = None
     samples_per_s: float | None = None
     energy_per_epoch_wh: float | None = None
@@ -119,7 +123,9 @@ def run_from_record(rec: Mapping[str, Any]) -> Run:
     batch = rec.get("global_batch_size")
     return Run(
         strategy=str(bench.get("strategy") or rec.get("strategy") or "unknown"),
-        launcher=str(bench.get("launcher") or rec.get("launcher") or "unknown"),
+        # what the ranks reported (placement) beats what the grid asked for
+        launcher=str(rec.get("launcher") or bench.get("launcher") or "unknown"),
+        nodes=int(rec.get("num_nodes") or bench.get("nodes") or 1),
         scaling=str(bench.get("scaling") or "strong"),
         workers=int(workers),
         repetition=int(bench.get("repetition") or 0),
@@ -169,6 +175,7 @@ class Row:
     workers: int
     repetitions: int
     failed: int
+    nodes: int = 1
     epoch_time_s: float | None
     epoch_time_min_s: float | None
     epoch_time_max_s: float | None
@@ -208,6 +215,7 @@ def aggregate(runs: Sequence[Run]) -> list[Row]:
             workers=workers,
             repetitions=len(ok),
             failed=len(members) - len(ok),
+            nodes=max((r.nodes for r in ok), default=max(r.nodes for r in members)),
             epoch_time_s=_median(times),
             epoch_time_min_s=min(times) if times else None,
             epoch_time_max_s=max(times) if times else None,

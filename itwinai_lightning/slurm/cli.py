@@ -104,6 +104,8 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
         tune_section, rest = split_section(rest, "tune")
     config = jobcfg.resolve_lightning_config(rest)
     jobcfg.check_nodes(config, opts.nodes, opts.command)
+    if opts.submit or opts.test_only:  # before anything is written or submitted
+        check_partition(opts.nodes, opts.partition)
     devices = jobcfg.devices_per_node(config, opts.gpus_per_node)
     accelerator = str((config.get("trainer") or {}).get("accelerator") or "auto")
     if opts.gpus_per_node > 0 and accelerator in jobcfg.GPU_ACCELERATORS and devices > opts.gpus_per_node:
@@ -182,7 +184,6 @@ def main(argv: list[str]) -> int:
     if opts.get("test_only"):
         print(_sbatch(script, test_only=True))
     if opts.get("submit"):
-        check_partition(int(opts["nodes"]), opts.get("partition"))  # type: ignore[arg-type]
         job_id = _sbatch(script, test_only=False)
         print(f"submitted job {job_id}")
     return 0

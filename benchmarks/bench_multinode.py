@@ -1,0 +1,124 @@
+"""Time to the first training step on 2 nodes vs 1, per launcher; the health check on the emulated network.
+
+Starts the 2-node test cluster (tests/helpers/cluster.py; root), then, interleaved over repetitions:
+
+* ``srun``: the tiny hpc_ddp fit with TimingMonitor as ``srun -N 1`` (1 task) and ``srun -N 2``
+  (1 task per node);
+* ``torchrun``: one torchrun on node 1 (``--nnodes 1``) vs one per node (``--nnodes 2``, c10d rendezvous);
+* ``env --check`` over both nodes (all-reduce latency and bus bandwidth).
+
+Prints medians and spread (min-max); time to first step is TimingMonitor's ``time_to_first_step_s`` (setup
+to the end of the first optimizer step, rank 0), so interpreter start-up is not in it.
+
+    python benchmarks/bench_multinode.py [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from itwinai_lightning import records  # noqa: E402
+from tests.helpers import cluster as mc  # noqa: E402
+from tests.helpers.childenv import child_env  # noqa: E402
+
+TINY = REPO / "tests" / "foundation" / "tiny.yaml"
+TIMING = "--trainer.callbacks+=itwinai_lightning.callbacks.timing.TimingMonitor"
+
+
+def fit(out: Path, nodes: int) -> list[str]:
+    return ["-m", "itwinai_lightning", "fit", "--config", str(TINY), "--trainer.devices", "1",
+            "--trainer.num_nodes", str(nodes), "--data.init_args.batch_size", str(8 // nodes), TIMING,
+            "--trainer.default_root_dir", str(out)]  # fmt: skip
+
+
+def first_step(out: Path) -> float:
+    return float(records.load(out)["summary"]["time_to_first_step_s"])
+
+
+def run_srun(cluster: mc.Cluster, env: dict[str, str], out: Path, nodes: int) -> float:
+    cmd = [
+        "srun",
+        "-N",
+        str(nodes),
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        sys.executable,
+        *fit(out, nodes),
+    ]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    return first_step(out)
+
+
+def run_torchrun(cluster: mc.Cluster, env: dict[str, str], out: Path, nodes: int, port: int) -> float:
+    procs = []
+    for i in range(nodes):
+        argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes),
+                "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+                "--rdzv_endpoint", f"{cluster.nodes[0]}:{port}", "--rdzv_id", str(port),
+                *fit(out, nodes)]  # fmt: skip
+        procs.append(subprocess.Popen(cluster.on_node(i, argv), env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))  # fmt: skip
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    return first_step(out)
+
+
+def spread(values: list[float]) -> str:
+    med = statistics.median(values)
+    return f"median {med:.2f} (min {min(values):.2f}, max {max(values):.2f}, n={len(values)})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reps", type=int, default=3)
+    reps = parser.parse_args().reps
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cluster = mc.start(root / "cluster", nodes=2, cpus=1)
+        env = {**child_env(), "SLURM_CONF": str(cluster.conf)}
+        try:
+            times: dict[str, list[float]] = {}
+            for rep in range(reps):
+                for nodes in (1, 2):
+                    key = f"srun {nodes} node(s)"
+                    times.setdefault(key, []).append(run_srun(cluster, env, root / f"s{nodes}-{rep}", nodes))
+                    key = f"torchrun {nodes} node(s)"
+                    port = 29400 + rep * 2 + nodes
+                    times.setdefault(key, []).append(
+                        run_torchrun(cluster, env, root / f"t{nodes}-{rep}", nodes, port)
+                    )
+            check = ["srun", "-N", "2", "--ntasks-per-node=1", sys.executable, "-m",
+                     "itwinai_lightning", "env", "--check", "--json", "--timeout", "60"]  # fmt: skip
+            sizes: dict[int, list[tuple[float, float]]] = {}
+            for _ in range(reps):
+                out = subprocess.run(check, env=env, check=True, capture_output=True, text=True, timeout=120)
+                report = json.loads(out.stdout.strip().splitlines()[-1])
+                for s in report["sizes"]:
+                    sizes.setdefault(s["bytes"], []).append((s["latency_us"], s["busbw_gbps"]))
+        finally:
+            mc.stop(root / "cluster")
+    print("time to first training step, s (TimingMonitor, rank 0)")
+    for key, values in times.items():
+        print(f"  {key:<20} {spread(values)}")
+    for launcher in ("srun", "torchrun"):
+        one = statistics.median(times[f"{launcher} 1 node(s)"])
+        two = statistics.median(times[f"{launcher} 2 node(s)"])
+        print(f"  {launcher}: 2 nodes / 1 node = {two / one:.2f}")
+    print("health check over 2 nodes (veth on one machine): all-reduce latency us / bus bandwidth GB/s")
+    for size, values in sizes.items():
+        lat = [v[0] for v in values]
+        bw = [v[1] for v in values]
+        print(f"  {size:>9} B  latency {spread(lat)}  busbw {spread(bw)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
