@@ -115,6 +115,11 @@ def _join(info: ClusterInfo, timeout: float, report: Report) -> Any:
     return None if report.missing else store
 
 
+def _sig(value: float) -> float:
+    """Four significant digits (a tiny message's bandwidth must not round to 0)."""
+    return float(f"{value:.4g}")
+
+
 def _bench(dist: Any, torch: Any, device: Any, size: int, reps: int) -> float:
     """This rank's median time (s) of an all-reduce of ``size`` bytes, after two warm-up rounds."""
     x = torch.ones(max(1, size // 4), dtype=torch.float32, device=device)
@@ -166,7 +171,7 @@ def run_check(timeout: float) -> Report:
             median = _bench(dist, torch, device, size, 20 if size <= 1024 * 1024 else 5)
             rounds.append(median)
             busbw = size / median * factor / 1e9
-            report.sizes.append(SizeResult(size, round(median * 1e6, 1), round(busbw, 4)))
+            report.sizes.append(SizeResult(size, _sig(median * 1e6), _sig(busbw)))
         mine = torch.tensor([sum(rounds) * 1e3], device=device)
         gathered = [torch.zeros_like(mine) for _ in range(world)]
         dist.all_gather(gathered, mine)

@@ -169,18 +169,8 @@ def _read_srun(env: Env) -> dict[str, Any]:
 
 
 def _read_ray(env: Env) -> dict[str, Any]:
-    world = _i(env, "WORLD_SIZE", default=1) or 1
-    local_world = _i(env, "LOCAL_WORLD_SIZE", default=world) or world
-    return {
-        "rank": _i(env, "RANK"),
-        "local_rank": _i(env, "LOCAL_RANK"),
-        "world_size": world,
-        "local_world_size": local_world,
-        "node_rank": _i(env, "NODE_RANK"),
-        "num_nodes": max(1, world // max(1, local_world)),
-        "master_addr": env.get("MASTER_ADDR", "127.0.0.1"),
-        **_common(env),
-    }
+    """Ray Train sets torch's variables; its node index is ``NODE_RANK`` only."""
+    return {**_read_torchrun(env), "node_rank": _i(env, "NODE_RANK")}
 
 
 def _read_local(env: Env) -> dict[str, Any]:

@@ -64,7 +64,8 @@ def main(argv: list[str]) -> int:
     from itwinai_lightning.benchmark.settings import parse
 
     with tempfile.TemporaryDirectory(prefix="itwinai-benchmark-") as tmp:
-        values, _ = split_section(argv, "benchmark", workdir=tmp)
+        values, checked_argv = split_section(argv, "benchmark", workdir=tmp)
+        parse(values, checked_argv)  # every check before anything is written under output_dir
     out_dir = Path(str(values.get("output_dir") or "runs/benchmark"))
     # configs holding a benchmark: section are rewritten without it, beside the runs (SLURM jobs read them)
     values, lightning_argv = split_section(argv, "benchmark", workdir=out_dir / "configs")

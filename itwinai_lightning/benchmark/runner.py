@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from itwinai_lightning import records
 from itwinai_lightning.benchmark import launchers
 from itwinai_lightning.benchmark.failure import TAIL_CHARS, error_line
+from itwinai_lightning.benchmark.inputs import difference, point_inputs
 from itwinai_lightning.benchmark.launchers import GridPoint
 from itwinai_lightning.benchmark.process_tree import terminate_tree
 from itwinai_lightning.benchmark.settings import Settings
@@ -129,6 +130,8 @@ class Progress:
         if self.run_seconds and left:
             eta = f", about {left * sum(self.run_seconds) / len(self.run_seconds):.0f} s left"
         what = result.status
+        if result.status == "skipped":
+            what += " (reused its completed run: same arguments, config files and versions)"
         if result.epoch_time_s is not None:
             what += f", epoch {result.epoch_time_s:.2f} s"
         if result.job_id:
@@ -232,8 +235,22 @@ class GridRunner:
                 "scaling": self.settings.scaling,
                 "per_worker_batch_size": per_worker,
                 "command": shlex.join(redact_argv(command)),
+                "inputs": self.inputs(point, run_dir),
             },
         )
+
+    def inputs(self, point: GridPoint, run_dir: Path) -> dict[str, Any]:
+        """What this point runs (argv, config digests, launcher, versions): the reuse test compares it."""
+        argv = redact_argv(self.fit_args(point, run_dir))
+        return point_inputs(argv, self.settings.launcher, self.settings.launcher_args)
+
+    def reusable(self, point: GridPoint, run_dir: Path) -> tuple[bool, str | None]:
+        """(completed and same inputs, the difference that forbids reuse)."""
+        if not is_completed(run_dir):
+            return False, None
+        stored = ((records.load(run_dir).get("sections") or {}).get("benchmark") or {}).get("inputs")
+        why = difference(stored, self.inputs(point, run_dir))
+        return why is None, why
 
     def run_point(self, point: GridPoint) -> PointResult:
         run_dir = self.out / point.name
@@ -291,7 +308,10 @@ class GridRunner:
         for point in points:
             run_dir = self.out / point.name
             progress.begin(point, self.settings.launcher)
-            if is_completed(run_dir):
+            reuse, changed = self.reusable(point, run_dir)
+            if changed is not None:
+                self.stream.write(f"re-running: its completed run differs ({changed}) ... ")
+            if reuse:
                 result = PointResult(
                     point, "skipped", error=None, epoch_time_s=_epoch_time(records.load(run_dir))
                 )

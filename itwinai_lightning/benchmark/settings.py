@@ -116,6 +116,39 @@ def batch_size_from_args(argv: Sequence[str], batch_key: str) -> int | None:
         return None
 
 
+#: registry names left out of the error's list (variants and devices the list would drown in)
+_UNLISTED = ("deepspeed_stage", "fsdp_cpu", "single_tpu", "single_xla", "xla")
+
+
+def check_strategy(name: str) -> None:
+    """One line (UserError) for a strategy no Trainer would accept, before any grid point starts."""
+    import difflib
+    import importlib.util
+
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    import itwinai_lightning.strategies  # noqa: F401  (registers hpc_ddp, ... with the registry)
+
+    known = sorted(StrategyRegistry.available_strategies())
+    if name in known:
+        return
+    if "." in name:  # a class path: its module must exist (not imported: DeepSpeed etc. stay unloaded)
+        module = name.rpartition(".")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ModuleNotFoundError, ValueError):
+            found = False
+        if found:
+            return
+        raise UserError(f"benchmark.strategies: module {module!r} of {name!r} is not installed or misspelt")
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UserError(
+        f"benchmark.strategies: unknown strategy {name!r}; {hint}choose from: "
+        + ", ".join(n for n in known if "find_unused" not in n and not n.startswith(_UNLISTED))
+    )
+
+
 def parse(values: Mapping[str, Any], lightning_argv: Sequence[str]) -> Settings:
     """Validate the merged ``benchmark:`` section; every error names the key and what to do."""
     v = deep_merge(DEFAULTS, values)
@@ -123,6 +156,8 @@ def parse(values: Mapping[str, Any], lightning_argv: Sequence[str]) -> Settings:
     if unknown:
         raise UserError(f"unknown option 'benchmark.{unknown[0]}'; accepted: {', '.join(sorted(DEFAULTS))}")
     strategies = [str(s) for s in _list(v, "strategies", str)]
+    for name in strategies:
+        check_strategy(name)
     workers = _list(v, "workers", int)
     if any(n < 1 for n in workers):
         raise UserError(f"benchmark.workers must be positive integers, got {workers}")

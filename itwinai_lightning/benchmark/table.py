@@ -175,7 +175,6 @@ class Row:
     workers: int
     repetitions: int
     failed: int
-    nodes: int = 1
     epoch_time_s: float | None
     epoch_time_min_s: float | None
     epoch_time_max_s: float | None
@@ -190,6 +189,7 @@ class Row:
     communication_s: float | None = None
     memcpy_s: float | None = None
     other_s: float | None = None
+    nodes: int = 1
 
     @property
     def series(self) -> tuple[str, str, str]:

@@ -73,7 +73,7 @@ def check_partition(nodes: int, partition: str | None, env: dict[str, str] | Non
     proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False, timeout=30)
     if proc.returncode != 0:
         return
-    sizes = {}
+    sizes: dict[str, int] = {}
     for line in proc.stdout.splitlines():
         name, _, count = line.partition(" ")
         if count.strip().isdigit():

@@ -41,6 +41,8 @@ benchmark:
   workers: [1, 2]
 """
 STRATEGIES = ("hpc_ddp", "hpc_deepspeed")
+#: its module exists (so the up-front check lets it through), the class does not: the point fails at run time
+MISSING_CLASS = "itwinai_lightning.strategies.ddp.NoSuchStrategy"
 
 
 def _env() -> dict[str, str]:
@@ -51,9 +53,9 @@ def _env() -> dict[str, str]:
 
 
 def _bench(
-    cfg: Path, out: Path, launcher: str, strategies: str, workers: str = "[1, 2]"
+    cfg: Path, out: Path, launcher: str, strategies: str, workers: str = "[1, 2]", *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "itwinai_lightning", "benchmark", "--config", str(cfg),
+    cmd = [sys.executable, "-m", "itwinai_lightning", "benchmark", "--config", str(cfg), *extra,
            "--benchmark.strategies", strategies, "--benchmark.launcher", launcher,
            "--benchmark.workers", workers,
            "--benchmark.output_dir", str(out), "--benchmark.timeout_s", "300"]  # fmt: skip
@@ -68,7 +70,7 @@ def grids(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     cfg.write_text(TINY)
     local = _bench(cfg, root / "local", "local", "[hpc_ddp, hpc_deepspeed]")
     # a strategy that cannot load fails its point; the grid (here a second invocation) goes on
-    failing = _bench(cfg, root / "local", "local", "[no_such_strategy, hpc_ddp]", workers="[1]")
+    failing = _bench(cfg, root / "local", "local", f"[{MISSING_CLASS}, hpc_ddp]", workers="[1]")
     torchrun = _bench(cfg, root / "torchrun", "torchrun", "[hpc_ddp, hpc_deepspeed]")
     yield {"root": root, "cfg": cfg, "local": local, "failing": failing, "torchrun": torchrun}
 
@@ -147,16 +149,16 @@ def test_failing_point_recorded_and_grid_goes_on(grids: dict[str, object]) -> No
     failing = grids["failing"]
     assert isinstance(failing, subprocess.CompletedProcess)
     assert failing.returncode == 1, failing.stderr[-3000:]  # some point failed
-    assert "no_such_strategy-w1-r0 (local) ... failed" in failing.stderr
+    assert f"{MISSING_CLASS}-w1-r0 (local) ... failed" in failing.stderr
     assert "hpc_ddp-w1-r0 (local) ... skipped" in failing.stderr  # the point after it still handled
     recs = _records(Path(str(grids["root"])) / "local")
-    rec = recs["no_such_strategy-w1-r0"]
+    rec = recs[f"{MISSING_CLASS}-w1-r0"]
     assert rec["status"] == "failed"
-    assert "no_such_strategy" in str(rec["error"]) and "strategy" in str(rec["error"])
+    assert "nosuchstrategy" in str(rec["error"]).lower() and "strategy" in str(rec["error"])
     assert rec["sections"]["benchmark"]["returncode"] != 0  # type: ignore[index]
     assert sum(r["status"] == "completed" for r in recs.values()) == 4
     page = (Path(str(grids["root"])) / "local" / "report.html").read_text()
-    assert "Failed runs (1)" in page and "no_such_strategy" in page
+    assert "Failed runs (1)" in page and "nosuchstrategy" in page.lower()
 
 
 def test_resume_skips_completed_points(grids: dict[str, object]) -> None:
@@ -169,3 +171,37 @@ def test_resume_skips_completed_points(grids: dict[str, object]) -> None:
     after = {k: (r["run_id"], r["updated_at"]) for k, r in _records(root / "torchrun").items()}
     assert after == before  # no record rewritten
     assert time.monotonic() - start < 60  # no training happened (a single point takes ~10-30 s here)
+
+
+def test_a_strategy_typo_stops_before_any_point(tmp_path: Path) -> None:
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "out"
+    out.mkdir()
+    start = time.monotonic()
+    typo = _bench(cfg, out, "local", "[hpc_ddp, hpc_dpp]")
+    assert typo.returncode == 2, typo.stderr
+    (line,) = typo.stderr.strip().splitlines()
+    assert line.startswith("itwinai-lightning: error: benchmark.strategies: unknown strategy 'hpc_dpp'")
+    assert "did you mean 'hpc_ddp'?" in line
+    assert list(out.iterdir()) == [] and time.monotonic() - start < 30  # no point started
+
+
+def test_a_completed_point_is_reused_only_for_the_same_inputs(
+    grids: dict[str, object], tmp_path: Path
+) -> None:
+    import shutil
+
+    root, cfg = Path(str(grids["root"])), Path(str(grids["cfg"]))
+    moved = tmp_path / "moved"
+    shutil.copytree(root / "local" / "hpc_ddp-w1-r0", moved / "hpc_ddp-w1-r0")
+    same = _bench(cfg, moved, "local", "[hpc_ddp]", "[1]")
+    assert same.returncode == 0, same.stderr
+    assert "hpc_ddp-w1-r0 (local) ... skipped (reused its completed run" in same.stderr
+    assert len(records.load(moved / "hpc_ddp-w1-r0")["epochs"]) == 1
+
+    longer = _bench(cfg, moved, "local", "[hpc_ddp]", "[1]", "--trainer.max_epochs", "2")
+    assert longer.returncode == 0, longer.stderr
+    assert "re-running: its completed run differs (arguments added: --trainer.max_epochs 2)" in longer.stderr
+    assert "skipped" not in longer.stderr
+    assert len(records.load(moved / "hpc_ddp-w1-r0")["epochs"]) == 2  # the 2-epoch run, not the old one

@@ -92,3 +92,43 @@ def test_environment_choice() -> None:
     # one task under a launcher: Lightning starts the processes itself
     single = detect(_srun(0, 1, 1, "1"))
     assert type(make_cluster_environment(single)).__name__ == "LightningEnvironment"
+
+
+def test_launcher_table_order_nested_launchers() -> None:
+    """The first launcher of the table that recognises the process wins; nested launches resolve right."""
+    from itwinai_lightning import launchers
+
+    slurm = _srun(1, 2, 2, "1")
+    # a Ray Train worker inside the srun step that started its raylet is a Ray rank
+    ray = {**slurm, "RAY_TRAIN_WORKER": "1", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}
+    assert detect(ray).launcher == "ray" and detect(ray).world_size == 2
+    # torchrun started by srun (one agent per node): torchrun's ranks
+    torch_env = {
+        **slurm,
+        "TORCHELASTIC_RUN_ID": "4242",
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_WORLD_SIZE": "2",
+    }
+    assert (detect(torch_env).launcher, detect(torch_env).num_nodes) == ("torchrun", 2)
+    # Horovod variables our own rendezvous exported under srun: still srun, with SLURM's layout
+    hvd = {**slurm, "HOROVOD_RANK": "1", "HOROVOD_SIZE": "2", launchers.RENDEZVOUS_MARK: "srun"}
+    assert (detect(hvd).launcher, detect(hvd).num_nodes, detect(hvd).node_rank) == ("srun", 2, 1)
+    # ... but horovodrun's own variables are horovodrun
+    hvd_run = {"HOROVOD_RANK": "1", "HOROVOD_SIZE": "2", "HOROVOD_CROSS_SIZE": "2", "HOROVOD_CROSS_RANK": "1"}
+    assert (detect(hvd_run).launcher, detect(hvd_run).num_nodes) == ("horovodrun", 2)
+    assert detect({}).launcher == "local"
+    # one table: every consumer reads the same names
+    assert launchers.NAMES == ("torchrun", "ray", "horovodrun", "mpirun", "srun", "local")
+    assert launchers.SLURM_LAUNCHERS == ("torchrun", "ray", "srun")
+    with pytest.raises(ValueError, match="choose one of torchrun, ray"):
+        launchers.get("pbsrun")
+
+
+def test_launch_commands_come_from_the_table() -> None:
+    from itwinai_lightning.benchmark.launchers import launch_command
+
+    fit = ["fit", "--config", "a.yaml"]
+    assert launch_command("srun", 2, fit, python="py")[:4] == ["srun", "-N", "1", "--ntasks-per-node=2"]
+    assert launch_command("local", 2, fit, python="py") == ["py", "-m", "itwinai_lightning", *fit]
+    assert "--nproc_per_node" in launch_command("torchrun", 2, fit, python="py")

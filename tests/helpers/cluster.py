@@ -37,9 +37,9 @@ HOSTS = Path("/etc/hosts")
 SUBNET_BASE = "10.78"
 MARK = "# itwinai-test-cluster"
 
-CONF_TEMPLATE = """\
-ClusterName=itl{tag}
-SlurmctldHost={ctld_host}({gateway})
+#: slurm.conf lines every test cluster shares (one node on localhost or N in namespaces): real munge
+#: authentication, no cgroups, no accounting, requeue allowed, state under the cluster's directory.
+COMMON_CONF = """\
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -58,22 +58,31 @@ SchedulerType=sched/backfill
 SlurmctldPort={ctld_port}
 SlurmdPort={d_port}
 StateSaveLocation={d}/state
-SlurmdSpoolDir={d}/spool_%n
 SlurmctldPidFile={d}/slurmctld.pid
-SlurmdPidFile={d}/slurmd.%n.pid
 SlurmctldLogFile={d}/slurmctld.log
-SlurmdLogFile={d}/slurmd.%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
-SlurmdParameters=config_overrides
 MinJobAge=600
 KillWait=10
 JobRequeue=1
 PreemptType=preempt/none
+"""
+CONF_TEMPLATE = (
+    """\
+ClusterName=itl{tag}
+SlurmctldHost={ctld_host}({gateway})
+SlurmdSpoolDir={d}/spool_%n
+SlurmdPidFile={d}/slurmd.%n.pid
+SlurmdLogFile={d}/slurmd.%n.log
+SlurmdParameters=config_overrides
 SlurmdTimeout=30
+"""
+    + COMMON_CONF
+    + """\
 {nodes}
 PartitionName=debug Nodes={node_list} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """
+)
 NODE_LINE = (
     "NodeName={name} NodeAddr={addr} CPUs={cpus} SocketsPerBoard=1 CoresPerSocket={cpus} "
     "ThreadsPerCore=1 RealMemory=8000 State=UNKNOWN"
@@ -206,7 +215,7 @@ def _free_tag() -> int:
     raise OSError("no free 10.78.x.0/24 subnet for a test cluster")
 
 
-def _free_port_pair() -> int:
+def free_port_pair() -> int:
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("0.0.0.0", 0))
@@ -222,7 +231,7 @@ def _free_port_pair() -> int:
     raise OSError("no free pair of ports for slurmctld/slurmd")
 
 
-def _ensure_munge() -> None:
+def ensure_munge() -> None:
     if _sh("pgrep", "-x", "munged", check=False).returncode == 0:
         return
     for sub in ("/run/munge", "/var/log/munge", "/var/lib/munge"):
@@ -270,7 +279,7 @@ def start(directory: Path, nodes: int = 2, cpus: int = 2) -> Cluster:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "state").mkdir(exist_ok=True)
     tag = _free_tag()
-    port = _free_port_pair()
+    port = free_port_pair()
     cluster = Cluster(
         directory=directory,
         tag=tag,
@@ -300,7 +309,7 @@ def start(directory: Path, nodes: int = 2, cpus: int = 2) -> Cluster:
                 node_list=",".join(cluster.nodes),
             )
         )
-        _ensure_munge()
+        ensure_munge()
         env = cluster.env
         subprocess.run(["/usr/sbin/slurmctld", "-f", str(cluster.conf), "-c"], env=env, check=True)
         for i, name in enumerate(cluster.nodes):

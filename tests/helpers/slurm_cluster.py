@@ -18,42 +18,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-CONF_TEMPLATE = """\
+from tests.helpers.cluster import COMMON_CONF, FINAL_STATES, ensure_munge, free_port_pair
+
+CONF_TEMPLATE = (
+    """\
 ClusterName=itwinai-test
 SlurmctldHost=localhost(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-SwitchType=switch/none
-ReturnToService=2
-SchedulerType=sched/backfill
-SlurmctldPort={ctld_port}
-SlurmdPort={d_port}
-StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
-SlurmctldPidFile={d}/slurmctld.pid
 SlurmdPidFile={d}/slurmd.pid
-SlurmctldLogFile={d}/slurmctld.log
 SlurmdLogFile={d}/slurmd.log
-SlurmctldDebug=info
-SlurmdDebug=info
-MinJobAge=600
-KillWait=10
-JobRequeue=1
-PreemptType=preempt/none
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} SocketsPerBoard=1 CoresPerSocket={cpus} \
+"""
+    + COMMON_CONF
+    + """\
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} SocketsPerBoard=1 CoresPerSocket={cpus} \\
 ThreadsPerCore=1 RealMemory=16000 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """
+)
 
 
 @dataclass
@@ -91,46 +72,15 @@ class SlurmCluster:
             for field in out.split():
                 if field.startswith("JobState="):
                     state = field.split("=", 1)[1]
-            if state in (
-                "COMPLETED",
-                "FAILED",
-                "CANCELLED",
-                "TIMEOUT",
-                "NODE_FAIL",
-                "OUT_OF_MEMORY",
-                "PREEMPTED",
-            ):
+            if state in FINAL_STATES:
                 return state
             time.sleep(1)
         raise TimeoutError(f"job {job_id} still {state} after {timeout}s")
 
 
-def _munge_running() -> bool:
-    return subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode == 0
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p+1 both free (slurmctld, slurmd), so parallel test sessions never collide."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as t:
-            try:
-                t.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise OSError("no free pair of ports for slurmctld/slurmd")
-
-
 def start(directory: Path, cpus: int | None = None, port_base: int | None = None) -> SlurmCluster:
     """Start munged (if needed), slurmctld and slurmd with state under ``directory``."""
-    port_base = port_base or _free_port_pair()
+    port_base = port_base or free_port_pair()
     for exe in ("slurmctld", "slurmd", "munged", "sinfo"):
         if shutil.which(exe) is None and not Path(f"/usr/sbin/{exe}").exists():
             raise FileNotFoundError(
@@ -142,14 +92,7 @@ def start(directory: Path, cpus: int | None = None, port_base: int | None = None
     cpus = cpus or os.cpu_count() or 2
     conf = directory / "slurm.conf"
     conf.write_text(CONF_TEMPLATE.format(d=directory, cpus=cpus, ctld_port=port_base, d_port=port_base + 1))
-    if not _munge_running():
-        for sub in ("/run/munge", "/var/log/munge", "/var/lib/munge"):
-            os.makedirs(sub, exist_ok=True)
-            shutil.chown(sub, "munge", "munge")
-        if not Path("/etc/munge/munge.key").exists():
-            subprocess.run(["/usr/sbin/mungekey", "--create"], check=False)
-            shutil.chown("/etc/munge/munge.key", "munge", "munge")
-        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+    ensure_munge()
     env = dict(os.environ, SLURM_CONF=str(conf))
     subprocess.run(["/usr/sbin/slurmctld", "-f", str(conf), "-c"], env=env, check=True)
     subprocess.run(["/usr/sbin/slurmd", "-f", str(conf), "-N", "localhost", "-c"], env=env, check=True)

@@ -154,15 +154,15 @@ def test_slurm_fit_job_with_torchrun_per_node(
 def test_preemption_across_nodes_resumes_exactly(
     two_nodes: Cluster, node_env: dict[str, str], tmp_path: Path
 ) -> None:
-    epochs, steps_per_epoch = 4, 8  # 64 samples, global batch 8
+    epochs, steps_per_epoch = 6, 8  # 64 samples, global batch 8
     job = _submit(
         two_nodes, node_env,
         *two_node_args(tmp_path, "--trainer.max_epochs", str(epochs),
-                       "--trainer.enable_checkpointing", "true", "--data.init_args.sleep_s", "0.03")[1:],
+                       "--trainer.enable_checkpointing", "true", "--data.init_args.sleep_s", "0.05")[1:],
         "--slurm.nodes", "2",
     )  # fmt: skip
     deadline = time.time() + 180
-    while not list(tmp_path.rglob("last.ckpt")):  # an epoch finished: training is under way on both nodes
+    while not list(tmp_path.rglob("*.ckpt")):  # an epoch finished: training is under way on both nodes
         assert time.time() < deadline, "no epoch finished"
         assert two_nodes.job_state(job) in ("PENDING", "RUNNING", "CONFIGURING")
         time.sleep(0.3)
@@ -262,16 +262,20 @@ def test_slurm_tune_on_a_ray_cluster_spanning_both_nodes(
         assert sorted(record["hostnames"]) == sorted(two_nodes.nodes)
 
     best = min(rows, key=lambda r: float(r["val_loss"]))
+    import ray
+
     from itwinai_lightning.cli import run_lightning_cli
 
-    cli = run_lightning_cli(
-        [
-            "fit",
-            "--config",
-            str(out / "sweep" / "best.yaml"),
-            f"--trainer.default_root_dir={tmp_path / 'refit'}",
-        ]
-    )
+    refit = [
+        "fit",
+        "--config",
+        str(out / "sweep" / "best.yaml"),
+        f"--trainer.default_root_dir={tmp_path / 'r'}",
+    ]
+    try:  # best.yaml runs ray_ddp with the trial's 2 workers: a local Ray in this process
+        cli = run_lightning_cli(refit)
+    finally:
+        ray.shutdown()
     assert float(cli.trainer.callback_metrics["val_loss"]) == pytest.approx(float(best["val_loss"]), rel=1e-4)
 
 
