@@ -51,6 +51,11 @@ def _print_report(dirs: list[str], out: str | None, threshold: float) -> None:
         print(f"benchmark: warning: skipped {warning}", file=sys.stderr)
     for line in recommendation_lines(report.recommendation, report.rows):
         print(line)
+    for row in report.rows:  # doubtful figures are said, not only drawn
+        if row.flags:
+            print(f"check {row.strategy} ({row.launcher}) at {row.workers} workers: {row.flags}")
+    for note in report.notes:
+        print(note)
     print(f"report: {report.files['html']}")
 
 

@@ -240,7 +240,7 @@ def plot_scaling_model(
     ax.set_title("Fitted scaling model  T(N) = a/N + b·log2(N) + c")
     models = models or {}
     if not models:
-        _no_data(ax, "no series with two or more worker counts to fit")
+        _no_data(ax, f"no series with {scaling.MIN_SIZES} or more worker counts to fit")
         return fig
     all_series = _series(rows)
     top_measured = max(m.max_measured for m in models.values())
@@ -255,6 +255,11 @@ def plot_scaling_model(
         fine_out = np.geomspace(model.max_measured, sizes[-1], 50)
         ax.plot(fine_in, model.predict(fine_in), "-", color=colour, label=f"{label}: fit (R²={model.r2:.3f})")
         ax.plot(fine_out, model.predict(fine_out), "--", color=colour)
+        if model.samples:  # the bootstrap band, widening where nothing was measured
+            fine = np.geomspace(1, sizes[-1], 100)
+            lo, hi = model.band(fine)
+            band = f"{label}: {100 * scaling.BAND_LEVEL:.0f} % band"
+            ax.fill_between(fine, lo, hi, color=colour, alpha=0.15, linewidth=0, label=band)
     ax.axvspan(top_measured, sizes[-1], color="orange", alpha=0.12, label="extrapolation (not measured)")
     ax.text(
         (top_measured * sizes[-1]) ** 0.5, 0.95, "EXTRAPOLATION", transform=ax.get_xaxis_transform(),

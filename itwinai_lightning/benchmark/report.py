@@ -52,17 +52,27 @@ class Report:
     models: dict[tuple[str, str, str], scaling.ScalingModel]
     files: dict[str, Path]
     warnings: list[str]
+    notes: list[str]  # series without a scaling model, and why
 
 
-def fit_models(runs: Sequence[Run]) -> dict[tuple[str, str, str], scaling.ScalingModel]:
-    """One model per series with at least two distinct worker counts among completed runs."""
+def fit_models(
+    runs: Sequence[Run], notes: list[str] | None = None
+) -> dict[tuple[str, str, str], scaling.ScalingModel]:
+    """One model per series measured at :data:`scaling.MIN_SIZES` or more distinct worker counts (completed
+    runs); each series left out gets a line in ``notes`` saying why."""
     models = {}
     by_series: dict[tuple[str, str, str], list[Run]] = {}
     for run in runs:
         if run.ok:
             by_series.setdefault((run.strategy, run.launcher, run.scaling), []).append(run)
-    for series, members in by_series.items():
-        if len({r.workers for r in members}) < 2:
+    for series, members in sorted(by_series.items()):
+        sizes = len({r.workers for r in members})
+        if sizes < scaling.MIN_SIZES:
+            if notes is not None:
+                notes.append(
+                    f"No scaling model for {series[0]} ({series[1]}, {series[2]} scaling): {sizes} distinct "
+                    f"worker count(s) measured, a model of 3 terms needs at least {scaling.MIN_SIZES}."
+                )
             continue
         mode = series[2] if series[2] in scaling.MODES else "strong"
         times = [float(r.epoch_time_s or 0.0) for r in members]  # ok runs all have an epoch time
@@ -137,6 +147,20 @@ text-align:right}th{background:#eee}.rec{background:#eef6ee;border-left:4px soli
 .err{text-align:left;font-family:monospace;white-space:pre-wrap;max-width:700px}"""
 
 
+def _flags_html(rows: Sequence[Row]) -> list[str]:
+    """A "Check these figures" section listing every flagged configuration, or nothing."""
+    flagged = [r for r in rows if r.flags]
+    if not flagged:
+        return []
+    all_series = sorted({r.series for r in rows})
+    items = "".join(
+        f"<li><b>{html.escape(series_label(r.series, all_series))}, {r.workers} workers</b>: "
+        f"{html.escape(r.flags)}</li>"
+        for r in flagged
+    )
+    return [f"<h2>Check these figures</h2><div class='warn'><ul>{items}</ul></div>"]
+
+
 def _html(report: Report, images: Mapping[str, bytes], sources: Sequence[str]) -> str:
     rec_items = "".join(
         f"<li>{html.escape(s)}</li>" for s in recommendation_lines(report.recommendation, report.rows)
@@ -144,14 +168,22 @@ def _html(report: Report, images: Mapping[str, bytes], sources: Sequence[str]) -
     model_rows = []
     for series, model in sorted(report.models.items()):
         opt = model.optimal_workers()
+        ext = model.as_dict()
+        band = ext["extrapolated_band_s"]
         model_rows.append(
             {
                 "series": series_label(series, sorted(report.models)),
                 "formula": model.formula(),
                 "R²": model.r2,
+                "RMSE [s]": model.rmse_s,
                 "measured N": ", ".join(map(str, model.measured_workers)),
                 "optimum N (model)": opt,
-                "note": "constant fixed at 0 (fewer than 3 sizes)" if model.underdetermined else "",
+                f"T({ext['extrapolated_workers']}) [s], extrapolated": (
+                    f"{ext['extrapolated_s']:.3g} ({100 * scaling.BAND_LEVEL:.0f} % band "
+                    f"{band[0]:.3g}-{band[1]:.3g})"
+                    if isinstance(band, list)
+                    else f"{ext['extrapolated_s']:.3g} ({ext['band_note']})"
+                ),
             }
         )
     failed = [r.as_row() for r in report.runs if not r.ok]
@@ -162,6 +194,7 @@ def _html(report: Report, images: Mapping[str, bytes], sources: Sequence[str]) -
         f"{html.escape(', '.join(sources))}; generated {datetime.now(UTC).isoformat(timespec='seconds')}."
         "</p>",
         f"<h2>Recommendation</h2><div class='rec'><ul>{rec_items}</ul></div>",
+        *_flags_html(report.rows),
         "<h2>Results (median over repetitions)</h2>",
         "<p>speedup = epoch time(N0) / epoch time(N); efficiency = speedup / (N / N0), N0 = the smallest "
         "worker count of the same strategy, launcher and scaling mode.</p>",
@@ -170,6 +203,9 @@ def _html(report: Report, images: Mapping[str, bytes], sources: Sequence[str]) -
     for name, title in plots.PLOTS.items():
         data = base64.b64encode(images[name]).decode("ascii")
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{name}' src='data:image/png;base64,{data}'>")
+        if name == "scaling_model" and report.notes:
+            items = "".join(f"<li>{html.escape(n)}</li>" for n in report.notes)
+            parts.append(f"<div class='warn'><ul>{items}</ul></div>")
         if name == "scaling_model" and model_rows:
             parts.append(
                 "<p class='warn'>Curves beyond the largest measured worker count (shaded, dashed) are "
@@ -219,8 +255,9 @@ def build(
     out_dir = Path(out) if out is not None else Path(dirs[0])
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     rows = aggregate(runs)
-    models = fit_models(runs)
-    report = Report(out_dir, runs, rows, recommend(rows, threshold_pct), models, {}, warnings)
+    notes: list[str] = []
+    models = fit_models(runs, notes)
+    report = Report(out_dir, runs, rows, recommend(rows, threshold_pct), models, {}, warnings, notes)
     images = plots.render_all(rows, models=models, threshold_pct=threshold_pct)
     for name, png in images.items():
         path = out_dir / "plots" / f"{name}.png"
@@ -240,6 +277,8 @@ def build(
             for s, m in sorted(models.items())
         ],
         "warnings": warnings,
+        "notes": notes,
+        "flags": [{"strategy": r.strategy, "workers": r.workers, "flags": r.flags} for r in rows if r.flags],
     }
     report.files["json"].write_text(json.dumps(payload, indent=2))
     report.files["html"] = out_dir / "report.html"

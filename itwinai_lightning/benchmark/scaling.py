@@ -15,6 +15,11 @@ falls as 1/N, so the communication cost is divided by N too::
 The three coefficients are fitted by non-negative least squares (a negative compute or communication
 time has no meaning). With fewer distinct sizes than coefficients the constant ``c`` is fixed at 0 and
 the fit is flagged ``underdetermined``. Predictions beyond the largest measured size are extrapolation.
+
+Uncertainty: the fit is repeated on :data:`BOOTSTRAP` residual-bootstrap samples (residuals scaled by
+``sqrt(n / (n - p))`` for the ``p`` fitted coefficients); :meth:`ScalingModel.band` is the central
+:data:`BAND_LEVEL` interval of their predictions. With no more points than coefficients there are no
+residuals to resample and the model says so (``band_note``) instead of drawing a band of zero width.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ import numpy as np
 
 MODES = ("strong", "weak")
 TERMS = ("compute", "communication", "serial")
+#: the report fits a model only to series measured at this many distinct worker counts (3 coefficients)
+MIN_SIZES = 3
+#: residual-bootstrap refits behind the uncertainty band (seeded: the same records give the same band)
+BOOTSTRAP = 200
+BAND_LEVEL = 0.9
 
 
 def basis(workers: Sequence[float] | np.ndarray, mode: str = "strong") -> np.ndarray:
@@ -74,6 +84,8 @@ class ScalingModel:
     r2: float = float("nan")
     rmse_s: float = float("nan")
     underdetermined: bool = False
+    samples: tuple[tuple[float, float, float], ...] = ()  # bootstrap coefficients
+    band_note: str = ""  # why there is no band, when there is none
 
     @property
     def max_measured(self) -> int:
@@ -82,6 +94,18 @@ class ScalingModel:
     def predict(self, workers: Sequence[float] | np.ndarray | float) -> np.ndarray:
         n = np.atleast_1d(np.asarray(workers, dtype=float))
         return basis(n, self.mode) @ np.array([self.compute, self.communication, self.serial])
+
+    def band(
+        self, workers: Sequence[float] | np.ndarray | float, level: float = BAND_LEVEL
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper edge of the central ``level`` interval of the bootstrap predictions (s)."""
+        n = np.atleast_1d(np.asarray(workers, dtype=float))
+        if not self.samples:
+            point = self.predict(n)
+            return point, point
+        preds = basis(n, self.mode) @ np.asarray(self.samples, dtype=float).T
+        tail = 100.0 * (1.0 - level) / 2.0
+        return np.percentile(preds, tail, axis=1), np.percentile(preds, 100.0 - tail, axis=1)
 
     def is_extrapolation(self, workers: float) -> bool:
         return workers > self.max_measured
@@ -109,6 +133,18 @@ class ScalingModel:
             "measured_workers": list(self.measured_workers),
             "optimal_workers": self.optimal_workers(),
             "formula": self.formula(),
+            **self._extrapolated(),
+        }
+
+    def _extrapolated(self) -> dict[str, object]:
+        """The prediction at twice the largest measured size, with its band (or why there is none)."""
+        at = 2 * self.max_measured
+        lo, hi = self.band([at])
+        return {
+            "extrapolated_workers": at,
+            "extrapolated_s": float(self.predict([at])[0]),
+            "extrapolated_band_s": [float(lo[0]), float(hi[0])] if self.samples else None,
+            "band_note": self.band_note,
         }
 
 
@@ -129,6 +165,16 @@ def fit(workers: Sequence[float], times_s: Sequence[float], mode: str = "strong"
     ss_res = float(np.sum((y - pred) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res < 1e-18 else 0.0)
+    samples: list[tuple[float, float, float]] = []
+    note = ""
+    if n.size <= len(allowed):
+        note = f"{n.size} points for {len(allowed)} coefficients: no residuals, no band; repeat the runs"
+    else:
+        rng = np.random.default_rng(0)
+        resid = (y - pred) * math.sqrt(n.size / (n.size - len(allowed)))
+        for _ in range(BOOTSTRAP):
+            c = nnls_small(a, pred + rng.choice(resid, size=n.size, replace=True), allowed)
+            samples.append((float(c[0]), float(c[1]), float(c[2])))
     return ScalingModel(
         compute=float(coef[0]),
         communication=float(coef[1]),
@@ -138,6 +184,8 @@ def fit(workers: Sequence[float], times_s: Sequence[float], mode: str = "strong"
         r2=r2,
         rmse_s=math.sqrt(ss_res / n.size),
         underdetermined=underdetermined,
+        samples=tuple(samples),
+        band_note=note,
     )
 
 

@@ -17,7 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "scaling": "strong",
     "batch_size": None,
     "batch_key": "data.init_args.batch_size",
-    "repetitions": 1,
+    "repetitions": 3,
     "output_dir": "runs/benchmark",
     "profile": False,
     "callbacks": list(DEFAULT_CALLBACKS),
@@ -56,7 +56,7 @@ class Settings:
     scaling: str = "strong"
     batch_size: int | None = None
     batch_key: str = "data.init_args.batch_size"
-    repetitions: int = 1
+    repetitions: int = 3
     output_dir: str = "runs/benchmark"
     profile: bool = False
     callbacks: list[str] = field(default_factory=lambda: list(DEFAULT_CALLBACKS))

@@ -36,8 +36,10 @@ SUMMARY_COLUMNS = (
     "epoch_time_min_s",
     "epoch_time_max_s", "speedup", "efficiency_pct", "samples_per_s", "energy_per_epoch_wh",
     "energy_per_sample_wh", "gpu_util_pct", "cpu_util_pct", "compute_s", "communication_s", "memcpy_s",
-    "other_s",
+    "other_s", "flags",
 )  # fmt: skip
+#: a configuration whose epoch times spread more than this share of their median is flagged as noisy
+SPREAD_LIMIT = 0.2
 
 
 def _num(value: Any) -> float | None:
@@ -190,6 +192,7 @@ class Row:
     memcpy_s: float | None = None
     other_s: float | None = None
     nodes: int = 1
+    flags: str = ""  # why a reader should distrust this row ("; "-separated), empty when nothing stands out
 
     @property
     def series(self) -> tuple[str, str, str]:
@@ -241,7 +244,28 @@ def aggregate(runs: Sequence[Run]) -> list[Row]:
             continue
         row.speedup = ref.epoch_time_s / row.epoch_time_s
         row.efficiency_pct = 100.0 * row.speedup / (row.workers / ref.workers)
+    for row in rows:
+        row.flags = "; ".join(flags(row, base.get(row.series)))
     return rows
+
+
+def flags(row: Row, baseline: Row | None) -> list[str]:
+    """What makes a configuration's figures doubtful, each with its likely cause."""
+    out = []
+    if row.efficiency_pct is not None and row.efficiency_pct > 100.0 + 1e-9:
+        base = f"{baseline.workers} worker(s)" if baseline else "the baseline"
+        out.append(
+            f"efficiency {row.efficiency_pct:.0f} % is above 100 %: likely a slow baseline ({base}: warm-up, "
+            "other load or a single noisy repetition) or data that fit a cache only when split; run more "
+            "repetitions"
+        )
+    t, lo, hi = row.epoch_time_s, row.epoch_time_min_s, row.epoch_time_max_s
+    if row.repetitions >= 2 and t and lo is not None and hi is not None and (hi - lo) / t > SPREAD_LIMIT:
+        out.append(
+            f"spread {100 * (hi - lo) / t:.0f} % of the median over {row.repetitions} repetitions (limit "
+            f"{100 * SPREAD_LIMIT:.0f} %): a noisy measurement, likely other load on the machine; rerun"
+        )
+    return out
 
 
 def series_label(series: tuple[str, str, str], all_series: Sequence[tuple[str, str, str]]) -> str:

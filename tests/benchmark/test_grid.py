@@ -39,6 +39,7 @@ data:
   init_args: {num_samples: 128, val_samples: 32, batch_size: 16, num_workers: 0}
 benchmark:
   workers: [1, 2]
+  repetitions: 1   # the default is 3; one keeps this real grid short
 """
 STRATEGIES = ("hpc_ddp", "hpc_deepspeed")
 #: its module exists (so the up-front check lets it through), the class does not: the point fails at run time

@@ -139,3 +139,58 @@ def test_settings_errors_name_the_key(tmp_path: Path) -> None:
     assert [s.per_worker_batch(n) for n in s.workers] == [32, 16, 8]
     weak = parse({"workers": [1, 2], "scaling": "weak"}, ["--config", str(cfg), "--data.batch_size", "8"])
     assert [weak.per_worker_batch(n) for n in weak.workers] == [8, 8]
+
+
+def test_model_needs_three_sizes_and_carries_an_uncertainty_band(tmp_path: Path) -> None:
+    two = tmp_path / "two"
+    synthetic.make_grid(two, {"hpc_ddp": LAW_DDP}, [1, 2], repetitions=3, noise=0.02, seed=3)
+    built = report.build([two])
+    assert built.models == {}
+    (note,) = built.notes
+    assert "2 distinct worker count(s) measured" in note and "at least 3" in note
+    assert note in built.files["html"].read_text()
+
+    three = tmp_path / "three"
+    synthetic.make_grid(three, {"hpc_ddp": LAW_DDP}, [1, 2, 4], repetitions=3, noise=0.02, seed=3)
+    built = report.build([three])
+    model = built.models[("hpc_ddp", "torchrun", "strong")]
+    assert len(model.samples) == scaling.BOOTSTRAP and model.band_note == ""
+    inside_lo, inside_hi = model.band([4])
+    outside_lo, outside_hi = model.band([16])
+    assert inside_lo[0] <= model.predict([4])[0] <= inside_hi[0]
+    assert outside_lo[0] <= model.predict([16])[0] <= outside_hi[0]
+    assert outside_hi[0] - outside_lo[0] > inside_hi[0] - inside_lo[0] > 0  # extrapolation is less certain
+    # the true law lies inside the band where it was measured (2 % noise)
+    assert inside_lo[0] <= synthetic.epoch_time(4, LAW_DDP) <= inside_hi[0]
+    ext = model.as_dict()
+    assert ext["extrapolated_workers"] == 8 and isinstance(ext["extrapolated_band_s"], list)
+    assert "90 % band" in built.files["html"].read_text()
+    # the same records give the same band (seeded bootstrap)
+    assert report.build([three]).models[("hpc_ddp", "torchrun", "strong")].band([16])[1][0] == outside_hi[0]
+    # as many points as coefficients: no residuals, and the model says so instead of a zero-width band
+    exact = scaling.fit([1, 2, 4], [synthetic.epoch_time(n, LAW_DDP) for n in (1, 2, 4)])
+    assert exact.samples == () and "no band" in exact.band_note
+
+
+def test_super_linear_and_noisy_points_are_flagged_with_a_cause(tmp_path: Path) -> None:
+    grid = tmp_path / "grid"
+    synthetic.make_grid(grid, {"hpc_ddp": LAW_DDP}, [1, 2, 4], repetitions=3)
+    # a slow baseline: every 1-worker repetition took twice as long -> 2 and 4 workers look super-linear
+    for rep in range(3):
+        rec = records.load(grid / f"hpc_ddp-w1-r{rep}")
+        rec["summary"]["mean_epoch_time_s"] *= 2
+        records.save(rec, grid / f"hpc_ddp-w1-r{rep}")
+    # one noisy repetition at 4 workers: 60 % slower
+    rec = records.load(grid / "hpc_ddp-w4-r2")
+    rec["summary"]["mean_epoch_time_s"] *= 1.6
+    records.save(rec, grid / "hpc_ddp-w4-r2")
+    built = report.build([grid])
+    rows = {r.workers: r for r in built.rows}
+    assert rows[1].flags == ""
+    assert rows[2].efficiency_pct is not None and rows[2].efficiency_pct > 100
+    assert "above 100 %" in rows[2].flags and "slow baseline (1 worker(s)" in rows[2].flags
+    assert "spread" in rows[4].flags and "over 3 repetitions" in rows[4].flags
+    page = built.files["html"].read_text()
+    assert "Check these figures" in page and "above 100 %" in page
+    csv_rows = {int(r["workers"]): r for r in _csv(built.files["summary_csv"])}
+    assert csv_rows[2]["flags"] == rows[2].flags
