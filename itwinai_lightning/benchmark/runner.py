@@ -234,6 +234,7 @@ class GridRunner:
                 "launcher": launcher or self.settings.launcher,
                 "scaling": self.settings.scaling,
                 "per_worker_batch_size": per_worker,
+                "warmup_epochs": self.settings.warmup_epochs,
                 "command": shlex.join(redact_argv(command)),
                 "inputs": self.inputs(point, run_dir),
             },

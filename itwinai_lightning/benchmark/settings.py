@@ -18,6 +18,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": None,
     "batch_key": "data.init_args.batch_size",
     "repetitions": 3,
+    "warmup_epochs": 1,
     "output_dir": "runs/benchmark",
     "profile": False,
     "callbacks": list(DEFAULT_CALLBACKS),
@@ -57,6 +58,7 @@ class Settings:
     batch_size: int | None = None
     batch_key: str = "data.init_args.batch_size"
     repetitions: int = 3
+    warmup_epochs: int = 1
     output_dir: str = "runs/benchmark"
     profile: bool = False
     callbacks: list[str] = field(default_factory=lambda: list(DEFAULT_CALLBACKS))
@@ -171,6 +173,12 @@ def parse(values: Mapping[str, Any], lightning_argv: Sequence[str]) -> Settings:
         )
     if not isinstance(v["repetitions"], int) or v["repetitions"] < 1:
         raise UserError(f"benchmark.repetitions must be an integer >= 1, got {v['repetitions']!r}")
+    warmup = v["warmup_epochs"]
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise UserError(
+            f"benchmark.warmup_epochs must be an integer >= 0 (epochs left out of the epoch time), "
+            f"got {v['warmup_epochs']!r}"
+        )
     if not isinstance(v["slurm"], Mapping):
         raise UserError(
             "benchmark.slurm must be a mapping of sbatch options (partition, time, tasks_per_node, ...)"
@@ -208,6 +216,7 @@ def parse(values: Mapping[str, Any], lightning_argv: Sequence[str]) -> Settings:
         batch_size=batch,
         batch_key=str(v["batch_key"]),
         repetitions=int(v["repetitions"]),
+        warmup_epochs=int(v["warmup_epochs"]),
         output_dir=str(v["output_dir"]),
         profile=bool(v["profile"]),
         callbacks=[str(c) for c in v["callbacks"] or []],

@@ -3,8 +3,12 @@
 Definitions (per series = one strategy x launcher x scaling mode; ``N0`` = its smallest worker count):
 
 * ``launcher`` / ``nodes``: what the run's ranks reported (the RunRecord's ``launcher`` and ``num_nodes``).
-* ``epoch_time_s``: median over repetitions of the run's mean epoch wall time
-  (``summary.mean_epoch_time_s``, else the mean of ``epochs[].wall_time_s``).
+* ``epoch_time_s``: median over repetitions of the run's mean *training* time per epoch: the mean of
+  ``epochs[].train_time_s`` (validation excluded; ``wall_time_s`` where a record has no split) over the
+  epochs after the first ``warmup_epochs`` (``sections.benchmark.warmup_epochs``, default 1). A run with no
+  epoch beyond the warm-up uses all its epochs and its row is flagged. Records without per-epoch figures
+  fall back to ``summary.mean_epoch_time_s``.
+* ``val_time_s``: the same for the validation time per epoch.
 * ``speedup = epoch_time(N0) / epoch_time(N)`` -- relative to the series' own baseline.
 * ``efficiency_pct = 100 * speedup / (N / N0)`` -- 100 % is ideal scaling.
 * ``energy_per_epoch_wh``, ``energy_per_sample_wh``, ``samples_per_s``, ``gpu_util_pct``,
@@ -25,6 +29,8 @@ from typing import Any
 from itwinai_lightning import records
 
 FRACTIONS = ("compute", "communication", "memcpy", "other")
+#: epochs at the start of each run left out of its epoch time (start-up, compilation, caches)
+DEFAULT_WARMUP_EPOCHS = 1
 RUN_COLUMNS = (
     "strategy", "launcher", "scaling", "workers", "nodes", "repetition", "status", "epoch_time_s",
     "samples_per_s",
@@ -34,7 +40,7 @@ RUN_COLUMNS = (
 SUMMARY_COLUMNS = (
     "strategy", "launcher", "scaling", "workers", "nodes", "repetitions", "failed", "epoch_time_s",
     "epoch_time_min_s",
-    "epoch_time_max_s", "speedup", "efficiency_pct", "samples_per_s", "energy_per_epoch_wh",
+    "epoch_time_max_s", "val_time_s", "speedup", "efficiency_pct", "samples_per_s", "energy_per_epoch_wh",
     "energy_per_sample_wh", "gpu_util_pct", "cpu_util_pct", "compute_s", "communication_s", "memcpy_s",
     "other_s", "flags",
 )  # fmt: skip
@@ -85,6 +91,8 @@ class Run:
     cpu_util_pct: float | None = None
     global_batch_size: int | None = None
     fractions: dict[str, float] = field(default_factory=dict)
+    val_time_s: float | None = None
+    warmup_included: bool = False  # no epoch beyond the warm-up: the epoch time includes it
 
     @property
     def ok(self) -> bool:
@@ -99,9 +107,13 @@ def run_from_record(rec: Mapping[str, Any]) -> Run:
     bench = (rec.get("sections") or {}).get("benchmark") or {}
     summary = rec.get("summary") or {}
     epochs = [e for e in rec.get("epochs") or [] if isinstance(e, Mapping)]
-    epoch_time = _num(summary.get("mean_epoch_time_s"))
+    warmup = int(bench.get("warmup_epochs", DEFAULT_WARMUP_EPOCHS) or 0)
+    timed = epochs[warmup:] if len(epochs) > warmup else epochs
+    warmup_included = warmup > 0 and 0 < len(epochs) <= warmup
+    epoch_time = _mean(_num(e.get("train_time_s", e.get("wall_time_s"))) for e in timed)
     if epoch_time is None:
-        epoch_time = _mean(_num(e.get("wall_time_s")) for e in epochs)
+        epoch_time = _num(summary.get("mean_epoch_time_s"))
+    val_time = _mean(_num(e.get("val_time_s")) for e in timed)
     energy_epoch = _mean(_num(e.get("energy_wh")) for e in epochs)
     total_energy = _num(summary.get("energy_wh"))
     if energy_epoch is None and total_energy is not None and epochs:
@@ -142,6 +154,8 @@ def run_from_record(rec: Mapping[str, Any]) -> Run:
         cpu_util_pct=cpu,
         global_batch_size=int(batch) if isinstance(batch, int | float) else None,
         fractions=fractions,
+        val_time_s=val_time,
+        warmup_included=warmup_included,
     )
 
 
@@ -180,6 +194,7 @@ class Row:
     epoch_time_s: float | None
     epoch_time_min_s: float | None
     epoch_time_max_s: float | None
+    val_time_s: float | None = None
     speedup: float | None = None
     efficiency_pct: float | None = None
     samples_per_s: float | None = None
@@ -222,6 +237,7 @@ def aggregate(runs: Sequence[Run]) -> list[Row]:
             epoch_time_s=_median(times),
             epoch_time_min_s=min(times) if times else None,
             epoch_time_max_s=max(times) if times else None,
+            val_time_s=_median(r.val_time_s for r in ok),
             samples_per_s=_median(r.samples_per_s for r in ok),
             energy_per_epoch_wh=_median(r.energy_per_epoch_wh for r in ok),
             energy_per_sample_wh=_median(r.energy_per_sample_wh for r in ok),
@@ -244,8 +260,12 @@ def aggregate(runs: Sequence[Run]) -> list[Row]:
             continue
         row.speedup = ref.epoch_time_s / row.epoch_time_s
         row.efficiency_pct = 100.0 * row.speedup / (row.workers / ref.workers)
+    warm = {key for key, members in groups.items() if any(r.warmup_included for r in members if r.ok)}
     for row in rows:
-        row.flags = "; ".join(flags(row, base.get(row.series)))
+        found = flags(row, base.get(row.series))
+        if (row.strategy, row.launcher, row.scaling, row.workers) in warm:
+            found.append("the warm-up epoch is included (no epoch after it): run more epochs")
+        row.flags = "; ".join(found)
     return rows
 
 

@@ -133,11 +133,13 @@ def test_report_table_matches_records(grids: dict[str, object]) -> None:
     for launcher in ("local", "torchrun"):
         recs = _records(root / launcher)
         for strategy in STRATEGIES:
-            t = {n: recs[f"{strategy}-w{n}-r0"]["summary"]["mean_epoch_time_s"] for n in (1, 2)}  # type: ignore[index]
+            # one epoch, so the warm-up epoch is included (and flagged); validation is not
+            t = {n: recs[f"{strategy}-w{n}-r0"]["epochs"][0]["train_time_s"] for n in (1, 2)}  # type: ignore[index]
             row1, row2 = table[(strategy, launcher, 1)], table[(strategy, launcher, 2)]
             assert float(row1["epoch_time_s"]) == pytest.approx(t[1], rel=1e-12)
             assert float(row2["epoch_time_s"]) == pytest.approx(t[2], rel=1e-12)
             assert float(row1["speedup"]) == 1.0 and float(row1["efficiency_pct"]) == 100.0
+            assert "warm-up epoch is included" in row1["flags"]
             assert float(row2["speedup"]) == pytest.approx(t[1] / t[2], rel=1e-12)
             assert float(row2["efficiency_pct"]) == pytest.approx(100 * t[1] / t[2] / 2, rel=1e-12)
             sps = recs[f"{strategy}-w2-r0"]["summary"]["samples_per_s"]  # type: ignore[index]

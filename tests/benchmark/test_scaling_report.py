@@ -172,18 +172,21 @@ def test_model_needs_three_sizes_and_carries_an_uncertainty_band(tmp_path: Path)
     assert exact.samples == () and "no band" in exact.band_note
 
 
+def _slow_down(run_dir: Path, factor: float) -> None:
+    rec = records.load(run_dir)
+    for entry in rec["epochs"]:
+        entry["wall_time_s"] *= factor
+    records.save(rec, run_dir)
+
+
 def test_super_linear_and_noisy_points_are_flagged_with_a_cause(tmp_path: Path) -> None:
     grid = tmp_path / "grid"
     synthetic.make_grid(grid, {"hpc_ddp": LAW_DDP}, [1, 2, 4], repetitions=3)
     # a slow baseline: every 1-worker repetition took twice as long -> 2 and 4 workers look super-linear
     for rep in range(3):
-        rec = records.load(grid / f"hpc_ddp-w1-r{rep}")
-        rec["summary"]["mean_epoch_time_s"] *= 2
-        records.save(rec, grid / f"hpc_ddp-w1-r{rep}")
+        _slow_down(grid / f"hpc_ddp-w1-r{rep}", 2.0)
     # one noisy repetition at 4 workers: 60 % slower
-    rec = records.load(grid / "hpc_ddp-w4-r2")
-    rec["summary"]["mean_epoch_time_s"] *= 1.6
-    records.save(rec, grid / "hpc_ddp-w4-r2")
+    _slow_down(grid / "hpc_ddp-w4-r2", 1.6)
     built = report.build([grid])
     rows = {r.workers: r for r in built.rows}
     assert rows[1].flags == ""
@@ -194,3 +197,22 @@ def test_super_linear_and_noisy_points_are_flagged_with_a_cause(tmp_path: Path) 
     assert "Check these figures" in page and "above 100 %" in page
     csv_rows = {int(r["workers"]): r for r in _csv(built.files["summary_csv"])}
     assert csv_rows[2]["flags"] == rows[2].flags
+
+
+def test_epoch_time_leaves_out_warm_up_and_validation(tmp_path: Path) -> None:
+    grid = tmp_path / "grid"
+    synthetic.make_grid(grid, {"hpc_ddp": LAW_DDP}, [1, 2, 4], repetitions=1)
+    for n in (1, 2, 4):  # a slow first epoch (start-up) and 2 s of validation in every epoch
+        run_dir = grid / f"hpc_ddp-w{n}-r0"
+        rec = records.load(run_dir)
+        for entry in rec["epochs"]:
+            entry["train_time_s"] = entry["wall_time_s"]
+            entry["val_time_s"] = 2.0
+            entry["wall_time_s"] += 2.0
+        rec["epochs"][0]["train_time_s"] += 30.0
+        records.save(rec, run_dir)
+    rows = {r.workers: r for r in report.build([grid]).rows}
+    for n in (1, 2, 4):
+        assert rows[n].epoch_time_s == pytest.approx(synthetic.epoch_time(n, LAW_DDP))
+        assert rows[n].val_time_s == pytest.approx(2.0)
+        assert "warm-up" not in rows[n].flags
