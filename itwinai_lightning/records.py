@@ -27,7 +27,9 @@ Schema (version :data:`SCHEMA_VERSION`); units are in the key names (``_s`` seco
     global_batch_size int|None   samples per optimizer step across all ranks
     hostnames        list[str]   every rank's host, distinct, rank 0's first (gathered from all ranks)
     ranks            list[dict]  rank, hostname, local_rank, node_rank of every rank
-    versions         dict[str, str]   python, torch, lightning, itwinai_lightning
+    versions         dict[str, str]   python, torch, lightning, itwinai_lightning, cuda, strategy backend
+    cpu_model        str     rank 0's CPU model name
+    parameters       int     parameters of the LightningModule (as rank 0 holds them)
     stage            str     the LightningCLI subcommand (written by the CLI)
     epochs           list[dict]  one entry per epoch, merged from several callbacks, keyed by "epoch":
         epoch, ranks (processes that contributed),
@@ -249,8 +251,45 @@ def describe_trainer(trainer: pl.Trainer) -> dict[str, Any]:
             "torch": torch.__version__,
             "lightning": lightning.__version__,
             "itwinai_lightning": __version__,
+            **({"cuda": str(torch.version.cuda)} if torch.version.cuda else {}),
+            **_strategy_backend_version(name),
         },
+        "cpu_model": cpu_model(),
+        "parameters": _parameters(trainer),
     }
+
+
+def cpu_model() -> str:
+    """This host's CPU model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _parameters(trainer: pl.Trainer) -> int | None:
+    """Parameters of the LightningModule (as this rank holds them)."""
+    module = getattr(trainer, "lightning_module", None)
+    try:
+        return int(sum(p.numel() for p in module.parameters())) if module is not None else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _strategy_backend_version(strategy: str) -> dict[str, str]:
+    """The version of the library behind the strategy (DeepSpeed, Horovod, Ray), read from metadata."""
+    from importlib import metadata
+
+    for dist in ("deepspeed", "horovod", "ray"):
+        if dist in strategy.lower():
+            try:
+                return {dist: metadata.version(dist)}
+            except metadata.PackageNotFoundError:
+                return {}
+    return {}
 
 
 def end_fields(exception: BaseException | None = None) -> dict[str, Any] | None:

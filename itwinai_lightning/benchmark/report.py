@@ -144,7 +144,35 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;colo
 table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;
 text-align:right}th{background:#eee}.rec{background:#eef6ee;border-left:4px solid #3a3;padding:.6em 1em}
 .warn{background:#fff4e5;border-left:4px solid #e80;padding:.6em 1em}img{max-width:100%;display:block}
-.err{text-align:left;font-family:monospace;white-space:pre-wrap;max-width:700px}"""
+.err{text-align:left;font-family:monospace;white-space:pre-wrap;max-width:700px}
+.wide{overflow-x:auto}.wide td{text-align:left;max-width:420px;word-break:break-word}"""
+
+
+PROVENANCE_COLUMNS = (
+    "configuration", "hosts", "nodes", "cpu", "devices", "software", "parameters", "global_batch",
+    "per_worker_batch", "samples_per_epoch", "epochs", "warmup_epochs", "command",
+)  # fmt: skip
+
+
+def provenance_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per configuration (its first completed run): what ran where, and how."""
+    seen: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: (r.strategy, r.launcher, r.scaling, r.workers, r.repetition)):
+        key = (run.strategy, run.launcher, run.scaling, run.workers)
+        if run.ok and key not in seen:
+            seen[key] = {
+                "configuration": f"{run.strategy} ({run.launcher}) x {run.workers}",
+                **run.provenance,
+            }
+    return list(seen.values())
+
+
+def _provenance_html(runs: Sequence[Run]) -> list[str]:
+    provenance = provenance_rows(runs)
+    if not provenance:
+        return []
+    table = _table_html(PROVENANCE_COLUMNS, provenance)
+    return ["<h2>Provenance: what ran where</h2>", f"<div class='wide'>{table}</div>"]
 
 
 def _flags_html(rows: Sequence[Row]) -> list[str]:
@@ -195,6 +223,7 @@ def _html(report: Report, images: Mapping[str, bytes], sources: Sequence[str]) -
         "</p>",
         f"<h2>Recommendation</h2><div class='rec'><ul>{rec_items}</ul></div>",
         *_flags_html(report.rows),
+        *_provenance_html(report.runs),
         "<h2>Results (median over repetitions)</h2>",
         "<p>speedup = epoch time(N0) / epoch time(N); efficiency = speedup / (N / N0), N0 = the smallest "
         "worker count of the same strategy, launcher and scaling mode.</p>",
@@ -278,6 +307,7 @@ def build(
         ],
         "warnings": warnings,
         "notes": notes,
+        "provenance": provenance_rows(runs),
         "flags": [{"strategy": r.strategy, "workers": r.workers, "flags": r.flags} for r in rows if r.flags],
     }
     report.files["json"].write_text(json.dumps(payload, indent=2))

@@ -93,6 +93,7 @@ class Run:
     fractions: dict[str, float] = field(default_factory=dict)
     val_time_s: float | None = None
     warmup_included: bool = False  # no epoch beyond the warm-up: the epoch time includes it
+    provenance: dict[str, Any] = field(default_factory=dict)  # what ran where (see provenance_of)
 
     @property
     def ok(self) -> bool:
@@ -156,7 +157,32 @@ def run_from_record(rec: Mapping[str, Any]) -> Run:
         fractions=fractions,
         val_time_s=val_time,
         warmup_included=warmup_included,
+        provenance=provenance_of(rec),
     )
+
+
+def provenance_of(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """What ran where, from one RunRecord: hosts, hardware, software and workload, and the command."""
+    bench = (rec.get("sections") or {}).get("benchmark") or {}
+    versions = rec.get("versions") or {}
+    epochs = [e for e in rec.get("epochs") or [] if isinstance(e, Mapping)]
+    devices = rec.get("device_names") or []
+    accelerator = str(rec.get("accelerator") or "")
+    return {
+        "hosts": ", ".join(rec.get("hostnames") or []),
+        "nodes": rec.get("num_nodes"),
+        "cpu": rec.get("cpu_model") or "",
+        "devices": (f"{len(devices)} x {devices[0]}" if devices else accelerator)
+        + f" per rank, {rec.get('world_size')} rank(s)",
+        "software": ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "parameters": rec.get("parameters"),
+        "global_batch": rec.get("global_batch_size"),
+        "per_worker_batch": bench.get("per_worker_batch_size"),
+        "samples_per_epoch": epochs[0].get("samples") if epochs else None,
+        "epochs": len(epochs),
+        "warmup_epochs": bench.get("warmup_epochs", DEFAULT_WARMUP_EPOCHS),
+        "command": bench.get("command") or "",
+    }
 
 
 def collect(dirs: Sequence[str | Path]) -> tuple[list[Run], list[str]]:

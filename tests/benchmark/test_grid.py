@@ -208,3 +208,23 @@ def test_a_completed_point_is_reused_only_for_the_same_inputs(
     assert "re-running: its completed run differs (arguments added: --trainer.max_epochs 2)" in longer.stderr
     assert "skipped" not in longer.stderr
     assert len(records.load(moved / "hpc_ddp-w1-r0")["epochs"]) == 2  # the 2-epoch run, not the old one
+
+
+def test_report_says_what_ran_where(grids: dict[str, object], tmp_path: Path) -> None:
+    import json
+    import platform
+
+    from itwinai_lightning.benchmark import report
+    from itwinai_lightning.records import cpu_model
+
+    built = report.build([Path(str(grids["root"])) / "torchrun"], out=tmp_path)
+    prov = {row["configuration"]: row for row in json.loads(built.files["json"].read_text())["provenance"]}
+    row = prov["hpc_deepspeed (torchrun) x 2"]
+    assert row["hosts"] == platform.node() and row["nodes"] == 1
+    assert row["cpu"] == cpu_model() and row["cpu"]
+    assert "torch " in row["software"] and "deepspeed " in row["software"]
+    assert row["parameters"] > 100 and row["global_batch"] == 16 and row["per_worker_batch"] == 8
+    assert (row["samples_per_epoch"], row["epochs"], row["warmup_epochs"]) == (128, 1, 1)
+    assert "torch.distributed.run" in row["command"] and "--trainer.strategy hpc_deepspeed" in row["command"]
+    page = built.files["html"].read_text()
+    assert "Provenance: what ran where" in page and row["cpu"] in page
