@@ -14,7 +14,14 @@ from itwinai_lightning.benchmark.failure import error_line
 from itwinai_lightning.benchmark.runner import GridRunner, redact_argv
 from itwinai_lightning.benchmark.settings import parse
 
-BASE = {"strategies": ["hpc_ddp"], "workers": [4], "batch_size": 64, "accelerator": "cpu", "dry_run": True}
+BASE = {
+    "strategies": ["hpc_ddp"],
+    "workers": [4],
+    "batch_size": 64,
+    "accelerator": "cpu",
+    "dry_run": True,
+    "repetitions": 1,
+}
 
 
 def _dry(tmp_path: Path, **options: object) -> str:
