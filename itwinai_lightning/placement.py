@@ -118,11 +118,18 @@ def decode(row: list[int]) -> RankPlace:
     return RankPlace(rank, name, local_rank, node_rank)
 
 
+def known(trainer: pl.Trainer | None) -> Placement | None:
+    """The placement already gathered for this Trainer, if any (no collective)."""
+    from itwinai_lightning.records import PLACEMENT_ATTR
+
+    return getattr(trainer, PLACEMENT_ATTR, None)
+
+
 def of(trainer: pl.Trainer) -> Placement:
     """The placement gathered for this Trainer; gathered now (a collective) if it was not yet."""
     from itwinai_lightning.records import PLACEMENT_ATTR
 
-    placed = getattr(trainer, PLACEMENT_ATTR, None)
+    placed = known(trainer)
     if placed is None:
         placed = gather(trainer)
         setattr(trainer, PLACEMENT_ATTR, placed)

@@ -77,6 +77,8 @@ RECORD_FILENAME = "run_record.json"
 FINISHED = ("completed", "failed", "interrupted")
 #: Trainer attribute holding the :class:`~itwinai_lightning.placement.Placement` gathered at setup.
 PLACEMENT_ATTR = "_itwinai_placement"
+#: Trainer attribute caching the run's fixed facts (versions, CPU model, parameters).
+FACTS_ATTR = "_itwinai_facts"
 
 
 def _now() -> str:
@@ -240,22 +242,28 @@ def describe_trainer(trainer: pl.Trainer) -> dict[str, Any]:
     placed = getattr(trainer, PLACEMENT_ATTR, None)
     if placed is not None:  # what every rank reported beats the Trainer's arguments
         where = placed.record_fields()
+    facts = getattr(trainer, FACTS_ATTR, None)
+    if facts is None:  # what does not change during a run is looked up once, not at every contribution
+        facts = {
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "lightning": lightning.__version__,
+                "itwinai_lightning": __version__,
+                **({"cuda": str(torch.version.cuda)} if torch.version.cuda else {}),
+                **_strategy_backend_version(name),
+            },
+            "cpu_model": cpu_model(),
+            "parameters": _parameters(trainer),
+        }
+        setattr(trainer, FACTS_ATTR, facts)
     return {
         "strategy": name,
         **where,
         "accelerator": accelerator,
         "device_names": device_names,
         "precision": str(trainer.precision),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "lightning": lightning.__version__,
-            "itwinai_lightning": __version__,
-            **({"cuda": str(torch.version.cuda)} if torch.version.cuda else {}),
-            **_strategy_backend_version(name),
-        },
-        "cpu_model": cpu_model(),
-        "parameters": _parameters(trainer),
+        **facts,
     }
 
 

@@ -16,8 +16,7 @@ from typing_extensions import override
 
 from itwinai_lightning.cluster import default_backend
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.placement import lost_peer
-from itwinai_lightning.records import PLACEMENT_ATTR
+from itwinai_lightning.placement import known, lost_peer
 from itwinai_lightning.strategies import process_group
 from itwinai_lightning.strategies.environment import LauncherEnvironment, make_cluster_environment
 
@@ -150,8 +149,7 @@ class HPCDDPStrategy(DDPStrategy):
         source = info.launcher if info is not None else "lightning"
         limit = "torch's default" if self.timeout_s is None else f"{self.timeout_s:g} s"
         trainer = getattr(self._lightning_module, "_trainer", None)
-        placed = getattr(trainer, PLACEMENT_ATTR, None)
-        peer = lost_peer(str(exception), placed, self.global_rank)
+        peer = lost_peer(str(exception), known(trainer), self.global_rank)
         message = (
             f"hpc_ddp: rank {self.global_rank} of {self.world_size} ({source}) lost a peer in a collective: "
             f"{peer} died or stopped responding (collective timeout {limit}). "
