@@ -187,3 +187,17 @@ def test_replay_hands_a_left_over_link_spool_to_the_backends(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _steps(tmp_path) == list(range(7))
     assert not spool.path.exists() and not Spool(spool_dir(tmp_path), "csv").path.exists()  # all delivered
+
+
+def test_csv_backend_reopening_an_empty_file_writes_the_header_first(tmp_path: Path) -> None:
+    from itwinai_lightning.loggers.backends.base import RunContext
+    from itwinai_lightning.loggers.backends.csv import CSVBackend
+
+    (tmp_path / "metrics.csv").touch()  # a tracking process killed after open, before its first flush
+    backend = CSVBackend()
+    backend.open(RunContext(run_dir=str(tmp_path)))
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,key,value,time"]  # flushed at once
+    backend.log_metrics({"train_loss": 0.5}, step=3, timestamp=1.0)
+    backend._fh.flush()
+    assert _steps(tmp_path) == [3]
+    backend._fh.close()

@@ -28,11 +28,13 @@ class CSVBackend(Backend):
         name = self.filename if not ctx.rank else self.filename.replace(".csv", f".rank{ctx.rank}.csv")
         self.path = ctx.path(name)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
+        # a file left empty (a tracking process killed before its first flush) still needs the header
+        new = not self.path.exists() or self.path.stat().st_size == 0
         self._fh = self.path.open("a", newline="")
         self._writer = csv.writer(self._fh)
         if new:
             self._writer.writerow(["step", "key", "value", "time"])
+            self._fh.flush()  # readers polling the file see the header before any row
 
     @override
     def spec(self) -> dict[str, Any]:
