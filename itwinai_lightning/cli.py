@@ -130,10 +130,15 @@ def _cli_class() -> type[LightningCLI]:
         def instantiate_trainer(self, **kwargs: Any) -> Any:
             from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+            from itwinai_lightning.records.writer import RecordWriter
+
             try:
-                return super().instantiate_trainer(**kwargs)
+                trainer = super().instantiate_trainer(**kwargs)
             except (MisconfigurationException, ValueError) as err:  # Lightning's checks of Trainer arguments
                 raise UserError(_trainer_error(err)) from err
+            # the run's one record writer, after every contributor
+            trainer.callbacks.append(RecordWriter())  # type: ignore[attr-defined]
+            return trainer
 
     return ItwinaiCLI
 

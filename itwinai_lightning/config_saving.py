@@ -19,8 +19,7 @@ class RecordingSaveConfigCallback(SaveConfigCallback):
 
     At setup every rank reports its host and launch context (:mod:`itwinai_lightning.placement`), so the
     record's ``hostnames``, ``num_nodes``, ``devices_per_node`` and ``launcher`` are what really ran.
-    It also ends the record: ``status`` ``completed`` at fit end, ``failed``/``interrupted`` with the
-    (redacted) error on an exception, so a run without TimingMonitor does not stay ``running``.
+    The record of a ``validate``/``test``/``predict`` run is its own file (``run_record.<stage>.json``).
 
     Unlike Lightning's, it never writes secrets to disk and does not depend on a logger's ``log_dir``:
     the run directory is ``trainer.default_root_dir``.
@@ -47,15 +46,3 @@ class RecordingSaveConfigCallback(SaveConfigCallback):
         run_dir.mkdir(parents=True, exist_ok=True)
         Path(run_dir, self.config_filename).write_text(yaml.safe_dump(config, sort_keys=False))
         records.contribute(trainer, fields={"config": config, "stage": stage})
-
-    @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.already_saved:
-            records.contribute(trainer, fields=records.end_fields())
-
-    @override
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        if self.already_saved and (fields := records.end_fields(exception)) is not None:
-            records.contribute(trainer, fields=fields)

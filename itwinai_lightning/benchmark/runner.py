@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,6 +29,7 @@ from itwinai_lightning.benchmark.inputs import difference, point_inputs
 from itwinai_lightning.benchmark.launchers import GridPoint
 from itwinai_lightning.benchmark.process_tree import terminate_tree
 from itwinai_lightning.benchmark.settings import Settings
+from itwinai_lightning.records import derive
 from itwinai_lightning.secrets import REDACTED, is_secret_key
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -80,7 +81,7 @@ def finish_point(
         error = current.get("error") or (error_line(tail) if tail.strip() else None)
         fields = {"status": "failed", "error": error or f"exit code {returncode}"}
     section = {"returncode": returncode, "stderr_tail": "\n".join(tail.splitlines()[-25:])}
-    return records.update(run_dir, fields=fields, section="benchmark", section_values=section)
+    return dict(records.amend(run_dir, fields=fields, section="benchmark", section_values=section))
 
 
 def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -140,14 +141,6 @@ class Progress:
             what += f": {result.error[:200]}"
         self.stream.write(f"{what} ({result.seconds:.1f} s{eta})\n")
         self.stream.flush()
-
-
-def _epoch_time(rec: dict[str, Any]) -> float | None:
-    value = (rec.get("summary") or {}).get("mean_epoch_time_s")
-    if value is None:
-        times = [e.get("wall_time_s") for e in rec.get("epochs") or [] if e.get("wall_time_s") is not None]
-        value = sum(times) / len(times) if times else None
-    return float(value) if value is not None else None
 
 
 class GridInterrupted(BaseException):
@@ -216,7 +209,7 @@ class GridRunner:
     ) -> None:
         records.record_path(run_dir).unlink(missing_ok=True)  # a re-run starts from a clean record
         per_worker = self.settings.per_worker_batch(point.workers)
-        records.update(
+        records.amend(
             run_dir,
             fields={
                 "status": "running",
@@ -287,12 +280,21 @@ class GridRunner:
                 except BaseException as exc:
                     terminate_tree(proc)
                     why = str(exc) if isinstance(exc, GridInterrupted) else "interrupted"
-                    records.update(run_dir, fields={"error": f"{why}; run the same command again to resume"})
+                    records.amend(run_dir, fields={"error": f"{why}; run the same command again to resume"})
                     finish_point(run_dir, getattr(exc, "exit_code", 130), None)
                     raise
         rec = finish_point(run_dir, rc, run_dir / "fit.stderr")
-        records.update(run_dir, section="benchmark", section_values={"wall_time_s": time.monotonic() - start})
-        return PointResult(point, rec["status"], time.monotonic() - start, rec.get("error"), _epoch_time(rec))
+        records.amend(run_dir, section="benchmark", section_values={"wall_time_s": time.monotonic() - start})
+        return PointResult(
+            point,
+            rec["status"],
+            time.monotonic() - start,
+            rec.get("error"),
+            self._epoch_time(rec),
+        )
+
+    def _epoch_time(self, rec: Mapping[str, Any]) -> float | None:
+        return derive.training_epoch_time(rec, self.settings.warmup_epochs).train_s
 
     def run(self) -> list[PointResult]:
         """Every point in order; completed ones are skipped; returns one result per point. SIGTERM ends the
@@ -314,7 +316,10 @@ class GridRunner:
                 self.stream.write(f"re-running: its completed run differs ({changed}) ... ")
             if reuse:
                 result = PointResult(
-                    point, "skipped", error=None, epoch_time_s=_epoch_time(records.load(run_dir))
+                    point,
+                    "skipped",
+                    error=None,
+                    epoch_time_s=self._epoch_time(records.load(run_dir)),
                 )
             elif self.settings.submit:
                 result = submit.submit_point(self, point, run_dir)

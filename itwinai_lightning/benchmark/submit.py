@@ -54,10 +54,10 @@ def submit_point(runner: GridRunner, point: GridPoint, run_dir: Path) -> PointRe
     out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         why = out.stderr.strip() or f"sbatch exit code {out.returncode}"
-        records.update(run_dir, fields={"status": "failed", "error": f"sbatch: {why}"})
+        records.amend(run_dir, fields={"status": "failed", "error": f"sbatch: {why}"})
         return PointResult(point, "failed", error=f"sbatch: {why}")
     new_id = out.stdout.strip().split(";")[0]
-    records.update(run_dir, section="benchmark", section_values={"job_id": new_id, "nodes": nodes})
+    records.amend(run_dir, section="benchmark", section_values={"job_id": new_id, "nodes": nodes})
     return PointResult(point, "submitted", job_id=new_id)
 
 

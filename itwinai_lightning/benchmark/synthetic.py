@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from itwinai_lightning import records
 from itwinai_lightning.benchmark.scaling import basis
+from itwinai_lightning.records.recorder import Recorder
 
 
 def epoch_time(workers: int, law: Sequence[float], mode: str = "strong") -> float:
@@ -39,7 +39,7 @@ def make_record(
 ) -> dict[str, Any]:
     """Build and save one completed RunRecord in ``run_dir``; returns the record."""
     rng = rng or random.Random(0)
-    rec = records.new_record(run_dir)
+    recorder = Recorder(run_dir)  # the same writer, types and derived figures as a real run
     law_t = epoch_time(workers, law, mode)
     entries = []
     for e in range(epochs):
@@ -54,8 +54,14 @@ def make_record(
         if power_w_per_worker is not None:
             util = max(5.0, 95.0 - 8.0 * (workers.bit_length() - 1))
             entry["energy_wh"] = power_w_per_worker * workers * t / 3600.0
-            entry["gpu_util_mean_pct"] = {"min": util - 2, "mean": util, "max": util + 2}
-            entry["gpu_power_mean_w"] = {"min": power_w_per_worker, "mean": power_w_per_worker, "max": 260.0}
+            entry["gpu_util_mean_pct"] = util
+            entry["gpu_util_mean_pct_ranks"] = {"min": util - 2, "mean": util, "max": util + 2}
+            entry["gpu_power_mean_w"] = power_w_per_worker
+            entry["gpu_power_mean_w_ranks"] = {
+                "min": power_w_per_worker,
+                "mean": power_w_per_worker,
+                "max": 260.0,
+            }
         entries.append(entry)
     total_t = sum(e["wall_time_s"] for e in entries)
     total_samples = samples_per_epoch * epochs
@@ -69,10 +75,9 @@ def make_record(
     }
     if power_w_per_worker is not None:
         energy = sum(e["energy_wh"] for e in entries)
-        util = entries[0]["gpu_util_mean_pct"]["mean"]
+        util = entries[0]["gpu_util_mean_pct"]
         summary |= {
             "energy_wh": energy,
-            "energy_per_sample_wh": energy / total_samples,
             "gpu_util_mean_pct": util,
             "gpu_power_mean_w": power_w_per_worker,
         }
@@ -94,21 +99,23 @@ def make_record(
                           "other": 0.10 * (1 - comm)},
             "overlap": 0.1,
         }  # fmt: skip
-    rec.update(
-        status="completed",
-        strategy=strategy,
-        launcher=launcher,
-        world_size=workers,
-        devices_per_node=min(workers, 4),
-        num_nodes=max(1, workers // 4),
-        accelerator="cuda" if power_w_per_worker is not None else "cpu",
-        global_batch_size=64,
-        epochs=entries,
-        summary=summary,
-        sections=sections,
-    )
-    records.save(rec, run_dir)
-    return rec
+    fields: dict[str, Any] = {
+        "status": "completed",
+        "strategy": strategy,
+        "launcher": launcher,
+        "world_size": workers,
+        "devices_per_node": min(workers, 4),
+        "num_nodes": max(1, workers // 4),
+        "accelerator": "cuda" if power_w_per_worker is not None else "cpu",
+        "global_batch_size": 64,
+    }
+    recorder.contribute(fields=fields, summary=summary)
+    for entry in entries:
+        recorder.contribute(epoch=entry["epoch"], epoch_values=entry)
+    for name, values in sections.items():
+        recorder.contribute(section=name, section_values=values)
+    recorder.flush()
+    return dict(recorder.record)
 
 
 def make_grid(

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from itwinai_lightning import records
+from itwinai_lightning.records import derive
+from itwinai_lightning.records.derive import DEFAULT_WARMUP_EPOCHS
 
 FRACTIONS = ("compute", "communication", "memcpy", "other")
-#: epochs at the start of each run left out of its epoch time (start-up, compilation, caches)
-DEFAULT_WARMUP_EPOCHS = 1
 RUN_COLUMNS = (
     "strategy", "launcher", "scaling", "workers", "nodes", "repetition", "status", "epoch_time_s",
     "samples_per_s",
@@ -94,6 +94,11 @@ class Run:
     val_time_s: float | None = None
     warmup_included: bool = False  # no epoch beyond the warm-up: the epoch time includes it
     provenance: dict[str, Any] = field(default_factory=dict)  # what ran where (see provenance_of)
+    flops_per_s: float | None = None
+    mfu_pct: float | None = None
+    monitor: str | None = None  # the metric of the time-to-accuracy curve, and its mode (min|max)
+    monitor_mode: str = "min"
+    accuracy: list[derive.AccuracyPoint] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -108,21 +113,9 @@ def run_from_record(rec: Mapping[str, Any]) -> Run:
     bench = (rec.get("sections") or {}).get("benchmark") or {}
     summary = rec.get("summary") or {}
     epochs = [e for e in rec.get("epochs") or [] if isinstance(e, Mapping)]
-    warmup = int(bench.get("warmup_epochs", DEFAULT_WARMUP_EPOCHS) or 0)
-    timed = epochs[warmup:] if len(epochs) > warmup else epochs
-    warmup_included = warmup > 0 and 0 < len(epochs) <= warmup
-    epoch_time = _mean(_num(e.get("train_time_s", e.get("wall_time_s"))) for e in timed)
-    if epoch_time is None:
-        epoch_time = _num(summary.get("mean_epoch_time_s"))
-    val_time = _mean(_num(e.get("val_time_s")) for e in timed)
-    energy_epoch = _mean(_num(e.get("energy_wh")) for e in epochs)
-    total_energy = _num(summary.get("energy_wh"))
-    if energy_epoch is None and total_energy is not None and epochs:
-        energy_epoch = total_energy / len(epochs)
-    per_sample = _num(summary.get("energy_per_sample_wh"))
-    total_samples = _num(summary.get("total_samples"))
-    if per_sample is None and total_energy is not None and total_samples:
-        per_sample = total_energy / total_samples
+    timing = derive.training_epoch_time(rec, int(bench.get("warmup_epochs", DEFAULT_WARMUP_EPOCHS) or 0))
+    energy_epoch = derive.energy_per_epoch(rec)
+    per_sample = _num(summary.get("energy_per_sample_wh"))  # derived by the recorder (records.derive)
     samples_per_s = _num(summary.get("samples_per_s"))
     if samples_per_s is None:
         samples_per_s = _mean(_num(e.get("samples_per_s")) for e in epochs)
@@ -147,7 +140,7 @@ def run_from_record(rec: Mapping[str, Any]) -> Run:
         status=str(rec.get("status") or "unknown"),
         run_dir=str(rec.get("run_dir") or ""),
         error=rec.get("error"),
-        epoch_time_s=epoch_time,
+        epoch_time_s=timing.train_s,
         samples_per_s=samples_per_s,
         energy_per_epoch_wh=energy_epoch,
         energy_per_sample_wh=per_sample,
@@ -155,9 +148,14 @@ def run_from_record(rec: Mapping[str, Any]) -> Run:
         cpu_util_pct=cpu,
         global_batch_size=int(batch) if isinstance(batch, int | float) else None,
         fractions=fractions,
-        val_time_s=val_time,
-        warmup_included=warmup_included,
+        val_time_s=timing.val_s,
+        warmup_included=timing.warmup_included,
         provenance=provenance_of(rec),
+        flops_per_s=_num(summary.get("flops_per_s")),
+        mfu_pct=_num(summary.get("mfu_pct")),
+        monitor=summary.get("monitor"),
+        monitor_mode=str(summary.get("monitor_mode") or "min"),
+        accuracy=derive.accuracy_curve(rec),
     )
 
 

@@ -30,8 +30,16 @@ GATHERED = (
     "host_mem_max_gb",
     "samples",
 )
-#: Reported as {"min","mean","max"} across ranks under their own name (documented RunRecord keys).
-ACROSS_RANKS = ("gpu_util_mean_pct", "gpu_util_max_pct", "gpu_power_mean_w")
+#: Per-rank figures recorded as one number across ranks (which statistic) and as ``<name>_ranks``.
+ACROSS_RANKS = {
+    "gpu_util_mean_pct": "mean",
+    "gpu_util_max_pct": "max",
+    "gpu_power_mean_w": "mean",
+    "gpu_power_max_w": "max",
+    "gpu_mem_used_max_gb": "max",
+    "gpu_temp_max_c": "max",
+    "gpu_sm_clock_mean_mhz": "mean",
+}
 
 
 class GPUMonitor(Callback):
@@ -57,11 +65,14 @@ class GPUMonitor(Callback):
     ``host_mem_max_gb``                            GiB    resident memory of the rank (+ workers), peak
     =============================================  =====  ================================================
 
-    Per-rank figures are logged as the mean across ranks, with ``/min`` and ``/max`` beside them.
+    Per-rank figures are recorded and logged as one number across ranks (the mean of means, the maximum
+    of peaks), with ``/min`` and ``/max`` beside them in the logs and ``<key>_ranks`` in the record.
     Energy comes from NVML's total-energy counter where the GPU has one, else from the trapezoidal
     integral of power over the real sample times (see :mod:`itwinai_lightning.monitoring.energy`).
     The RunRecord gets the same figures per epoch and for the whole run (setup to fit end), plus a
-    ``device_monitor`` section (backend, device, energy source).
+    ``device_monitor`` section (backend, device, energy source). Across a SLURM requeue ``state_dict``
+    carries the energy of the finished epochs, so the run's ``energy_wh`` covers every job (an epoch cut
+    by the requeue counts from the point it resumed).
 
     Args:
         interval_s: seconds between samples.
@@ -90,6 +101,8 @@ class GPUMonitor(Callback):
         self.gpu: DeviceBackend | None = None
         self.reason = ""
         self.run_values: dict[str, Any] = {}
+        self._energy_before_wh = 0.0  # finished epochs of the jobs before a requeue (all ranks)
+        self._energy_epochs_wh = 0.0  # finished epochs of this job (all ranks)
 
     # -- backends ----------------------------------------------------------------------------------
     def _open_gpu(self, trainer: pl.Trainer) -> None:
@@ -118,6 +131,7 @@ class GPUMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or self.sampler is not None:
             return
+        self._energy_before_wh = self._energy_epochs_wh = 0.0
         backends = self._make_backends(trainer)
         if self.gpu is None:
             rank_zero_info(
@@ -149,6 +163,7 @@ class GPUMonitor(Callback):
         if self.sampler is None:
             return
         values = self._aggregate(trainer, self.sampler.cut("epoch", reopen=False))
+        self._energy_epochs_wh += values.get("energy_wh") or 0.0
         agg.log_to_loggers(
             trainer, agg.flatten_for_logging(values, self.prefix), trainer.global_step, trainer.current_epoch
         )
@@ -163,13 +178,14 @@ class GPUMonitor(Callback):
         self.run_values = run
         if not self.record:
             return
+        energy = run.get("energy_wh")
         summary = {
-            "energy_wh": run.get("energy_wh"),
-            "gpu_util_mean_pct": _mean(run.get("gpu_util_mean_pct")),
-            "gpu_power_mean_w": _mean(run.get("gpu_power_mean_w")),
+            "energy_wh": energy + self._energy_before_wh if energy is not None else None,
+            "gpu_util_mean_pct": run.get("gpu_util_mean_pct"),
+            "gpu_power_mean_w": run.get("gpu_power_mean_w"),
             "cpu_util_mean_pct": run.get("cpu_util_mean_pct"),
             "host_mem_max_gb": run.get("host_mem_max_gb"),
-            "gpu_mem_used_max_gb": _max(run.get("gpu_mem_used_max_gb_ranks")),
+            "gpu_mem_used_max_gb": run.get("gpu_mem_used_max_gb"),
         }
         section = {
             "backend": self.gpu.name if self.gpu else "psutil",
@@ -187,6 +203,14 @@ class GPUMonitor(Callback):
             section="device_monitor",
             section_values=section,
         )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"energy_wh": self._energy_before_wh + self._energy_epochs_wh}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._energy_before_wh = float(state_dict.get("energy_wh") or 0.0)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -209,8 +233,10 @@ class GPUMonitor(Callback):
         rows = agg.gather_rows(trainer, [window.get(name) for name in GATHERED])
         cols = agg.columns(rows, GATHERED)
         out: dict[str, Any] = {"ranks": len(rows)}
-        for name in ACROSS_RANKS:
-            out[name] = agg.min_mean_max(cols[name])
+        for name, which in ACROSS_RANKS.items():
+            stats = agg.min_mean_max(cols[name])
+            out[name] = stats[which] if stats else None
+            out[f"{name}_ranks"] = stats
         out["energy_wh"] = agg.total(cols["energy_wh"])
         out["integrated_energy_wh"] = agg.total(cols["integrated_energy_wh"])
         cpu = agg.min_mean_max(cols["cpu_util_mean_pct"])
@@ -219,10 +245,6 @@ class GPUMonitor(Callback):
         out["host_mem_max_gb"] = mem["max"] if mem else None
         for name in (
             "energy_wh",
-            "gpu_power_max_w",
-            "gpu_mem_used_max_gb",
-            "gpu_temp_max_c",
-            "gpu_sm_clock_mean_mhz",
             "cpu_util_mean_pct",
             "host_mem_max_gb",
             "samples",
@@ -233,11 +255,3 @@ class GPUMonitor(Callback):
     def _local_metrics(self, window: dict[str, float]) -> dict[str, float]:
         keep = [k for k in window if k.startswith(("gpu_", "cpu_", "host_", "energy_"))]
         return {f"{self.prefix}steps/{k}": window[k] for k in keep}
-
-
-def _mean(stats: Any) -> float | None:
-    return stats["mean"] if isinstance(stats, dict) else None
-
-
-def _max(stats: Any) -> float | None:
-    return stats["max"] if isinstance(stats, dict) else None

@@ -367,9 +367,7 @@ class MultiLogger(Logger):
             try:
                 from itwinai_lightning import records
 
-                records.update(
-                    run_dir, section="tracking", section_values={"status": status, "backends": rows}
-                )
+                records.contribute_to_run_dir(run_dir, "tracking", {"status": status, "backends": rows})
             except Exception as err:  # the record is a report, not a reason to fail
                 log.warning("could not add tracking to the RunRecord: %s", err)
 

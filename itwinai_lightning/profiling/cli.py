@@ -57,9 +57,9 @@ def report(run_dir: Path, top: int = 5) -> tuple[str, dict[str, Any], dict[str, 
         torch_summary["trace_files"] = [str(TORCH_SUBDIR / p.name) for p in traces.values()]
     if records.record_path(run_dir).exists():
         if collapsed:
-            records.update(run_dir, section="pyspy", section_values=pyspy)
+            records.amend(run_dir, section="pyspy", section_values=pyspy)
         if torch_summary is not None:
-            records.update(run_dir, section="torch_profiler", section_values=torch_summary)
+            records.amend(run_dir, section="torch_profiler", section_values=torch_summary)
     text = hotspots.to_markdown(pyspy) if collapsed else ""
     if torch_summary is not None:
         fr = torch_summary["fractions"]

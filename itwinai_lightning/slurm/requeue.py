@@ -205,9 +205,7 @@ class SlurmRequeue(Callback):
     def _append(self, trainer: pl.Trainer, key: str, entry: dict[str, Any]) -> None:
         if trainer.global_rank != 0:
             return
-        record = records.load_or_new(records.run_dir_of(trainer))
-        existing = list(record.get("sections", {}).get("slurm", {}).get(key, []))
-        records.contribute(trainer, section="slurm", section_values={key: [*existing, entry]})
+        records.recorder_of(trainer).append("slurm", key, entry)
 
 
 def _connector_env(trainer: pl.Trainer) -> Any:

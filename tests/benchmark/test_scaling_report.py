@@ -66,7 +66,7 @@ def test_report_table_recommendation_and_html(tmp_path: Path) -> None:
     )
     # one failed run with its error is listed, and does not disturb the table
     failed = grid / "horovod-w2-r0"
-    records.update(
+    records.amend(
         failed,
         fields={"status": "failed", "error": "'horovod' is not installed"},
         section="benchmark",

@@ -101,8 +101,10 @@ def test_plain_trainer_records_timing_energy_and_host_figures(tmp_path: Path) ->
         _check_epoch_timing(epoch, steps=8, samples=128, ranks=1)
         # the monitor's epoch window is the timing epoch (both cut at epoch start/end hooks)
         assert epoch["energy_wh"] == pytest.approx(150.0 * epoch["wall_time_s"] / 3600.0, rel=0.1)
-        assert epoch["gpu_util_mean_pct"] == {"min": 40.0, "mean": 40.0, "max": 40.0}
-        assert epoch["gpu_power_mean_w"]["mean"] == pytest.approx(150.0)
+        # one shape per figure: a number, and the spread across ranks beside it
+        assert epoch["gpu_util_mean_pct"] == 40.0
+        assert epoch["gpu_util_mean_pct_ranks"] == {"min": 40.0, "mean": 40.0, "max": 40.0}
+        assert epoch["gpu_power_mean_w"] == pytest.approx(150.0)
     summary = rec["summary"]
     assert summary["total_samples"] == 256 and summary["epochs_completed"] == 2
     assert 0 < summary["time_to_first_step_s"] < summary["fit_wall_time_s"]

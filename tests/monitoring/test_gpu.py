@@ -95,8 +95,8 @@ def test_utilisation_rises_during_training(tmp_path: Path) -> None:
     trainer.fit(SpectrogramDenoiser(width=128, depth=8), data)
     rec = records.load(tmp_path)
     last = rec["epochs"][-1]
-    assert last["gpu_util_mean_pct"]["mean"] > idle_util + 10
-    assert last["gpu_util_max_pct"]["max"] > 50
+    assert last["gpu_util_mean_pct"] > idle_util + 10  # one number; the spread is in _ranks
+    assert last["gpu_util_max_pct"] > 50
     assert last["energy_wh"] > 0 and rec["summary"]["energy_wh"] >= last["energy_wh"]
     assert rec["sections"]["device_monitor"]["backend"] == "nvml"
     assert rec["sections"]["device_monitor"]["energy_source"] in ("counter", "integrated", "mixed")

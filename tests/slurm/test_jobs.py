@@ -80,7 +80,13 @@ def test_preempted_job_requeues_and_resumes_exactly(
     epochs = 5
     run_dir = tmp_path / "run"
     # ~1 s of data loading per epoch, so the signal lands mid-run
-    slow = ["--trainer.max_epochs", str(epochs), "--data.sleep_s", "0.02"]
+    slow = [
+        "--trainer.max_epochs",
+        str(epochs),
+        "--data.sleep_s",
+        "0.02",
+        "--trainer.callbacks+=TimingMonitor",
+    ]
     job_id = _render_and_submit(run_dir, slurm_env, *slow)
     deadline = time.time() + 180
     while not list(run_dir.rglob("last.ckpt")):  # epoch 0 finished: training is under way
@@ -120,6 +126,17 @@ def test_preempted_job_requeues_and_resumes_exactly(
     assert 0 < requeue["global_step"] < total, "preempted mid-run"
     assert resume["restart"] == 1 and resume["checkpoint"] == requeue["checkpoint"]
     assert resume["global_step"] == requeue["global_step"] and resume["epoch"] == requeue["epoch"]
+    # TimingMonitor kept its state across the requeue: the totals cover every epoch of both jobs,
+    # the epoch cut by the requeue included (its steps and samples from before and after)
+    summary = record["summary"]
+    assert [e["epoch"] for e in record["epochs"]] == list(range(epochs))
+    assert all(e["steps"] == STEPS_PER_EPOCH and e["samples"] == 128 for e in record["epochs"])
+    assert summary["epochs_completed"] == epochs and summary["total_samples"] == epochs * 128
+    elapsed = [e["elapsed_s"] for e in record["epochs"]]
+    assert elapsed == sorted(elapsed) and summary["fit_wall_time_s"] >= elapsed[-1]
+    assert summary["fit_wall_time_s"] >= sum(e["wall_time_s"] for e in record["epochs"])
+    assert summary["monitor"] == "val_loss"
+    assert summary["best_metric"] == min(e["metrics"]["val_loss"] for e in record["epochs"])
 
     out = (run_dir / "slurm" / f"itwinai-fit-{job_id}.out").read_text()
     assert "resume from: <none>" in out and f"resume from: {requeue['checkpoint']}" in out

@@ -1,0 +1,149 @@
+"""Reading and writing RunRecords on disk: one file per run directory and stage, replaced atomically.
+
+Inside a run only the run's :class:`~itwinai_lightning.records.recorder.Recorder` writes. Tools that
+act between runs (the benchmark runner before and after a point, ``benchmark --submit``, ``profile``)
+use :func:`amend`, which reads, merges and replaces the file in one step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from itwinai_lightning.records.schema import FINISHED, RECORD_FILENAME, SCHEMA_VERSION, RunRecord
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def record_path(run_dir: str | os.PathLike[str], stage: str = "fit") -> Path:
+    """``run_record.json`` for fit, ``run_record.<stage>.json`` for validate/test/predict."""
+    name = RECORD_FILENAME if stage == "fit" else RECORD_FILENAME.replace(".json", f".{stage}.json")
+    return Path(run_dir) / name
+
+
+def new_record(run_dir: str | os.PathLike[str], stage: str = "fit") -> RunRecord:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": uuid.uuid4().hex[:12],
+        "created_at": now(),
+        "updated_at": now(),
+        "stage": stage,
+        "status": "running",
+        "error": None,
+        "run_dir": str(Path(run_dir).resolve()),
+        "config": {},
+        "strategy": None,
+        "launcher": None,
+        "world_size": 1,
+        "num_nodes": 1,
+        "devices_per_node": 1,
+        "accelerator": None,
+        "device_names": [],
+        "precision": None,
+        "global_batch_size": None,
+        "hostnames": [platform.node()],
+        "versions": {},
+        "epochs": [],
+        "summary": {},
+        "sections": {},
+    }
+
+
+def load(path: str | os.PathLike[str]) -> RunRecord:
+    """Read a RunRecord from a file or a run directory (the fit's); ValueError naming an unreadable file."""
+    p = Path(path)
+    if p.is_dir():
+        p = record_path(p)
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read RunRecord {p}: {err}") from err
+    if not isinstance(data, dict) or "schema_version" not in data:
+        raise ValueError(f"{p} is not a RunRecord (no schema_version)")
+    if int(data["schema_version"]) > SCHEMA_VERSION:
+        raise ValueError(
+            f"{p} has RunRecord schema {data['schema_version']}, newer than this itwinai-lightning "
+            f"understands ({SCHEMA_VERSION}); upgrade itwinai-lightning"
+        )
+    return cast(RunRecord, data)
+
+
+def load_or_new(run_dir: str | os.PathLike[str], stage: str = "fit") -> RunRecord:
+    path = record_path(run_dir, stage)
+    return load(path) if path.exists() else new_record(run_dir, stage)
+
+
+def save(record: Mapping[str, Any], run_dir: str | os.PathLike[str], stage: str | None = None) -> Path:
+    """Write atomically (temp file + rename), so a reader never sees half a record."""
+    path = record_path(run_dir, stage or str(record.get("stage") or "fit"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {**record, "updated_at": now()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".run_record.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return repr(obj)
+
+
+def merge(
+    record: RunRecord,
+    *,
+    fields: Mapping[str, Any] | None = None,
+    summary: Mapping[str, Any] | None = None,
+    epoch: int | None = None,
+    epoch_values: Mapping[str, Any] | None = None,
+    section: str | None = None,
+    section_values: Mapping[str, Any] | None = None,
+) -> None:
+    """Merge contributions into ``record`` in memory. Top-level ``fields`` replace, the rest merge."""
+    if fields:
+        record.update(fields)  # type: ignore[typeddict-item]
+    if summary:
+        record.setdefault("summary", {}).update(summary)  # type: ignore[typeddict-item]
+    if epoch is not None and epoch_values:
+        epochs = record.setdefault("epochs", [])
+        for entry in epochs:
+            if entry.get("epoch") == epoch:
+                entry.update(epoch_values)  # type: ignore[typeddict-item]
+                break
+        else:
+            epochs.append({"epoch": epoch, **epoch_values})  # type: ignore[typeddict-item]
+            epochs.sort(key=lambda e: e.get("epoch", 0))
+    if section is not None and section_values is not None:
+        record.setdefault("sections", {}).setdefault(section, {}).update(section_values)
+
+
+def amend(run_dir: str | os.PathLike[str], *, stage: str = "fit", **contribution: Any) -> RunRecord:
+    """Read-merge-write the record in ``run_dir`` from *outside* a run (see :func:`merge` for the keys)."""
+    from itwinai_lightning.records.derive import derive
+
+    record = load_or_new(run_dir, stage)
+    merge(record, **contribution)
+    derive(record)
+    save(record, run_dir, stage)
+    return record
+
+
+def is_finished(record: Mapping[str, Any]) -> bool:
+    return record.get("status") in FINISHED
