@@ -66,11 +66,13 @@ def main(argv: list[str]) -> int:
         print(USAGE)
         return 0
     from itwinai_lightning.benchmark.runner import GridInterrupted, GridRunner
-    from itwinai_lightning.benchmark.settings import parse
+    from itwinai_lightning.benchmark.settings import check_devices, parse
 
     with tempfile.TemporaryDirectory(prefix="itwinai-benchmark-") as tmp:
         values, checked_argv = split_section(argv, "benchmark", workdir=tmp)
-        parse(values, checked_argv)  # every check before anything is written under output_dir
+        checked = parse(values, checked_argv)  # every check before anything is written under output_dir
+        for warning in check_devices(checked):
+            print(warning, file=sys.stderr)
     out_dir = Path(str(values.get("output_dir") or "runs/benchmark"))
     # configs holding a benchmark: section are rewritten without it, beside the runs (SLURM jobs read them)
     values, lightning_argv = split_section(argv, "benchmark", workdir=out_dir / "configs")

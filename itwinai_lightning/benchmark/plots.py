@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from itwinai_lightning.benchmark import scaling
-from itwinai_lightning.benchmark.table import FRACTIONS, Row, series_label
+from itwinai_lightning.benchmark.table import FRACTIONS, Row, Run, accuracy_target, series_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -24,8 +24,10 @@ PLOTS: dict[str, str] = {
     "efficiency": "Parallel efficiency",
     "throughput": "Throughput",
     "utilisation": "Device utilisation",
+    "mfu": "Model FLOPs utilisation",
     "energy": "Energy",
     "breakdown": "Computation vs communication",
+    "accuracy": "Time and energy to accuracy",
     "scaling_model": "Fitted scaling model",
 }
 MARKERS = "osD^vP*X"
@@ -117,10 +119,23 @@ def plot_epoch_time(rows: Sequence[Row], **_: Any) -> Figure:
     return fig
 
 
+def _spread(ax: Axes, rows: Sequence[Row], scale: Callable[[Row], float] = lambda r: 1.0) -> None:
+    """Error bars: the speedup's min-max over the repetitions (times ``scale``), where there are several."""
+    for r in rows:
+        if r.repetitions > 1 and r.speedup_min is not None and r.speedup_max is not None:
+            k = scale(r)
+            ax.vlines(r.workers, r.speedup_min * k, r.speedup_max * k, colors="grey", alpha=0.7, linewidth=2)
+
+
 def plot_speedup(rows: Sequence[Row], **_: Any) -> Figure:
     fig, ax, drawn = _line_plot(
-        rows, lambda r: r.speedup, "Speedup relative to the smallest run", "speedup [x]", "no run completed"
+        rows,
+        lambda r: r.speedup,
+        "Speedup relative to the smallest run (bars: min-max over repetitions)",
+        "speedup [x]",
+        "no run completed",
     )
+    _spread(ax, rows)
     if drawn:
         lo, hi = min(drawn), max(drawn)
         ax.plot([lo, hi], [1.0, hi / lo], "k--", linewidth=1, label="ideal (linear)")
@@ -141,6 +156,7 @@ def plot_efficiency(rows: Sequence[Row], threshold_pct: float = 70.0, **_: Any) 
         "efficiency [%]",
         "no run completed",
     )
+    _spread(ax, rows, lambda r: (r.efficiency_pct or 0.0) / r.speedup if r.speedup else 0.0)
     if drawn:
         ax.axhline(100.0, color="k", linestyle="--", linewidth=1, label="ideal (100 %)")
         ax.axhline(threshold_pct, color="tab:red", linestyle=":", label=f"threshold ({threshold_pct:g} %)")
@@ -272,6 +288,68 @@ def plot_scaling_model(
     return fig
 
 
+def plot_mfu(rows: Sequence[Row], **_: Any) -> Figure:
+    if any(r.mfu_pct is not None for r in rows):
+        fig, ax, drawn = _line_plot(
+            rows, lambda r: r.mfu_pct, "Model FLOPs utilisation (of the devices' peak)", "MFU [%]", ""
+        )
+    else:  # no known peak (CPU, or a device missing from the table): the achieved rate still says a lot
+        fig, ax, drawn = _line_plot(
+            rows,
+            lambda r: r.flops_per_s / 1e12 if r.flops_per_s is not None else None,
+            "Achieved model FLOP/s (no MFU: the devices' peak is unknown)",
+            "model TFLOP/s (all workers)",
+            "no FLOPs counted\n(TimingMonitor(count_flops=True) not in these runs)",
+        )
+    if drawn:
+        ax.set_ylim(bottom=0)
+    return fig
+
+
+def plot_accuracy(rows: Sequence[Row], runs: Sequence[Run] = (), **_: Any) -> Figure:
+    """The monitored metric against fit time (left) and energy (right): one line per configuration (its
+    first completed repetition), the target every configuration reached as a dotted line."""
+    fig, (left, right) = _figure(2)
+    done = [r for r in runs if r.ok and r.accuracy]
+    left.set_title("Metric vs fit time")
+    right.set_title("Metric vs energy")
+    if not done:
+        for ax in (left, right):
+            _no_data(ax, "no monitored metric recorded\n(TimingMonitor and a logged val_loss, or monitor=)")
+        return fig
+    all_series = _series(rows)
+    seen: set[tuple[Series, int]] = set()
+    energy = False
+    for run in sorted(done, key=lambda r: (r.strategy, r.launcher, r.scaling, r.workers, r.repetition)):
+        key = ((run.strategy, run.launcher, run.scaling), run.workers)
+        if key in seen:
+            continue
+        seen.add(key)
+        label = f"{series_label(key[0], all_series)}, N={run.workers}"
+        left.plot([p.elapsed_s for p in run.accuracy], [p.metric for p in run.accuracy], ".-", label=label)
+        joules = [(p.energy_wh, p.metric) for p in run.accuracy if p.energy_wh is not None]
+        if joules:
+            energy = True
+            xs, ys = zip(*joules, strict=True)
+            right.plot(xs, ys, ".-", label=label)
+    name = done[0].monitor or "metric"
+    target = accuracy_target(done)
+    for ax in (left, right):
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+        if target is not None:
+            ax.axhline(target[0], color="k", linestyle=":", linewidth=1, label=f"target {target[0]:.4g}")
+    left.set_xlabel("fit time [s]")
+    left.legend(loc="best", fontsize=8)
+    if energy:
+        right.set_xlabel("energy [Wh]")
+        right.legend(loc="best", fontsize=8)
+    else:
+        right.cla()
+        _no_data(right, "no energy recorded\n(no GPU power sensor in these runs)")
+    return fig
+
+
 RENDERERS: dict[str, Callable[..., Figure]] = {
     "epoch_time": plot_epoch_time,
     "speedup": plot_speedup,
@@ -280,6 +358,8 @@ RENDERERS: dict[str, Callable[..., Figure]] = {
     "utilisation": plot_utilisation,
     "energy": plot_energy,
     "breakdown": plot_breakdown,
+    "mfu": plot_mfu,
+    "accuracy": plot_accuracy,
     "scaling_model": plot_scaling_model,
 }
 

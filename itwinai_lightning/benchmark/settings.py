@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,6 +150,43 @@ def check_strategy(name: str) -> None:
         f"benchmark.strategies: unknown strategy {name!r}; {hint}choose from: "
         + ", ".join(n for n in known if "find_unused" not in n and not n.startswith(_UNLISTED))
     )
+
+
+def check_devices(settings: Settings) -> list[str]:
+    """Worker counts against what can run them, before any point starts: with ``submit``, each count must
+    split into SLURM nodes of ``slurm.tasks_per_node``; locally every worker runs on this node, so a GPU
+    grid needs that many visible GPUs (UserError). More CPU workers than cores run, but measure the
+    contention: returned as a warning line."""
+    from itwinai_lightning.benchmark.launchers import slurm_layout
+
+    if settings.submit:
+        for n in settings.workers:
+            try:
+                slurm_layout(n, settings.slurm.get("tasks_per_node"))
+            except ValueError as err:
+                raise UserError(
+                    f"benchmark.workers: {err}; choose worker counts that are multiples of "
+                    "benchmark.slurm.tasks_per_node"
+                ) from None
+        return []
+    top = max(settings.workers)
+    if settings.resolved_accelerator() in ("gpu", "cuda"):
+        import torch
+
+        visible = torch.cuda.device_count()
+        if top > visible:
+            raise UserError(
+                f"benchmark.workers: {top} workers need {top} GPUs on this node, {visible} visible; lower "
+                "benchmark.workers, or run across nodes with --benchmark.submit true"
+            )
+        return []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if top > cores:
+        return [
+            f"benchmark: {top} CPU workers on {cores} cores: the larger points measure contention, not "
+            "scaling (lower benchmark.workers or use --benchmark.submit true)"
+        ]
+    return []
 
 
 def parse(values: Mapping[str, Any], lightning_argv: Sequence[str]) -> Settings:

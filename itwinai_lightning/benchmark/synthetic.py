@@ -14,6 +14,10 @@ from typing import Any
 from itwinai_lightning.benchmark.scaling import basis
 from itwinai_lightning.records.recorder import Recorder
 
+#: model FLOPs per sample and one device's peak FLOP/s of the synthetic workload (MFU of a few percent)
+FLOPS_PER_SAMPLE = 6e9
+PEAK_FLOPS_PER_S = 100e12
+
 
 def epoch_time(workers: int, law: Sequence[float], mode: str = "strong") -> float:
     """``law = (compute, communication, serial)`` seconds; see scaling.py."""
@@ -42,14 +46,19 @@ def make_record(
     recorder = Recorder(run_dir)  # the same writer, types and derived figures as a real run
     law_t = epoch_time(workers, law, mode)
     entries = []
+    elapsed = 0.5  # start-up before the first epoch
     for e in range(epochs):
         t = law_t * (1.0 + rng.gauss(0.0, noise)) if noise else law_t
+        elapsed += t
         entry: dict[str, Any] = {
             "epoch": e,
             "wall_time_s": t,
             "steps": samples_per_epoch // 64,
             "samples": samples_per_epoch,
             "samples_per_s": samples_per_epoch / t,
+            "elapsed_s": elapsed,
+            # the same optimisation at every worker count (same global batch): the loss depends on the epoch
+            "metrics": {"val_loss": 1.0 / (1.0 + e)},
         }
         if power_w_per_worker is not None:
             util = max(5.0, 95.0 - 8.0 * (workers.bit_length() - 1))
@@ -72,7 +81,12 @@ def make_record(
         "samples_per_s": total_samples / total_t,
         "total_samples": total_samples,
         "cpu_util_mean_pct": 80.0,
+        "flops_per_sample": FLOPS_PER_SAMPLE,
+        "monitor": "val_loss",
+        "monitor_mode": "min",
     }
+    if power_w_per_worker is not None:
+        summary["peak_flops_per_s"] = PEAK_FLOPS_PER_S * workers
     if power_w_per_worker is not None:
         energy = sum(e["energy_wh"] for e in entries)
         util = entries[0]["gpu_util_mean_pct"]
@@ -108,6 +122,11 @@ def make_record(
         "num_nodes": max(1, workers // 4),
         "accelerator": "cuda" if power_w_per_worker is not None else "cpu",
         "global_batch_size": 64,
+        "hostnames": [f"node{i:02d}" for i in range(max(1, workers // 4))],
+        "cpu_model": "Synthetic CPU @ 2.0GHz",
+        "device_names": ["Synthetic GPU"] if power_w_per_worker is not None else [],
+        "versions": {"python": "3.11", "torch": "2.x", "lightning": "2.x"},
+        "parameters": 1_000_000,
     }
     recorder.contribute(fields=fields, summary=summary)
     for entry in entries:

@@ -15,6 +15,13 @@ Definitions (per series = one strategy x launcher x scaling mode; ``N0`` = its s
   ``cpu_util_pct``: medians over repetitions of the RunRecord figures; empty when no run measured them.
 * ``compute_s`` / ``communication_s`` / ``memcpy_s`` / ``other_s``: the torch-profiler fractions times the
   epoch time (only when the profiling callback ran).
+* ``speedup_min`` / ``speedup_max``: the speedup's spread, from the epoch time's min and max over the
+  repetitions (against the baseline's median); ``efficiency_pct`` scales the same way.
+* ``flops_per_s`` / ``mfu_pct``: medians of the runs' model FLOP/s and model FLOPs utilisation
+  (TimingMonitor; MFU only where the devices' peak is known).
+* ``time_to_target_s`` / ``energy_to_target_wh``: median fit time (and energy) until the monitored metric
+  first reached the *target*: the worst of the configurations' best values, so every configuration
+  reached it (see :func:`accuracy_target`).
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ SUMMARY_COLUMNS = (
     "epoch_time_min_s",
     "epoch_time_max_s", "val_time_s", "speedup", "efficiency_pct", "samples_per_s", "energy_per_epoch_wh",
     "energy_per_sample_wh", "gpu_util_pct", "cpu_util_pct", "compute_s", "communication_s", "memcpy_s",
-    "other_s", "flags",
+    "other_s", "speedup_min", "speedup_max", "flops_per_s", "mfu_pct", "time_to_target_s",
+    "energy_to_target_wh", "flags",
 )  # fmt: skip
 #: a configuration whose epoch times spread more than this share of their median is flagged as noisy
 SPREAD_LIMIT = 0.2
@@ -231,6 +239,12 @@ class Row:
     memcpy_s: float | None = None
     other_s: float | None = None
     nodes: int = 1
+    speedup_min: float | None = None
+    speedup_max: float | None = None
+    flops_per_s: float | None = None
+    mfu_pct: float | None = None
+    time_to_target_s: float | None = None
+    energy_to_target_wh: float | None = None
     flags: str = ""  # why a reader should distrust this row ("; "-separated), empty when nothing stands out
 
     @property
@@ -267,6 +281,8 @@ def aggregate(runs: Sequence[Run]) -> list[Row]:
             energy_per_sample_wh=_median(r.energy_per_sample_wh for r in ok),
             gpu_util_pct=_median(r.gpu_util_pct for r in ok),
             cpu_util_pct=_median(r.cpu_util_pct for r in ok),
+            flops_per_s=_median(r.flops_per_s for r in ok),
+            mfu_pct=_median(r.mfu_pct for r in ok),
         )
         if row.epoch_time_s is not None:
             for name in FRACTIONS:
@@ -284,6 +300,20 @@ def aggregate(runs: Sequence[Run]) -> list[Row]:
             continue
         row.speedup = ref.epoch_time_s / row.epoch_time_s
         row.efficiency_pct = 100.0 * row.speedup / (row.workers / ref.workers)
+        if row.epoch_time_min_s and row.epoch_time_max_s:
+            row.speedup_min = ref.epoch_time_s / row.epoch_time_max_s
+            row.speedup_max = ref.epoch_time_s / row.epoch_time_min_s
+    target = accuracy_target([r for r in runs if r.ok])
+    if target is not None:
+        value, mode = target
+        for row in rows:
+            reached = [
+                hit
+                for r in groups[(row.strategy, row.launcher, row.scaling, row.workers)]
+                if r.ok and (hit := derive.time_to_target(r.accuracy, value, mode)) is not None
+            ]
+            row.time_to_target_s = _median(p.elapsed_s for p in reached)
+            row.energy_to_target_wh = _median(p.energy_wh for p in reached)
     warm = {key for key, members in groups.items() if any(r.warmup_included for r in members if r.ok)}
     for row in rows:
         found = flags(row, base.get(row.series))
@@ -291,6 +321,17 @@ def aggregate(runs: Sequence[Run]) -> list[Row]:
             found.append("the warm-up epoch is included (no epoch after it): run more epochs")
         row.flags = "; ".join(found)
     return rows
+
+
+def accuracy_target(runs: Sequence[Run]) -> tuple[float, str] | None:
+    """The metric value every configuration reached (the worst of their best values), with its mode;
+    None when the runs did not all follow the same metric."""
+    monitored = {(r.monitor, r.monitor_mode) for r in runs if r.accuracy}
+    if len(monitored) != 1 or any(not r.accuracy for r in runs):
+        return None
+    ((_name, mode),) = monitored
+    best = [(max if mode == "max" else min)(p.metric for p in r.accuracy) for r in runs]
+    return ((min if mode == "max" else max)(best), mode)
 
 
 def flags(row: Row, baseline: Row | None) -> list[str]:
@@ -323,8 +364,9 @@ def series_label(series: tuple[str, str, str], all_series: Sequence[tuple[str, s
     return f"{strategy} ({', '.join(extra)})" if extra else strategy
 
 
-def recommend(rows: Sequence[Row], threshold_pct: float = 70.0) -> dict[str, Any]:
-    """Fastest configuration, least energy per sample, and where efficiency first drops below threshold."""
+def recommend(rows: Sequence[Row], threshold_pct: float = 70.0, runs: Sequence[Run] = ()) -> dict[str, Any]:
+    """Fastest configuration, least energy per sample, fastest to the accuracy target (with ``runs``), and
+    where efficiency first drops below threshold."""
     timed = [r for r in rows if r.epoch_time_s is not None]
     out: dict[str, Any] = {"threshold_pct": threshold_pct, "fastest": None, "least_energy": None}
     if timed:
@@ -345,6 +387,20 @@ def recommend(rows: Sequence[Row], threshold_pct: float = 70.0) -> dict[str, Any
             "scaling": best.scaling,
             "workers": best.workers,
             "energy_per_sample_wh": best.energy_per_sample_wh,
+        }
+    reached = [r for r in rows if r.time_to_target_s is not None]
+    target = accuracy_target(runs) if runs else None
+    if reached and target is not None:
+        best = min(reached, key=lambda r: (r.time_to_target_s, r.workers))
+        out["fastest_to_target"] = {
+            "strategy": best.strategy,
+            "launcher": best.launcher,
+            "scaling": best.scaling,
+            "workers": best.workers,
+            "time_to_target_s": best.time_to_target_s,
+            "energy_to_target_wh": best.energy_to_target_wh,
+            "metric": next(r.monitor for r in runs if r.accuracy),
+            "target": target[0],
         }
     drops: list[dict[str, Any]] = []
     for series in sorted({r.series for r in rows}):

@@ -228,3 +228,61 @@ def test_report_says_what_ran_where(grids: dict[str, object], tmp_path: Path) ->
     assert "torch.distributed.run" in row["command"] and "--trainer.strategy hpc_deepspeed" in row["command"]
     page = built.files["html"].read_text()
     assert "Provenance: what ran where" in page and row["cpu"] in page
+
+
+@pytest.mark.parametrize(
+    ("workers", "extra", "expected"),
+    [
+        (
+            "[1, 2]",
+            ["--benchmark.accelerator", "gpu"],
+            "benchmark.workers: 2 workers need 2 GPUs on this node",
+        ),
+        (
+            "[2, 3]",
+            [
+                "--benchmark.submit",
+                "true",
+                "--benchmark.slurm.tasks_per_node",
+                "2",
+                "--benchmark.scaling",
+                "weak",
+            ],
+            "benchmark.workers: 3 workers do not split evenly into nodes of 2 tasks",
+        ),
+    ],
+)
+def test_worker_counts_beyond_the_devices_stop_before_any_point(
+    tmp_path: Path, workers: str, extra: list[str], expected: str
+) -> None:
+    if expected.startswith("benchmark.workers: 2 workers need") and torch_gpus() >= 2:
+        pytest.skip("this machine has the GPUs")
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "out"
+    out.mkdir()
+    bad = _bench(cfg, out, "local", "[hpc_ddp]", workers, *extra)
+    assert bad.returncode == 2, bad.stderr
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith(f"itwinai-lightning: error: {expected}"), line
+    assert list(out.iterdir()) == []  # nothing started, nothing written
+
+
+def test_more_cpu_workers_than_cores_is_said_once(tmp_path: Path) -> None:
+    import os
+
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "out"
+    out.mkdir()
+    many = len(os.sched_getaffinity(0)) * 2
+    dry = _bench(cfg, out, "local", "[hpc_ddp]", f"[1, {many}]", "--benchmark.dry_run", "true")
+    assert dry.returncode == 0, dry.stderr
+    warnings = [line for line in dry.stderr.splitlines() if "measure contention" in line]
+    assert len(warnings) == 1 and f"{many} CPU workers on {many // 2} cores" in warnings[0]
+
+
+def torch_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
