@@ -1,6 +1,6 @@
 """Synthetic RunRecords from a known scaling law (tests, the report benchmark, trying the report out).
 
-Each record follows records.py's schema exactly as the monitoring callbacks would write it, with the
+Each record is built by the same Recorder (types, derived figures) a real run uses, with the
 epoch time from :mod:`scaling`'s law plus optional multiplicative noise, so a fit must recover the law.
 """
 

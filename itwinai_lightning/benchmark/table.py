@@ -117,7 +117,7 @@ class Run:
 
 
 def run_from_record(rec: Mapping[str, Any]) -> Run:
-    """Extract one :class:`Run` from a RunRecord dict (schema in records.py)."""
+    """Extract one :class:`Run` from a RunRecord dict (schema in records/schema.py)."""
     bench = (rec.get("sections") or {}).get("benchmark") or {}
     summary = rec.get("summary") or {}
     epochs = [e for e in rec.get("epochs") or [] if isinstance(e, Mapping)]
