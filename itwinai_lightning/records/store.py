@@ -8,6 +8,7 @@ use :func:`amend`, which reads, merges and replaces the file in one step.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -86,7 +87,7 @@ def save(record: Mapping[str, Any], run_dir: str | os.PathLike[str], stage: str 
     """Write atomically (temp file + rename), so a reader never sees half a record."""
     path = record_path(run_dir, stage or str(record.get("stage") or "fit"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {**record, "updated_at": now()}
+    data = readable({**record, "updated_at": now()})
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".run_record.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
@@ -96,6 +97,29 @@ def save(record: Mapping[str, Any], run_dir: str | os.PathLike[str], stage: str 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: the record's first keys: what a person opening the file wants to see first
+HEAD = ("schema_version", "stage", "status", "error", "run_dir", "summary", "strategy", "launcher")
+#: significant digits kept in the file (timings in microseconds, energies in mWh stay exact enough)
+DIGITS = 7
+
+
+def readable(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as written: the summary block first, floats rounded to :data:`DIGITS` significant digits."""
+    ordered = {k: record[k] for k in HEAD if k in record}
+    ordered.update({k: v for k, v in record.items() if k not in ordered})
+    return _rounded(ordered)  # type: ignore[no-any-return]
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.{DIGITS}g}") if math.isfinite(value) else value
+    if isinstance(value, Mapping):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def _json_default(obj: Any) -> Any:

@@ -159,3 +159,24 @@ def test_a_failing_validate_is_recorded_as_failed_in_its_own_record(tmp_path: Pa
     rec = store.load(store.record_path(tmp_path, "validate"))
     assert rec["status"] == "failed" and rec["error"] == "RuntimeError: validation broke"
     assert not store.record_path(tmp_path).exists()
+
+
+def test_the_file_is_readable_summary_first_and_rounded(tmp_path: Path) -> None:
+    import json
+    import re
+
+    _trainer(tmp_path, [TimingMonitor()], epochs=1).fit(
+        SpectrogramDenoiser(width=8, depth=2), SpectrogramDataModule(**TINY_DATA)
+    )
+    text = store.record_path(tmp_path).read_text()
+    keys = list(json.loads(text))
+    assert keys[: keys.index("summary") + 1] == [
+        "schema_version",
+        "stage",
+        "status",
+        "error",
+        "run_dir",
+        "summary",
+    ]
+    digits = [len(m.replace(".", "").strip("0")) for m in re.findall(r"\d+\.\d+", text)]
+    assert digits and max(digits) <= store.DIGITS  # no 17-digit floats
