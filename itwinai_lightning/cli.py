@@ -37,6 +37,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
         "tracking spools: 'logs replay RUN_DIR' re-sends spooled data",
     ),
     "profile": ("itwinai_lightning.profiling.cli", "'profile report RUN_DIR' rebuilds the hotspot summary"),
+    "examples": ("itwinai_lightning.gallery", "list the example configs, or copy them: examples --to DIR"),
 }
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train (and validate) a model",
@@ -186,7 +187,41 @@ def _precheck_configs(args: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
     """Read every ``--config`` file first, so a missing or malformed file is named in the error."""
     from itwinai_lightning.sections import load_yaml_file
 
-    return [(path, load_yaml_file(path)) for path in _config_paths(args)]
+    configs = [(path, load_yaml_file(path)) for path in _config_paths(args)]
+    for line in replaced_lists(configs):
+        print(f"itwinai-lightning: warning: {line}", file=sys.stderr)
+    return configs
+
+
+#: lists that users extend more often than they replace: a later file replacing one is said out loud
+EXTENDED_LISTS = (("trainer", "callbacks"),)
+
+
+def replaced_lists(configs: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line per later config file whose ``callbacks:`` replaces callbacks an earlier file gave."""
+    out = []
+    for section, key in EXTENDED_LISTS:
+        earlier: tuple[str, list[Any]] | None = None
+        for path, data in configs:
+            node = data.get(section) if isinstance(data, dict) else None
+            value = node.get(key) if isinstance(node, dict) else None
+            if isinstance(value, list) and earlier is not None and earlier[1]:
+                dropped = [_class_name(v) for v in earlier[1] if v not in value]
+                if dropped:
+                    out.append(
+                        f"{path} replaces {section}.{key} of {earlier[0]} (drops {', '.join(dropped)}); "
+                        f"write '{key}+:' to add to the list instead"
+                    )
+            if isinstance(value, list):
+                earlier = (path, value)
+            elif isinstance(node, dict) and isinstance(node.get(f"{key}+"), list) and earlier is not None:
+                earlier = (earlier[0], [*earlier[1], *node[f"{key}+"]])
+    return out
+
+
+def _class_name(value: Any) -> str:
+    path = value.get("class_path") if isinstance(value, dict) else value
+    return str(path).rsplit(".", 1)[-1]
 
 
 def _name_the_file(message: str, configs: list[tuple[str, dict[str, Any]]]) -> str:

@@ -71,7 +71,8 @@ class ProvBackend(Backend):
 
         prov = self._prov()
         for key, value in metrics.items():
-            prov.log_metric(key, float(value), context=metric_context(key), step=step)
+            # yProv4ML names a file after the metric: "monitor/energy_wh" would be a missing directory
+            prov.log_metric(_label(key), float(value), context=metric_context(key), step=step)
 
     @override
     def log_params(self, params: Mapping[str, Any]) -> None:

@@ -1,0 +1,74 @@
+"""``itwinai-lightning examples``: list the shipped example configs, or copy them into a directory.
+
+The gallery is package data (``itwinai_lightning/examples``; ``configs/`` in a clone points at it), so a
+``pip install`` has it too::
+
+    itwinai-lightning examples                 # what there is, one line each
+    itwinai-lightning examples --to my_project # copy every file (never overwrites; --force to do so)
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from itwinai_lightning.errors import UserError
+
+SUFFIXES = (".yaml", ".py")
+
+
+def gallery_dir() -> Path:
+    """Where the example files are installed."""
+    return Path(str(resources.files("itwinai_lightning") / "examples"))
+
+
+def examples() -> list[Path]:
+    return sorted(p for p in gallery_dir().iterdir() if p.suffix in SUFFIXES and not p.name.startswith("_"))
+
+
+def summary(path: Path) -> str:
+    """The first comment line of a YAML file, or the first docstring line of a Python file."""
+    for line in path.read_text().splitlines():
+        text = line.strip().lstrip("#").strip().strip('"')
+        if text:
+            return text
+    return ""
+
+
+def copy_to(target: Path, force: bool = False) -> list[Path]:
+    """Copy every example into ``target``; refuse (before copying anything) to overwrite without ``force``."""
+    files = examples()
+    clashes = [target / p.name for p in files if (target / p.name).exists()]
+    if clashes and not force:
+        raise UserError(
+            f"examples: {clashes[0]} already exists ({len(clashes)} of {len(files)} files would be "
+            "overwritten); choose another --to directory or pass --force"
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(p, target / p.name)) for p in files]
+
+
+def main(argv: list[str]) -> int:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="itwinai-lightning examples",
+        description="List the example configs shipped with itwinai-lightning, or copy them into a directory.",
+        env_prefix=False,
+        default_env=False,
+    )
+    parser.add_argument("--to", type=str | None, default=None, help="copy every example into this directory")
+    parser.add_argument("--force", type=bool, default=False, help="overwrite files that already exist there")
+    args = parser.parse_args(argv)
+    if args.to is None:
+        width = max(len(p.name) for p in examples())
+        for path in examples():
+            print(f"{path.name:<{width}}  {summary(path)}")
+        print(f"\n{gallery_dir()}\ncopy them: itwinai-lightning examples --to DIR")
+        return 0
+    copied = copy_to(Path(args.to), args.force)
+    print(f"examples: copied {len(copied)} files to {Path(args.to).resolve()}")
+    first = "python -m itwinai_lightning fit --config quickstart.yaml --trainer.max_epochs 2"
+    print(f"try: cd {args.to} && {first}")
+    return 0

@@ -1,0 +1,355 @@
+"""The examples gallery: every file runs (scaled down) the way its header says, and the docs name only
+files that exist. If a doc or an example rots, this fails."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from itwinai_lightning import gallery, records
+from tests.helpers.engines import require, require_module
+from tests.tune.conftest import ray_tmp  # noqa: F401 -- the short Ray temp dir fixture
+
+REPO = Path(__file__).resolve().parents[2]
+GALLERY = gallery.gallery_dir()
+QUICK = str(GALLERY / "quickstart.yaml")
+#: the quickstart scaled down: 1 epoch of 128 samples
+SMALL = [
+    "--trainer.max_epochs",
+    "1",
+    "--data.num_samples",
+    "128",
+    "--data.val_samples",
+    "32",
+    "--data.batch_size",
+    "16",
+    "--trainer.enable_progress_bar",
+    "false",
+]
+ITL = [sys.executable, "-m", "itwinai_lightning"]
+
+
+def _run(
+    cmd: list[str], env: dict[str, str], cwd: Path, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_the_docs_name_only_gallery_files_that_exist() -> None:
+    named: set[str] = set()
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        named |= set(re.findall(r"configs/([\w.-]+\.(?:yaml|py))", doc.read_text()))
+    shipped = {p.name for p in gallery.examples()}
+    assert named and named <= shipped, f"named in the docs but not shipped: {sorted(named - shipped)}"
+    assert (REPO / "configs").resolve() == GALLERY.resolve()  # the clone's configs/ is the shipped gallery
+    assert {
+        "quickstart.yaml",
+        "monitoring.yaml",
+        "profiling.yaml",
+        "tune_asha.yaml",
+        "tune_ddp.yaml",
+        "tune_pbt.yaml",
+        "benchmark.yaml",
+        "deepspeed.yaml",
+        "horovod.yaml",
+        "my_model.py",
+        "my_model.yaml",
+        "slurm_generic.yaml",
+        "slurm_juwels_booster.yaml",
+        "slurm_lumi_g.yaml",
+        "slurm_vega.yaml",
+    } <= shipped
+
+
+def test_examples_lists_copies_and_never_overwrites(tmp_path: Path, python_env: dict[str, str]) -> None:
+    listing = _run([*ITL, "examples"], python_env, tmp_path).stdout
+    assert all(p.name in listing for p in gallery.examples())
+    _run([*ITL, "examples", "--to", "mine"], python_env, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == sorted(p.name for p in gallery.examples())
+    (tmp_path / "mine" / "quickstart.yaml").write_text("# my edits\n")
+    again = subprocess.run(
+        [*ITL, "examples", "--to", "mine"],
+        env=python_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert "already exists" in again.stderr and "--force" in again.stderr
+    assert (tmp_path / "mine" / "quickstart.yaml").read_text() == "# my edits\n"  # nothing lost
+
+
+def test_monitoring_adds_callbacks_and_fans_out_to_all_five_backends(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    for module, extra in (("mlflow", "mlflow"), ("wandb", "wandb"), ("yprov4ml", "prov")):
+        require_module(module, f'pip install "itwinai-lightning[{extra}]"')
+    run_dir = tmp_path / "run"
+    proc = _run(
+        [
+            *ITL,
+            "fit",
+            "--config",
+            QUICK,
+            "--config",
+            str(GALLERY / "monitoring.yaml"),
+            *SMALL,
+            "--trainer.default_root_dir",
+            str(run_dir),
+        ],
+        python_env,
+        tmp_path,
+    )
+    assert "replaces trainer.callbacks" not in proc.stderr  # callbacks+: added to quickstart's list
+    assert list(run_dir.rglob("*.ckpt")), "quickstart's ModelCheckpoint must survive the composition"
+    rec = records.load(run_dir)
+    assert rec["status"] == "completed" and rec["epochs"][0]["samples"] == 128
+    assert "cpu_util_mean_pct" in rec["epochs"][0] and rec["summary"]["flops_per_sample"] > 0
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "val_loss" in (run_dir / "metrics.csv").read_text()
+    assert (run_dir / "mlflow.db").stat().st_size > 0
+    assert list((run_dir / "wandb").rglob("*.wandb"))
+    assert list((run_dir / "prov" / "rank0").glob("quickstart_*/prov_quickstart_GR0_*.json"))
+    import json
+
+    summary = json.loads((run_dir / "tracking_summary.json").read_text())
+    assert {b["backend"]: b["errors"] for b in summary["backends"]} == {
+        name: [] for name in ("tensorboard", "csv", "mlflow", "wandb", "prov")
+    }
+
+
+def test_profiling_example_records_both_profilers(tmp_path: Path, python_env: dict[str, str]) -> None:
+    require(shutil.which("py-spy") is not None, "py-spy", "pip install py-spy")
+    run_dir = tmp_path / "run"
+    _run(
+        [
+            *ITL,
+            "fit",
+            "--config",
+            QUICK,
+            "--config",
+            str(GALLERY / "profiling.yaml"),
+            *SMALL,
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.default_root_dir",
+            str(run_dir),
+        ],
+        python_env,
+        tmp_path,
+    )
+    sections = records.load(run_dir)["sections"]
+    assert sum(sections["torch_profiler"]["fractions"].values()) == pytest.approx(1.0, abs=0.01)
+    assert sections["pyspy"]["samples"] > 0
+
+
+def test_my_model_template_trains_from_a_copied_gallery(tmp_path: Path, python_env: dict[str, str]) -> None:
+    _run([*ITL, "examples", "--to", "proj"], python_env, tmp_path)
+    env = {**python_env, "PYTHONPATH": f".:{python_env.get('PYTHONPATH', '')}"}
+    proj = tmp_path / "proj"
+    _run(
+        [
+            *ITL,
+            "fit",
+            "--config",
+            "my_model.yaml",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        env,
+        proj,
+    )
+    rec = records.load(proj / "runs" / "my_model")
+    assert (rec["status"], rec["stage"]) == ("completed", "fit")
+    assert list((proj / "runs" / "my_model").rglob("last.ckpt"))
+
+
+def test_deepspeed_example_under_torchrun(tmp_path: Path, python_env: dict[str, str]) -> None:
+    require_module("deepspeed", 'pip install "itwinai-lightning[deepspeed]"')
+    run_dir = tmp_path / "run"
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "itwinai_lightning",
+            "fit",
+            "--config",
+            QUICK,
+            "--config",
+            str(GALLERY / "deepspeed.yaml"),
+            *SMALL,
+            "--trainer.default_root_dir",
+            str(run_dir),
+        ],
+        python_env,
+        tmp_path,
+        timeout=900,
+    )
+    rec = records.load(run_dir)
+    assert (rec["status"], rec["world_size"], rec["launcher"]) == ("completed", 2, "torchrun")
+
+
+def test_horovod_example_under_horovodrun(tmp_path: Path, python_env: dict[str, str]) -> None:
+    require_module("horovod", "bash scripts/install-horovod.sh")
+    run_dir = tmp_path / "run"
+    _run(
+        [
+            "horovodrun",
+            "--gloo",
+            "-np",
+            "2",
+            "-H",
+            "localhost:2",
+            sys.executable,
+            "-m",
+            "itwinai_lightning",
+            "fit",
+            "--config",
+            QUICK,
+            "--config",
+            str(GALLERY / "horovod.yaml"),
+            *SMALL,
+            "--trainer.default_root_dir",
+            str(run_dir),
+        ],
+        python_env,
+        tmp_path,
+        timeout=900,
+    )
+    rec = records.load(run_dir)
+    assert (rec["status"], rec["world_size"], rec["launcher"]) == ("completed", 2, "horovodrun")
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("name", ["tune_asha", "tune_ddp", "tune_pbt"])
+def test_tune_examples_sweep(tmp_path: Path, python_env: dict[str, str], ray_tmp: Path, name: str) -> None:
+    env = {**python_env, "RAY_AUTH_MODE": "disabled", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    env.pop("RAY_ADDRESS", None)
+    small = [
+        "--trainer.max_epochs",
+        "2",
+        "--data.num_samples",
+        "128",
+        "--data.val_samples",
+        "32",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--tune.num_samples",
+        "2",
+        "--tune.output_dir",
+        "out",
+        "--tune.ray.num_cpus",
+        "2",
+        "--tune.ray.temp_dir",
+        str(ray_tmp),
+    ]
+    if name != "tune_asha":  # the ASHA example searches the batch size; the others keep the quickstart's
+        small += ["--data.batch_size", "16"]
+    _run([*ITL, "tune", "--config", QUICK, "--config", str(GALLERY / f"{name}.yaml"), *small], env, tmp_path)
+    section = yaml.safe_load((GALLERY / f"{name}.yaml").read_text())["tune"]
+    sweep = tmp_path / "out" / section["name"]
+    rows = (sweep / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2  # header + both trials
+    best = yaml.safe_load((sweep / "best.yaml").read_text())
+    assert best["model"]["init_args"]["lr"] > 0
+
+
+def test_benchmark_example_grid(tmp_path: Path, python_env: dict[str, str]) -> None:
+    out = tmp_path / "bench"
+    _run(
+        [
+            *ITL,
+            "benchmark",
+            "--config",
+            QUICK,
+            "--config",
+            str(GALLERY / "benchmark.yaml"),
+            *SMALL,
+            "--trainer.max_epochs",
+            "2",
+            "--benchmark.strategies",
+            "[hpc_ddp]",
+            "--benchmark.repetitions",
+            "1",
+            "--benchmark.output_dir",
+            str(out),
+        ],
+        python_env,
+        tmp_path,
+        timeout=900,
+    )
+    assert (out / "report.html").exists()
+    assert {p.parent.name for p in out.rglob("run_record.json")} == {"hpc_ddp-w1-r0", "hpc_ddp-w2-r0"}
+
+
+@pytest.mark.parametrize("preset", ["juwels_booster", "lumi_g", "vega"])
+def test_gpu_slurm_examples_render_for_their_site(
+    tmp_path: Path, python_env: dict[str, str], preset: str
+) -> None:
+    run_dir = tmp_path / "run"
+    _run(
+        [
+            *ITL,
+            "slurm",
+            "--config",
+            QUICK,
+            "--config",
+            str(GALLERY / f"slurm_{preset}.yaml"),
+            "--slurm.account",
+            "proj123",
+            "--trainer.default_root_dir",
+            str(run_dir),
+        ],
+        python_env,
+        tmp_path,
+    )
+    script = (run_dir / "slurm" / "job.sbatch").read_text()
+    site = yaml.safe_load((REPO / "itwinai_lightning" / "slurm" / "presets" / f"{preset}.yaml").read_text())
+    assert f"#SBATCH --partition={site['partition']}" in script and "#SBATCH --account=proj123" in script
+    assert "#SBATCH --nodes=2" in script and f"--gpus-per-node={site['gpus_per_node']}" in script
+
+
+def test_generic_slurm_example_passes_sbatch_test_only(
+    tmp_path: Path, python_env: dict[str, str], slurm_cluster: object
+) -> None:
+    env = {**python_env, "SLURM_CONF": slurm_cluster.env["SLURM_CONF"]}  # type: ignore[attr-defined]
+    run_dir = tmp_path / "run"
+    proc = _run(
+        [
+            *ITL,
+            "slurm",
+            "--config",
+            QUICK,
+            "--config",
+            str(GALLERY / "slurm_generic.yaml"),
+            "--slurm.nodes",
+            "1",
+            "--slurm.venv",
+            sys.prefix,
+            "--slurm.test_only",
+            "true",
+            "--trainer.default_root_dir",
+            str(run_dir),
+        ],
+        env,
+        tmp_path,
+    )
+    assert "to start at" in proc.stdout + proc.stderr
+    assert f"source {sys.prefix}/bin/activate" in (run_dir / "slurm" / "job.sbatch").read_text()
