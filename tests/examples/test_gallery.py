@@ -14,7 +14,6 @@ import yaml
 
 from itwinai_lightning import gallery, records
 from tests.helpers.engines import require, require_module
-from tests.tune.conftest import ray_tmp  # noqa: F401 -- the short Ray temp dir fixture
 
 REPO = Path(__file__).resolve().parents[2]
 GALLERY = gallery.gallery_dir()
