@@ -63,8 +63,10 @@ def test_asha_sweep_stops_some_records_all_and_best_yaml_reproduces(
     for row in good:
         params = read_params(out / "sweep" / "trials" / row["trial_id"])
         assert math.isclose(params[0]["optimizer_lr"], float(row["model.init_args.lr"]), rel_tol=1e-9)
-        assert int(row["epochs"]) == (4 if row["status"] == "completed" else int(row["epochs"]))
-        assert int(row["epochs"]) < 4 or row["status"] == "completed"
+        if row["status"] == "completed":
+            assert int(row["epochs"]) == 4  # max_epochs
+        else:  # stopped by ASHA after at least its grace period, before the end
+            assert 1 <= int(row["epochs"]) < 4
 
     best = min(good, key=lambda row: float(row["val_loss"]))
     assert best["status"] == "completed"
