@@ -251,6 +251,9 @@ def run_lightning_cli(
 
     ``from_sys_argv``: ``args`` are ``sys.argv[1:]``; let LightningCLI read them itself (no warning).
     """
+    from itwinai_lightning import quiet
+
+    quiet.install()
     _register_short_names()
     return _cli_class()(args=None if from_sys_argv else list(args), run=run, **kwargs)
 
@@ -299,6 +302,9 @@ def _dispatch(name: str, argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point. Exits 2 with one line on user errors."""
     args = list(sys.argv[1:] if argv is None else argv)
+    from itwinai_lightning import quiet
+
+    quiet.install()
     if not args or args[0] in ("-h", "--help"):
         print(_overview())
         raise SystemExit(0 if args else 2)
@@ -310,9 +316,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise UserError(f"unknown command {args[0]!r}; choose one of: {known}")
         configs = _precheck_configs(args)
         try:
-            run_lightning_cli(args, from_sys_argv=argv is None)
+            cli = run_lightning_cli(args, from_sys_argv=argv is None)
         except UserError as err:
             raise UserError(_name_the_file(str(err), configs)) from err
+        _print_summary(cli, args[0])
         from itwinai_lightning.strategies import process_group
 
         process_group.close()  # before interpreter teardown, see strategies.process_group
@@ -320,6 +327,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         if os.environ.get("ITWINAI_DEBUG"):
             raise
         exit_with_error(str(err))
+
+
+def _print_summary(cli: Any, subcommand: str) -> None:
+    """After a fit, on global rank 0: where the outputs went and the key figures."""
+    trainer = getattr(cli, "trainer", None)
+    if subcommand != "fit" or trainer is None or trainer.global_rank != 0:
+        return
+    from pathlib import Path
+
+    from itwinai_lightning import run_summary
+
+    best = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
+    print("\n".join(run_summary.lines(Path(trainer.default_root_dir), best)), flush=True)
 
 
 def _holds_value(node: Any, value: str) -> bool:

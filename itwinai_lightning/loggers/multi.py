@@ -222,6 +222,12 @@ class MultiLogger(Logger):
                     }
                     self._emit({"kind": "checkpoint", "data": data})
         self._start()
+        if self._workers:  # the flush can take seconds (a remote server, W&B sync): say so, no silent pause
+            from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+            names = ", ".join(b.name for b in self._backends if b.active_on(self._rank))
+            wait = f"at most {self._flush_timeout_s:g} s"
+            rank_zero_info(f"MultiLogger: sending the last records to {names or 'the backends'} ({wait})")
         if self._link is not None:  # the child flushes within flush_timeout_s; allow it that and start-up
             stop_workers(self._workers, self._flush_timeout_s + 60.0)
         else:

@@ -134,7 +134,8 @@ def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int, tra
         metric=settings.metric,
         mode=settings.mode,
         num_samples=settings.num_samples,
-        max_concurrent_trials=settings.max_concurrent_trials,
+        # the random generator takes the cap itself (above); Ray would warn that this one is ignored
+        max_concurrent_trials=None if settings.search_alg == "random" else settings.max_concurrent_trials,
         time_budget_s=settings.time_budget_s,
         scheduler=make_scheduler(settings, max_epochs),
         search_alg=make_search_alg(settings),

@@ -109,6 +109,15 @@ def test_monitoring_adds_callbacks_and_fans_out_to_all_five_backends(
         tmp_path,
     )
     assert "replaces trainer.callbacks" not in proc.stderr  # callbacks+: added to quickstart's list
+    # quiet by default: none of the known noise, a word before the final flush, a summary at the end
+    from itwinai_lightning import quiet
+
+    noise = [*quiet.WARNINGS, "litlogger", "Creating initial MLflow database", "Symlinked"]
+    assert not [n for n in noise if re.search(n, proc.stderr + proc.stdout)], proc.stderr[-3000:]
+    assert "MultiLogger: sending the last records to tensorboard, csv, mlflow, wandb, prov" in proc.stderr
+    assert f"run directory: {run_dir}" in proc.stdout
+    assert "logs: tensorboard, metrics.csv, mlflow.db, wandb, prov" in proc.stdout
+    assert re.search(r"record: run_record.json \(status completed, 1 epochs, [0-9.]+ s", proc.stdout)
     assert list(run_dir.rglob("*.ckpt")), "quickstart's ModelCheckpoint must survive the composition"
     rec = records.load(run_dir)
     assert rec["status"] == "completed" and rec["epochs"][0]["samples"] == 128

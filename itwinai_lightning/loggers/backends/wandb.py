@@ -58,6 +58,7 @@ class WandbBackend(Backend):
     def open(self, ctx: RunContext) -> None:
         from itwinai_lightning.errors import require
 
+        os.environ.setdefault("WANDB_SILENT", "true")  # wandb.save's "Symlinked 1 file" and the like
         wandb = require("wandb", "wandb")
         directory = ctx.path()
         directory.mkdir(parents=True, exist_ok=True)

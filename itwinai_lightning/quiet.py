@@ -1,0 +1,45 @@
+"""Known noise that this package's commands cause or cannot avoid, filtered once per process.
+
+Only messages that say nothing to a user of these commands are filtered; every other warning still
+shows. Each entry names where it comes from and why it is noise here:
+
+* Lightning's "The `srun` command is available on your system but is not used": printed on any machine
+  with SLURM installed, also on a login node or inside our own launchers, which already chose.
+* Lightning's "💡 Tip: ... litlogger" advertisement after the first fit.
+* torch's "`isinstance(treespec, LeafSpec)` is deprecated", triggered inside Lightning, not user code.
+* LightningCLI's "args parameter is intended to run from within Python": the CLI is given ``args`` on
+  purpose (tune trials, benchmark points) while ``sys.argv`` holds the launcher's command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+#: (regular expression of the warning's message, the module that warns)
+WARNINGS = (
+    r"The `srun` command is available on your system but is not used",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"LightningCLI's args parameter is intended to run from within Python",
+)
+#: substrings of log records dropped from Lightning's rank-zero logger
+LOG_LINES = ("litlogger",)
+_INSTALLED = False
+
+
+class _DropLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in LOG_LINES)
+
+
+def install() -> None:
+    """Filter the known noise in this process (idempotent)."""
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    _INSTALLED = True
+    for pattern in WARNINGS:
+        warnings.filterwarnings("ignore", message=f".*{pattern}")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropLines())
