@@ -93,17 +93,34 @@ def _lookup(config: Any, dotted: str) -> Any:
 
 
 def prepare(argv: list[str]) -> tuple[TuneSettings, list[str], int, dict[str, Any], list[Any]]:
-    """Everything before Ray: split the section, validate options, search space and keys."""
+    """Everything before Ray: split the section, validate options, search space and keys. Nothing is
+    written until all of it passed, and an existing sweep is never overwritten."""
     with tempfile.TemporaryDirectory(prefix="itwinai-tune-") as scratch:
-        values, lightning_argv = split_section(argv, "tune", DEFAULTS, workdir=scratch)
-    settings = parse_settings(values)
+        values, scratch_argv = split_section(argv, "tune", DEFAULTS, workdir=scratch)
+        settings = parse_settings(values)
+        refuse_to_overwrite(settings)
+        max_epochs, base_trainer, loggers = _parse_base(_absolute_configs(scratch_argv), settings.space)
     settings.experiment_dir.mkdir(parents=True, exist_ok=True)
     # keep the config copies without the tune: section next to the results (resume needs them)
     copies = settings.experiment_dir / "configs"
     values, lightning_argv = split_section(argv, "tune", DEFAULTS, workdir=copies)
-    lightning_argv = _absolute_configs(lightning_argv)
-    max_epochs, base_trainer, loggers = _parse_base(lightning_argv, settings.space)
-    return settings, lightning_argv, max_epochs, base_trainer, loggers
+    return settings, _absolute_configs(lightning_argv), max_epochs, base_trainer, loggers
+
+
+#: files that show a directory already holds a sweep (ours, or Ray's experiment state)
+SWEEP_MARKERS = ("results.csv", "best.yaml", "tuner.pkl")
+
+
+def refuse_to_overwrite(settings: TuneSettings) -> None:
+    """A new sweep into the directory of an earlier one would replace its results: say so instead."""
+    if settings.resume or not settings.experiment_dir.is_dir():
+        return
+    found = [name for name in SWEEP_MARKERS if (settings.experiment_dir / name).exists()]
+    if found:
+        raise UserError(
+            f"tune: {settings.experiment_dir} already holds a sweep ({found[0]}); pass --tune.resume true to "
+            f"continue it, or --tune.name NEW for a new one (output_dir/name)"
+        )
 
 
 def _absolute_configs(argv: list[str]) -> list[str]:

@@ -117,17 +117,24 @@ def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int, tra
     init_ray(settings.ray["address"], settings.ray["num_cpus"], settings.ray["temp_dir"])
     from ray import tune
 
+    from itwinai_lightning.tune.guard import MissingMetric
+
+    guard = MissingMetric(settings.metric)
+
     trainable = make_trainable(settings, base_argv, tracking)
     path = str(settings.experiment_dir)
     if settings.resume and tune.Tuner.can_restore(path):
         print(f"tune: resuming the sweep in {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
+        grid = tuner.fit()
+        guard.check()
+        return grid
     run_config = tune.RunConfig(
         name=settings.name,
         storage_path=str(settings.output_dir),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints),
+        stop=guard,
         verbose=1,
     )
     tune_config = tune.TuneConfig(
@@ -148,4 +155,6 @@ def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int, tra
         tune_config=tune_config,
         run_config=run_config,
     )
-    return tuner.fit()
+    grid = tuner.fit()
+    guard.check()
+    return grid

@@ -140,6 +140,7 @@ def test_cli_rejects_bad_search_spaces_with_exit_2_before_ray(
         assert len(errors) == 1 and errors[0].startswith("itwinai-lightning: error: "), result["stderr"]
         assert needle in errors[0]
         assert "Traceback" not in result["stderr"]
+    assert not (tmp_path / "out").exists()  # rejected input writes nothing, not even the config copies
 
 
 def test_help_does_not_import_ray(python_env: dict[str, str]) -> None:

@@ -268,3 +268,43 @@ def test_resume_after_the_sweep_process_is_killed(
     assert started_before <= {row["trial_id"] for row in rows}
     finished_first = [p for p in started_before if len(read_params(trials / p)) == 1]
     assert finished_first, "no trial from the killed run was kept"
+
+
+def test_a_metric_the_model_never_logs_stops_the_sweep_in_one_line(
+    tmp_path: Path, ray_tmp: Path, python_env: dict[str, str]
+) -> None:
+    out = tmp_path / "out"
+    search = write_search(
+        tmp_path / "search.yaml", out, ray_tmp, metric="val_los", num_samples=4,
+        search_space={"model.init_args.lr": {"loguniform": [1.0e-4, 1.0e-1]}},
+    )  # fmt: skip
+    start = time.monotonic()
+    proc = run_tune(search, tune_env(python_env))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("itwinai-lightning: error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "tune.metric 'val_los' is not logged by the model (did you mean 'val_loss'?)" in errors[0]
+    assert "val_psnr" in errors[0]  # what the model does log
+    assert not (out / "sweep" / "results.csv").exists()
+    assert time.monotonic() - start < 240  # stopped after the first epoch, not after 4 trials
+
+
+def test_a_second_sweep_with_the_same_name_is_refused_unless_resuming(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    out = tmp_path / "out"
+    (out / "sweep").mkdir(parents=True)
+    (out / "sweep" / "results.csv").write_text("trial_id,val_loss\nabc,0.1\n")
+    search = tmp_path / "search.yaml"
+    search.write_text(yaml.safe_dump({"tune": {"output_dir": str(out), "search_space": {
+        "model.init_args.lr": {"loguniform": [1.0e-4, 1.0e-1]}}}}))  # fmt: skip
+    proc = run_tune(search, tune_env(python_env))
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert (
+        "already holds a sweep (results.csv)" in line
+        and "--tune.resume true" in line
+        and "--tune.name" in line
+    )
+    assert (out / "sweep" / "results.csv").read_text() == "trial_id,val_loss\nabc,0.1\n"  # untouched
+    assert not (out / "sweep" / "configs").exists()
