@@ -41,6 +41,20 @@ def require(module: str, extra: str, hint: str | None = None):  # type: ignore[n
 
 
 def exit_with_error(message: str) -> NoReturn:
-    """Print one error line to stderr and exit with code 2."""
-    print(f"itwinai-lightning: error: {message}", file=sys.stderr)
+    """Print one error line to stderr and exit with code 2.
+
+    Under a launcher every rank reads the same config and reaches the same error: only the first
+    process of each node (local rank 0) prints it, so the user reads it once per node, not once per rank.
+    """
+    if _local_rank() == 0:
+        print(f"itwinai-lightning: error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
+
+
+def _local_rank() -> int:
+    try:
+        from itwinai_lightning.cluster import detect
+
+        return int(detect().local_rank)
+    except Exception:  # an unreadable launcher environment must not hide the error
+        return 0

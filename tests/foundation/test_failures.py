@@ -61,7 +61,7 @@ def test_launch_mistakes_are_one_line(
     run = run_cli(["srun", "-n", "2"], fit_args(tmp_path), env, tmp_path)
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("itwinai-lightning: error:")]
     assert run.returncode == 2, run.stderr[-2000:]
-    assert len(lines) == 2  # one line per task, nothing else from us
+    assert len(lines) == 1  # once per node (local rank 0), nothing else from us
     assert "--ntasks-per-node" in lines[0] and "Traceback" not in run.stderr
 
     # 2 tasks per node but trainer.devices=1
@@ -69,3 +69,9 @@ def test_launch_mistakes_are_one_line(
     assert run.returncode == 2
     assert "srun started 2 processes" in run.stderr and "--trainer.devices 2" in run.stderr
     assert "Traceback" not in run.stderr
+
+    # torchrun: the same mistake is said once (torchrun still reports the failed workers after it)
+    run = run_cli(["torchrun", "--nproc_per_node", "2"], fit_args(tmp_path, devices=3), python_env, tmp_path)
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("itwinai-lightning: error:")]
+    assert run.returncode != 0 and len(lines) == 1, run.stderr[-3000:]
+    assert "torchrun started 2 processes" in lines[0] and "--trainer.devices 2" in lines[0]
