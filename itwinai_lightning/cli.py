@@ -318,7 +318,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             cli = run_lightning_cli(args, from_sys_argv=argv is None)
         except UserError as err:
-            raise UserError(_name_the_file(str(err), configs)) from err
+            from itwinai_lightning.suggest import hint
+
+            named = _name_the_file(str(err), configs)
+            raise UserError(named + hint(str(err), [data for _, data in configs], args)) from err
         _print_summary(cli, args[0])
         from itwinai_lightning.strategies import process_group
 

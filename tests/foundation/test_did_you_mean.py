@@ -1,0 +1,54 @@
+"""Typos in keys, class paths, callbacks and strategy names: one line, exit 2, and a did-you-mean."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+
+from itwinai_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK = str(REPO / "configs" / "quickstart.yaml")
+
+
+def _error(*args: str) -> str:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", QUICK, *args])
+    assert stop.value.code == 2
+    lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("itwinai-lightning:")]
+    assert len(lines) == 1 and lines[0].startswith("itwinai-lightning: error: "), err.getvalue()
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "suggestion"),
+    [
+        (["--trainer.max_epocsh", "2"], "trainer.max_epochs"),
+        (["--trainr.max_epochs", "2"], "trainer.max_epochs"),
+        (
+            ["--model.class_path", "itwinai_lightning.demo.SpectrogramDenoisr"],
+            "itwinai_lightning.demo.SpectrogramDenoiser",
+        ),
+        (["--model.init_args.widht", "3"], "width"),
+        (["--data.init_args.batch_siz", "3"], "batch_size"),
+        (["--trainer.callbacks+=TimingMonitr"], "TimingMonitor"),
+        (["--trainer.strategy", "hpc_dpp"], "hpc_ddp"),
+    ],
+)
+def test_a_typo_gets_one_line_with_a_suggestion(args: list[str], suggestion: str) -> None:
+    assert _error(*args).endswith(f"(did you mean '{suggestion}'?)")
+
+
+def test_a_typo_in_a_file_names_the_file_and_the_key(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainer:\n  max_epocsh: 2\n")
+    line = _error("--config", str(typo))
+    assert f"(in {typo})" in line and line.endswith("(did you mean 'trainer.max_epochs'?)")
+
+
+def test_no_suggestion_when_nothing_is_close() -> None:
+    assert "did you mean" not in _error("--trainer.zzzzzz", "2")
