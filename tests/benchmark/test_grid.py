@@ -215,7 +215,7 @@ def test_report_says_what_ran_where(grids: dict[str, object], tmp_path: Path) ->
     import platform
 
     from itwinai_lightning.benchmark import report
-    from itwinai_lightning.records import cpu_model
+    from itwinai_lightning.records.facts import cpu_model
 
     built = report.build([Path(str(grids["root"])) / "torchrun"], out=tmp_path)
     prov = {row["configuration"]: row for row in json.loads(built.files["json"].read_text())["provenance"]}
