@@ -137,8 +137,10 @@ def _cli_class() -> type[LightningCLI]:
                 trainer = super().instantiate_trainer(**kwargs)
             except (MisconfigurationException, ValueError) as err:  # Lightning's checks of Trainer arguments
                 raise UserError(_trainer_error(err)) from err
-            # the run's one record writer, after every contributor
-            trainer.callbacks.append(RecordWriter())  # type: ignore[attr-defined]
+            from itwinai_lightning.callbacks.redact import RedactCheckpointSecrets
+
+            # no secret in a checkpoint's hyperparameters; the run's one record writer, after all others
+            trainer.callbacks.extend([RedactCheckpointSecrets(), RecordWriter()])  # type: ignore[attr-defined]
             return trainer
 
     return ItwinaiCLI

@@ -1,4 +1,4 @@
-""""Did you mean ...?" for the CLI's one-line errors: unknown keys, class paths, callbacks and strategies.
+""" "Did you mean ...?" for the CLI's one-line errors: unknown keys, class paths, callbacks and strategies.
 
 Candidates come from what the run would accept: the Trainer's and the model's/data module's constructor
 arguments, the members of the module a class path names, this package's short names and Lightning's

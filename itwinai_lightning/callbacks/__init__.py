@@ -5,7 +5,14 @@ Only light imports here (no NVML init, no py-spy process, no torch.profiler star
 
 from itwinai_lightning.callbacks.device_monitor import GPUMonitor
 from itwinai_lightning.callbacks.pyspy import PySpyProfiler
+from itwinai_lightning.callbacks.redact import RedactCheckpointSecrets
 from itwinai_lightning.callbacks.timing import TimingMonitor
 from itwinai_lightning.callbacks.torch_profiler import TorchProfilerBreakdown
 
-__all__ = ["GPUMonitor", "PySpyProfiler", "TimingMonitor", "TorchProfilerBreakdown"]
+__all__ = [
+    "GPUMonitor",
+    "PySpyProfiler",
+    "RedactCheckpointSecrets",
+    "TimingMonitor",
+    "TorchProfilerBreakdown",
+]

@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from itwinai_lightning import records
@@ -125,6 +126,13 @@ class PySpyProfiler(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._active:
             self._stop(trainer)
+        elif not self._done:  # the window was never reached: nothing recorded, and the user is told
+            where = f"epochs {self.epochs}" if self.epochs is not None else f"batch {self.start_step}"
+            rank_zero_warn(
+                f"PySpyProfiler: the run ended after {self._batches} training batches, before the profiling "
+                f"window ({where}); nothing was profiled. Lower start_step or train longer.",
+                category=UserWarning,
+            )
 
     @override
     def on_exception(

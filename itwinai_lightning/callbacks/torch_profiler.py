@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from itwinai_lightning import records
@@ -73,12 +74,14 @@ class TorchProfilerBreakdown(Callback):
         self._rank = 0
         self._out: Path | None = None
         self.summary: dict[str, Any] | None = None  # merged result (global rank 0)
+        self.steps = 0  # training steps seen while profiling
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import torch.profiler as tp
 
         self._rank = trainer.global_rank
+        self.steps = 0
         self._out = records.run_dir_of(trainer) / SUBDIR
         activities = [tp.ProfilerActivity.CPU]
         if pl_module.device.type == "cuda":
@@ -117,6 +120,7 @@ class TorchProfilerBreakdown(Callback):
     ) -> None:
         if self._prof is None:
             return
+        self.steps += 1
         self._prof.step()
         if self._result is not None:  # the window just closed, on every rank at the same step
             self._finish(trainer)
@@ -138,6 +142,17 @@ class TorchProfilerBreakdown(Callback):
             prof.stop()
 
     def _finish(self, trainer: pl.Trainer) -> None:
+        first = self.skip_steps + self.warmup_steps + 1
+        if self.steps < first:  # the active window was never reached: nothing to report, and say so
+            self._close()
+            self._result = None
+            rank_zero_warn(
+                f"TorchProfilerBreakdown: the run ended after {self.steps} training steps, before the "
+                f"profiling window (steps {first}-{first + self.active_steps - 1}); nothing was profiled. "
+                "Lower skip_steps/warmup_steps or train longer.",
+                category=UserWarning,
+            )
+            return
         self._close()  # flushes a partial active window through _on_trace_ready
         assert self._out is not None
         mine = dict(self._result) if self._result is not None else {"rank": self._rank, "missing": True}

@@ -15,10 +15,15 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.sections import split_section
+
+if TYPE_CHECKING:
+    from itwinai_lightning.slurm.options import SlurmOptions
 
 USAGE = (
     "usage: itwinai-lightning slurm --config FILE [--config FILE ...] [--section.key VALUE ...]\n"
@@ -89,6 +94,30 @@ def check_partition(nodes: int, partition: str | None, env: dict[str, str] | Non
         )
 
 
+def check_site(opts: SlurmOptions, accelerator: str) -> list[str]:
+    """A job that would waste an allocation: a UserError for what cannot work (a CPU run on a GPU
+    partition; no account where the site requires one, when submitting), warnings for what probably
+    will not (no account yet; nothing in the job provides itwinai-lightning)."""
+    site = f"preset {opts.preset!r}" + (f" ({opts.description})" if opts.description else "")
+    if opts.gpus_per_node > 0 and accelerator == "cpu":
+        raise UserError(
+            f"slurm: {site} books GPU nodes ({opts.gpus_per_node} GPUs each) but trainer.accelerator is "
+            "'cpu'; set --trainer.accelerator gpu (and --trainer.devices), or --slurm.preset generic "
+            "for CPU nodes"
+        )
+    warnings = []
+    if opts.account_required and not opts.account:
+        if opts.submit or opts.test_only:
+            raise UserError(f"slurm.account is required by {site}: pass --slurm.account <your project>")
+        warnings.append(f"{site} needs --slurm.account <your project> before the job can be submitted")
+    if opts.python == "python" and not (opts.venv or opts.conda or (opts.container or {}).get("image")):
+        warnings.append(
+            "nothing in the job provides itwinai-lightning (it runs 'python' as found on the compute node); "
+            "set --slurm.venv, --slurm.conda, --slurm.container.image or --slurm.python /path/to/python"
+        )
+    return warnings
+
+
 def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     """Render the job files; return ``(script_path, config_path, options_as_dict)``."""
     from dataclasses import asdict
@@ -108,6 +137,8 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
         check_partition(opts.nodes, opts.partition)
     devices = jobcfg.devices_per_node(config, opts.gpus_per_node)
     accelerator = str((config.get("trainer") or {}).get("accelerator") or "auto")
+    for warning in check_site(opts, accelerator):
+        print(f"itwinai-lightning: warning: {warning}", file=sys.stderr)
     if opts.gpus_per_node > 0 and accelerator in jobcfg.GPU_ACCELERATORS and devices > opts.gpus_per_node:
         raise UserError(
             f"trainer.devices={devices} but preset {opts.preset!r} has {opts.gpus_per_node} GPUs per node; "

@@ -61,6 +61,7 @@ class SlurmOptions:
     time: str = "01:00:00"
     partition: str | None = None
     account: str | None = None
+    account_required: bool = False  # the site bills a project: a job without an account is refused
     job_name: str | None = None
     job_dir: str | None = None  # default: <run dir>/slurm
     command: str = "fit"

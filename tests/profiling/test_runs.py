@@ -219,3 +219,28 @@ def test_cuda_breakdown_uses_device_kernels(tmp_path: Path) -> None:
     assert section["fractions"]["communication"] == 0.0
     trace = json.loads((tmp_path / "profiling" / "torch" / "rank0.trace.json").read_text())
     assert any(e.get("cat") == "kernel" for e in trace["traceEvents"])
+
+
+def test_a_window_beyond_the_run_is_said_and_records_nothing(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    require_executable("py-spy", PYSPY_HOW)
+    run_dir = tmp_path / "run"
+    config = tmp_path / "late.yaml"
+    late = DDP_CONFIG.format(run_dir=run_dir).replace("devices: 2", "devices: 1").replace("strategy: ddp", "")
+    late = late.replace("start_step: 2,", "start_step: 500,").replace("skip_steps: 2,", "skip_steps: 500,")
+    config.write_text(late.replace("num_samples: 800", "num_samples: 80"))  # 10 steps, windows at 500
+    proc = subprocess.run(
+        [sys.executable, "-m", "itwinai_lightning", "fit", "--config", str(config)],
+        cwd=ROOT, env=python_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        "PySpyProfiler: the run ended after 10 training batches, before the profiling window" in proc.stderr
+    )
+    assert (
+        "TorchProfilerBreakdown: the run ended after 10 training steps, before the profiling window"
+        in proc.stderr
+    )
+    sections = records.load(run_dir)["sections"]
+    assert "torch_profiler" not in sections and "pyspy" not in sections  # no zeros posing as measurements

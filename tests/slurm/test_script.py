@@ -162,11 +162,40 @@ def test_generic_cpu_job_test_only_through_the_cli(tmp_path: Path, slurm_env: di
         (["--slurm.preset", "/no/such/preset.yaml"], "preset file '/no/such/preset.yaml' does not exist"),
         (["--slurm.nodez", "2"], "unknown option 'slurm.nodez'"),
         (["--slurm.launcher", "torchrun", "--slurm.requeue", "true"], "requeue needs slurm.launcher srun"),
+        # a CPU config on a GPU partition would book (and bill) GPUs it never uses
+        (
+            ["--slurm.preset", "juwels", "--slurm.account", "p"],
+            "books GPU nodes (4 GPUs each) but trainer.accelerator is 'cpu'",
+        ),
+        (["--slurm.preset", "generic", "--slurm.gpus_per_node", "2"], "--slurm.preset generic for CPU nodes"),
     ],
 )
 def test_clear_errors(tmp_path: Path, extra: list[str], message: str) -> None:
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
         build([*TINY, *extra, "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_a_site_that_bills_a_project_needs_an_account_to_submit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*GPU, "--trainer.devices", "4", "--slurm.preset", "vega", "--slurm.venv", "/opt/venv"]
+    with pytest.raises(UserError, match=r"slurm\.account is required by preset 'vega'"):
+        build([*args, "--slurm.submit", "true", "--trainer.default_root_dir", str(tmp_path / "a")])
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+    build([*args, "--trainer.default_root_dir", str(tmp_path / "b")])  # rendering alone: a warning
+    err = capsys.readouterr().err
+    assert "needs --slurm.account <your project> before the job can be submitted" in err
+    assert "nothing in the job provides itwinai-lightning" not in err  # the venv does
+
+
+def test_a_job_without_an_environment_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build([*TINY, "--trainer.default_root_dir", str(tmp_path)])
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert "nothing in the job provides itwinai-lightning" in line and "--slurm.venv" in line
+    build([*TINY, "--slurm.python", sys.executable, "--trainer.default_root_dir", str(tmp_path)])
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_gpu_devices_beyond_the_preset_are_refused(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from typing_extensions import override
@@ -19,6 +20,15 @@ _MAX_PARAM_LEN = 6000
 def default_tracking_uri(run_dir: str) -> str:
     """``$MLFLOW_TRACKING_URI``, else a SQLite store in the run dir (works offline on compute nodes)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath(run_dir)}/mlflow.db"
+
+
+def artifact_location(tracking_uri: str, run_dir: str) -> str | None:
+    """Where a new experiment keeps its artifacts: under the run directory for a local store (SQLite or
+    a file path), instead of MLflow's ``./mlruns`` of whatever the current directory is; a server
+    decides for itself (None)."""
+    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
+        return Path(run_dir, "mlartifacts").resolve().as_uri()
+    return None
 
 
 def normalise_uri(uri: str) -> str:
@@ -89,7 +99,13 @@ class MLflowBackend(Backend):
         if self.run_id is None:
             name = self.experiment or ctx.experiment
             exp = client.get_experiment_by_name(name)
-            exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+            exp_id = (
+                exp.experiment_id
+                if exp is not None
+                else client.create_experiment(
+                    name, artifact_location=artifact_location(self.tracking_uri, ctx.run_dir)
+                )
+            )
             tags = {**self.tags, "itwinai.rank": str(ctx.rank), "itwinai.run_dir": ctx.run_dir}
             run = client.create_run(exp_id, run_name=self.run_name or ctx.run_name, tags=tags)
             self.run_id = run.info.run_id
