@@ -136,6 +136,15 @@ def recommendation_lines(rec: Mapping[str, Any], rows: Sequence[Row]) -> list[st
             lines.append(
                 f"{label}: efficiency stays above {threshold:g} % up to {drop['max_measured']} workers."
             )
+        if drop.get("uncertain_at"):
+            spans = ", ".join(
+                f"{u['workers']} workers span {u['low_pct']:.0f}-{u['high_pct']:.0f} %"
+                for u in drop["uncertain_at"]
+            )
+            lines.append(
+                f"{label}: this verdict is uncertain, the repetitions fall on both sides of {threshold:g} % "
+                f"({spans}); rerun with more repetitions on a quieter machine."
+            )
     return lines
 
 

@@ -186,8 +186,10 @@ class GridRunner:
         self.env = child_env()
 
     def points(self) -> list[GridPoint]:
+        """Repetition by repetition: the whole grid once, then again. A slow drift of the machine's load
+        then touches every configuration alike instead of all repetitions of one worker count."""
         s = self.settings
-        return [GridPoint(st, n, r) for st in s.strategies for n in s.workers for r in range(s.repetitions)]
+        return [GridPoint(st, n, r) for r in range(s.repetitions) for st in s.strategies for n in s.workers]
 
     def fit_args(
         self, point: GridPoint, run_dir: Path, nodes: int = 1, devices: int | None = None

@@ -323,6 +323,14 @@ def aggregate(runs: Sequence[Run]) -> list[Row]:
     return rows
 
 
+def efficiency_band(row: Row) -> tuple[float, float] | None:
+    """The efficiency's min-max over the repetitions (from the epoch time's), or None with one repetition."""
+    if row.repetitions < 2 or row.speedup_min is None or row.speedup_max is None or not row.speedup:
+        return None
+    scale = (row.efficiency_pct or 0.0) / row.speedup
+    return row.speedup_min * scale, row.speedup_max * scale
+
+
 def accuracy_target(runs: Sequence[Run]) -> tuple[float, str] | None:
     """The metric value every configuration reached (the worst of their best values), with its mode;
     None when the runs did not all follow the same metric."""
@@ -416,6 +424,12 @@ def recommend(rows: Sequence[Row], threshold_pct: float = 70.0, runs: Sequence[R
                 "below_at_workers": below.workers if below else None,
                 "efficiency_pct": below.efficiency_pct if below else None,
                 "max_measured": max((r.workers for r in mine), default=None),
+                # worker counts whose repetitions fall on both sides of the threshold: the verdict could flip
+                "uncertain_at": [
+                    {"workers": r.workers, "low_pct": band[0], "high_pct": band[1]}
+                    for r in mine
+                    if (band := efficiency_band(r)) is not None and band[0] < threshold_pct <= band[1]
+                ],
             }
         )
     out["efficiency_drop"] = drops

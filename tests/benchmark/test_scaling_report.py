@@ -216,3 +216,25 @@ def test_epoch_time_leaves_out_warm_up_and_validation(tmp_path: Path) -> None:
         assert rows[n].epoch_time_s == pytest.approx(synthetic.epoch_time(n, LAW_DDP))
         assert rows[n].val_time_s == pytest.approx(2.0)
         assert "warm-up" not in rows[n].flags
+
+
+def test_a_verdict_the_repetitions_straddle_is_called_uncertain(tmp_path: Path) -> None:
+    grid = tmp_path / "grid"
+    law = (8.0, 0.0, 3.0)  # efficiency at 2 workers: (8 + 3) / (2 * (4 + 3)) = 79 %
+    synthetic.make_grid(grid, {"hpc_ddp": law}, [1, 2], repetitions=3)
+    _slow_down(grid / "hpc_ddp-w2-r2", 1.3)  # one slow repetition: 60 %, below the 70 % threshold
+    built = report.build([grid])
+    (drop,) = built.recommendation["efficiency_drop"]
+    assert drop["below_at_workers"] is None  # the median stays above the threshold ...
+    (uncertain,) = drop["uncertain_at"]  # ... but not every repetition does
+    assert uncertain["workers"] == 2 and uncertain["low_pct"] < 70 <= uncertain["high_pct"]
+    lines = report.recommendation_lines(built.recommendation, built.rows)
+    assert any("verdict is uncertain" in line and "2 workers span 60-79 %" in line for line in lines), lines
+
+
+def test_points_run_repetition_by_repetition(tmp_path: Path) -> None:
+    from itwinai_lightning.benchmark.runner import GridRunner
+
+    settings = parse({"workers": [1, 2], "batch_size": 16, "repetitions": 2, "strategies": ["hpc_ddp"]}, [])
+    order = [(p.workers, p.repetition) for p in GridRunner(settings, []).points()]
+    assert order == [(1, 0), (2, 0), (1, 1), (2, 1)]  # a drift of the machine's load touches all alike
