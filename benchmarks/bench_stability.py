@@ -5,8 +5,9 @@ prints, for each run, every configuration's epoch time and parallel efficiency a
 spread (min-max over the repetitions), then whether the two reports' verdicts agree:
 
 * the fastest configuration;
-* per series, where efficiency first drops below the threshold (or that it stays above);
-* the set of flagged configurations.
+* per series, where efficiency first drops below the threshold (or that it stays above), and where
+  the report calls that uncertain (repetitions on both sides of the threshold);
+and, apart, whether the same configurations were flagged (spread, efficiency above 100 %).
 
 A verdict that changes between identical runs is the failure this benchmark exists to catch.
 
@@ -68,13 +69,21 @@ def _grid(cfg: Path, out: Path, args: argparse.Namespace) -> float:
 
 
 def _verdict(built: report.Report) -> dict[str, Any]:
+    """The findings a reader acts on: the fastest configuration and where efficiency drops (and whether
+    the report called that uncertain)."""
     rec = built.recommendation
     fastest = rec.get("fastest") or {}
     return {
-        "fastest": (fastest.get("strategy"), fastest.get("workers")),
-        "efficiency_drop": [(d["strategy"], d["below_at_workers"]) for d in rec.get("efficiency_drop", [])],
-        "flagged": sorted((r.strategy, r.workers) for r in built.rows if r.flags),
+        "fastest": [fastest.get("strategy"), fastest.get("workers")],
+        "efficiency_drop": [
+            [d["strategy"], d["below_at_workers"], [u["workers"] for u in d.get("uncertain_at", [])]]
+            for d in rec.get("efficiency_drop", [])
+        ],
     }
+
+
+def _flagged(built: report.Report) -> list[list[Any]]:
+    return sorted([r.strategy, r.workers] for r in built.rows if r.flags)
 
 
 def _figures(built: report.Report) -> list[dict[str, Any]]:
@@ -115,7 +124,10 @@ def main() -> int:
             out = Path(tmp, name)
             wall = _grid(cfg, out, args)
             built = report.build([out])
-            results.append({"run": name, "wall_s": wall, "rows": _figures(built), "verdict": _verdict(built)})
+            results.append(
+                {"run": name, "wall_s": wall, "rows": _figures(built), "verdict": _verdict(built),
+                 "flagged": _flagged(built)}
+            )  # fmt: skip
     for result in results:
         print(f"{result['run']} run ({result['wall_s']:.0f} s):")
         for row in result["rows"]:
@@ -127,9 +139,10 @@ def main() -> int:
                 f"efficiency {row['efficiency_pct']:.0f} %{spread}"
                 + (f"  FLAGGED: {row['flags']}" if row["flags"] else "")
             )
-        print(f"  verdict: {json.dumps(result['verdict'])}")
+        print(f"  verdict: {json.dumps(result['verdict'])}; flagged: {json.dumps(result['flagged'])}")
     agree = results[0]["verdict"] == results[1]["verdict"]
-    print(f"verdicts agree: {agree}")
+    same_flags = results[0]["flagged"] == results[1]["flagged"]
+    print(f"verdicts agree: {agree}; flagged configurations agree: {same_flags}")
     return 0 if agree else 1
 
 
