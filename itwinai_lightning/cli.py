@@ -15,9 +15,8 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from itwinai_lightning.errors import UserError, exit_with_error
 
@@ -97,70 +96,9 @@ def _condense(message: str) -> str:
 
 
 def _cli_class() -> type[LightningCLI]:
-    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-
-    from itwinai_lightning.config_saving import RecordingSaveConfigCallback
-
-    class _Parser(LightningArgumentParser):
-        def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-            raise UserError(_condense(message)) from ex
-
-    class ItwinaiCLI(LightningCLI):
-        """LightningCLI with one-line errors, redacted config saving and a RunRecord header."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("parser_class", _Parser)
-            kwargs.setdefault("save_config_callback", RecordingSaveConfigCallback)
-            kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-            kwargs.setdefault("subclass_mode_model", True)
-            kwargs.setdefault("subclass_mode_data", True)
-            kwargs.setdefault("auto_configure_optimizers", True)
-            super().__init__(*args, **kwargs)
-
-        def instantiate_classes(self) -> None:
-            # jsonargparse wraps a constructor's UserError in a generic "does not validate" ValueError
-            with _capture_user_errors() as raised:
-                try:
-                    super().instantiate_classes()
-                except (ValueError, TypeError) as err:
-                    match = next((e for e in reversed(raised) if str(e) and str(e) in str(err)), None)
-                    if match is not None:
-                        raise match from err
-                    raise
-
-        def instantiate_trainer(self, **kwargs: Any) -> Any:
-            from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-            from itwinai_lightning.records.writer import RecordWriter
-
-            try:
-                trainer = super().instantiate_trainer(**kwargs)
-            except (MisconfigurationException, ValueError) as err:  # Lightning's checks of Trainer arguments
-                raise UserError(_trainer_error(err)) from err
-            from itwinai_lightning.callbacks.redact import RedactCheckpointSecrets
-
-            # no secret in a checkpoint's hyperparameters; the run's one record writer, after all others
-            trainer.callbacks.extend([RedactCheckpointSecrets(), RecordWriter()])  # type: ignore[attr-defined]
-            return trainer
+    from itwinai_lightning.lightning_cli import ItwinaiCLI
 
     return ItwinaiCLI
-
-
-@contextmanager
-def _capture_user_errors() -> Iterator[list[UserError]]:
-    """Collect every UserError constructed inside the block (also those a library later wraps or swallows)."""
-    raised: list[UserError] = []
-    original = UserError.__init__
-
-    def remember(self: UserError, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        raised.append(self)
-
-    UserError.__init__ = remember  # type: ignore[method-assign,assignment]
-    try:
-        yield raised
-    finally:
-        UserError.__init__ = original  # type: ignore[method-assign,assignment]
 
 
 def _trainer_error(err: Exception) -> str:

@@ -52,3 +52,22 @@ def test_a_typo_in_a_file_names_the_file_and_the_key(tmp_path: Path) -> None:
 
 def test_no_suggestion_when_nothing_is_close() -> None:
     assert "did you mean" not in _error("--trainer.zzzzzz", "2")
+
+
+def test_itwinai_cli_is_a_module_level_class_users_subclass(tmp_path: Path) -> None:
+    from itwinai_lightning.lightning_cli import ItwinaiCLI
+
+    class MyCLI(ItwinaiCLI):
+        def add_arguments_to_parser(self, parser):  # type: ignore[no-untyped-def]
+            parser.add_argument("--experiment_tag", type=str, default="none")
+
+    cli = MyCLI(
+        args=["--config", QUICK, "--experiment_tag", "abc", "--trainer.default_root_dir", str(tmp_path)],
+        run=False,
+    )
+    assert cli.config["experiment_tag"] == "abc" and cli.trainer.max_epochs == 12
+    # its errors are the package's one-line UserErrors, without patching anything at run time
+    from itwinai_lightning.errors import UserError
+
+    with pytest.raises(UserError, match="widht"):
+        MyCLI(args=["--config", QUICK, "--model.init_args.widht", "3"], run=False)

@@ -180,3 +180,25 @@ def test_the_file_is_readable_summary_first_and_rounded(tmp_path: Path) -> None:
     ]
     digits = [len(m.replace(".", "").strip("0")) for m in re.findall(r"\d+\.\d+", text)]
     assert digits and max(digits) <= store.DIGITS  # no 17-digit floats
+
+
+@pytest.mark.gpu
+def test_mfu_on_a_gpu_uses_the_peak_table(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    name = torch.cuda.get_device_name(0)
+    peak = peaks.peak_flops_per_s(name, "bf16-mixed")
+    if peak is None:
+        pytest.skip(f"{name} is not in the peak table")
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=2, accelerator="gpu", devices=1, precision="bf16-mixed",
+        callbacks=[TimingMonitor()], logger=False, enable_progress_bar=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(
+        SpectrogramDenoiser(width=64, depth=6),
+        SpectrogramDataModule(num_samples=4096, val_samples=256, batch_size=256),
+    )
+    summary = records.load(tmp_path)["summary"]
+    assert summary["peak_flops_per_s"] == peak
+    assert 0 < summary["mfu_pct"] < 100
+    assert summary["mfu_pct"] == pytest.approx(100 * summary["flops_per_s"] / peak)

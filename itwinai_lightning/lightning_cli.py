@@ -1,0 +1,85 @@
+"""``ItwinaiCLI``: the LightningCLI behind ``fit | validate | test | predict``, importable and subclassable.
+
+    from itwinai_lightning.lightning_cli import ItwinaiCLI
+
+    class MyCLI(ItwinaiCLI):
+        def add_arguments_to_parser(self, parser): ...
+
+It differs from LightningCLI in what it does around a run, never in the config language:
+
+* user mistakes are one :class:`~itwinai_lightning.errors.UserError` line (the parser's errors, a
+  constructor's ``UserError`` that jsonargparse wrapped, a Trainer argument Lightning rejected);
+* the resolved config is saved redacted into the run directory and the RunRecord;
+* every Trainer gets :class:`~itwinai_lightning.callbacks.redact.RedactCheckpointSecrets` and the
+  RunRecord's writer, last.
+
+This module imports Lightning; ``itwinai_lightning.cli`` imports it only when a LightningCLI command runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from itwinai_lightning.config_saving import RecordingSaveConfigCallback
+from itwinai_lightning.errors import UserError
+
+
+class ItwinaiParser(LightningArgumentParser):
+    """A parser whose errors are one-line :class:`UserError` s."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        from itwinai_lightning.cli import _condense
+
+        raise UserError(_condense(message)) from ex
+
+
+def user_error_in(err: BaseException) -> UserError | None:
+    """The :class:`UserError` a library wrapped (jsonargparse turns a constructor's error into a generic
+    "does not validate"): found along the exception's cause/context chain."""
+    seen: set[int] = set()
+    node: BaseException | None = err
+    while node is not None and id(node) not in seen:
+        if isinstance(node, UserError):
+            return node
+        seen.add(id(node))
+        node = node.__cause__ or node.__context__
+    return None
+
+
+class ItwinaiCLI(LightningCLI):
+    """LightningCLI with one-line errors, redacted config saving, secret-free checkpoints and a RunRecord."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_class", ItwinaiParser)
+        kwargs.setdefault("save_config_callback", RecordingSaveConfigCallback)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("auto_configure_optimizers", True)
+        super().__init__(*args, **kwargs)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            found = user_error_in(err)
+            if found is not None and found is not err:
+                raise found from err
+            raise
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        from itwinai_lightning.callbacks.redact import RedactCheckpointSecrets
+        from itwinai_lightning.cli import _trainer_error
+        from itwinai_lightning.records.writer import RecordWriter
+
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as err:  # Lightning's checks of Trainer arguments
+            raise UserError(_trainer_error(err)) from err
+        # no secret in a checkpoint's hyperparameters; the run's one record writer, after all others
+        trainer.callbacks.extend([RedactCheckpointSecrets(), RecordWriter()])  # type: ignore[attr-defined]
+        return trainer
