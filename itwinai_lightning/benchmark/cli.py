@@ -62,8 +62,10 @@ def _print_report(dirs: list[str], out: str | None, threshold: float) -> None:
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "report":
         return report_main(argv[1:])
-    if argv and argv[0] in ("-h", "--help"):
-        print(USAGE)
+    if any(a in ("-h", "--help") for a in argv):
+        from itwinai_lightning.benchmark.settings import help_text
+
+        print(help_text())
         return 0
     from itwinai_lightning.benchmark.runner import GridInterrupted, GridRunner
     from itwinai_lightning.benchmark.settings import check_devices, parse

@@ -4,34 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from itwinai_lightning.benchmark.launchers import DEFAULT_CALLBACKS, LAUNCHERS
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.sections import deep_merge, load_yaml_file
 
-DEFAULTS: dict[str, Any] = {
-    "strategies": ["hpc_ddp"],
-    "workers": [1, 2],
-    "launcher": "local",
-    "scaling": "strong",
-    "batch_size": None,
-    "batch_key": "data.init_args.batch_size",
-    "repetitions": 3,
-    "warmup_epochs": 1,
-    "output_dir": "runs/benchmark",
-    "profile": False,
-    "callbacks": list(DEFAULT_CALLBACKS),
-    "accelerator": "auto",
-    "timeout_s": 3600,
-    "launcher_args": [],
-    "submit": False,
-    "slurm": {},
-    "report": True,
-    "threshold_pct": 70.0,
-    "dry_run": False,
-}
 SLURM_KEYS = (
     "tasks_per_node", "partition", "account", "time", "qos", "reservation", "gpus_per_node", "cpus_per_task",
     "sbatch_options", "setup", "wait", "poll_s",
@@ -50,10 +29,33 @@ def _list(values: Mapping[str, Any], key: str, kind: type) -> list[Any]:
 
 @dataclass
 class Settings:
-    """Validated benchmark options; see docs/benchmark.md for each key."""
+    """The ``benchmark:`` section: a grid of strategies x worker counts x repetitions (docs/benchmark.md).
 
-    strategies: list[str]
-    workers: list[int]
+    Args:
+        strategies: strategy short names or class paths, one grid axis.
+        workers: process counts, the other axis.
+        launcher: local, torchrun, mpirun, srun, horovodrun or ray.
+        scaling: strong (the global batch is split over the workers) or weak (each keeps the batch).
+        batch_size: strong: the global batch; weak: the per-worker batch (default: from the config).
+        batch_key: the config key holding the batch size.
+        repetitions: runs per configuration; the report shows the median and the spread (min-max).
+        warmup_epochs: epochs at the start of each run left out of its epoch time.
+        output_dir: where the run directories and the report go.
+        profile: add the torch-profiler breakdown (computation vs communication).
+        callbacks: class paths appended to the callbacks of every run.
+        accelerator: auto (gpu when CUDA is available, else cpu), cpu, gpu, or null to keep the config's.
+        timeout_s: a point running longer is killed and recorded as failed (seconds).
+        launcher_args: extra arguments for the launcher, e.g. [--oversubscribe] for mpirun.
+        submit: submit each point as an sbatch job instead of running it in place.
+        slurm: sbatch options for submit: tasks_per_node, partition, account, time, qos, reservation,
+            gpus_per_node, cpus_per_task, sbatch_options, setup, wait, poll_s.
+        report: write the report at the end.
+        threshold_pct: the parallel efficiency (percent) below which the report says scaling stops paying.
+        dry_run: print every point's command and write nothing.
+    """
+
+    strategies: list[str] = field(default_factory=lambda: ["hpc_ddp"])
+    workers: list[int] = field(default_factory=lambda: [1, 2])
     launcher: str = "local"
     scaling: str = "strong"
     batch_size: int | None = None
@@ -85,6 +87,35 @@ class Settings:
 
         self.accelerator = "gpu" if torch.cuda.is_available() else "cpu"
         return self.accelerator
+
+
+#: the section's defaults, from the one typed class
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if f.default_factory is not MISSING else f.default for f in fields(Settings)
+}
+
+
+def help_text(prog: str = "itwinai-lightning benchmark") -> str:
+    """``benchmark --help``: every option with its type, default and meaning, from :class:`Settings`."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description=USAGE, env_prefix=False, default_env=False)
+    parser.add_argument(
+        "--config", "-c", action="append", help="training config file(s), composed as for fit"
+    )
+    parser.add_class_arguments(
+        Settings, "benchmark", help="the benchmark: section (or --benchmark.KEY VALUE)"
+    )
+    return parser.format_help()
+
+
+USAGE = (
+    "Run the training config over a grid of strategies x worker counts x repetitions, then write the "
+    "scalability report. Every option below may also live in a 'benchmark:' section of any --config file; "
+    "everything else is passed to every grid point's fit. Exit code 0 when every point completed, 1 when "
+    "some failed, 2 on bad input. 'benchmark report DIR [DIR ...] [--out OUT] [--threshold 70]' rebuilds "
+    "a report."
+)
 
 
 def _get_dotted(data: Mapping[str, Any], dotted: str) -> Any:

@@ -238,3 +238,36 @@ def test_points_run_repetition_by_repetition(tmp_path: Path) -> None:
     settings = parse({"workers": [1, 2], "batch_size": 16, "repetitions": 2, "strategies": ["hpc_ddp"]}, [])
     order = [(p.workers, p.repetition) for p in GridRunner(settings, []).points()]
     assert order == [(1, 0), (2, 0), (1, 1), (2, 1)]  # a drift of the machine's load touches all alike
+
+
+def test_benchmark_help_lists_every_option_with_type_default_and_meaning(python_env: dict[str, str]) -> None:
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from itwinai_lightning.benchmark.settings import DEFAULTS
+
+    code = textwrap.dedent(
+        """
+        import contextlib, io, json, sys
+        from itwinai_lightning.cli import main
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                main(["benchmark", "--help"])
+            except SystemExit as stop:
+                code = stop.code
+        heavy = [m for m in ("ray", "mlflow", "wandb", "deepspeed", "horovod") if m in sys.modules]
+        print(json.dumps([code, heavy, out.getvalue()]))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=python_env, capture_output=True, text=True, timeout=120
+    )
+    exit_code, heavy, text = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert exit_code == 0 and heavy == []  # --help imports none of the heavy backends
+    for key in DEFAULTS:
+        assert f"--benchmark.{key}" in text, key
+    assert "process counts, the other axis. (type: list[int], default: [1, 2])" in " ".join(text.split())
+    assert "--config" in text
