@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from itwinai_lightning import settings_help
 from itwinai_lightning.benchmark.launchers import DEFAULT_CALLBACKS, LAUNCHERS
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.sections import deep_merge, load_yaml_file
+from itwinai_lightning.settings_help import defaults_of
 
 SLURM_KEYS = (
     "tasks_per_node", "partition", "account", "time", "qos", "reservation", "gpus_per_node", "cpus_per_task",
@@ -90,23 +92,12 @@ class Settings:
 
 
 #: the section's defaults, from the one typed class
-DEFAULTS: dict[str, Any] = {
-    f.name: f.default_factory() if f.default_factory is not MISSING else f.default for f in fields(Settings)
-}
+DEFAULTS: dict[str, Any] = defaults_of(Settings)
 
 
-def help_text(prog: str = "itwinai-lightning benchmark") -> str:
+def help_text() -> str:
     """``benchmark --help``: every option with its type, default and meaning, from :class:`Settings`."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog=prog, description=USAGE, env_prefix=False, default_env=False)
-    parser.add_argument(
-        "--config", "-c", action="append", help="training config file(s), composed as for fit"
-    )
-    parser.add_class_arguments(
-        Settings, "benchmark", help="the benchmark: section (or --benchmark.KEY VALUE)"
-    )
-    return parser.format_help()
+    return settings_help.help_text("itwinai-lightning benchmark", USAGE, Settings, "benchmark")
 
 
 USAGE = (

@@ -19,27 +19,12 @@ from itwinai_lightning.sections import split_section
 from itwinai_lightning.tune.search_space import Distribution, override_args
 from itwinai_lightning.tune.settings import DEFAULTS, TuneSettings, parse_settings
 
-HELP = """usage: itwinai-lightning tune --config BASE.yaml [--config SEARCH.yaml ...] [--tune.KEY VALUE ...]
-
-Ray Tune hyper-parameter search over any LightningCLI config. Each trial is the ordinary fit with the
-sampled values as dotted overrides. The 'tune:' section (in any config file, or --tune.KEY flags):
-
-  search_space:            {model.init_args.lr: {loguniform: [1.0e-4, 1.0e-1]},
-                            data.init_args.batch_size: {choice: [32, 64]}}
-                           distributions: uniform, quniform, loguniform, randint, choice, grid
-  metric / mode            val_loss / min
-  num_samples              4          max_concurrent_trials  null     time_budget_s  null
-  scheduler                fifo | asha | hyperband | median | pbt   (or {type: asha, grace_period: 1})
-  search_alg               random | optuna | hyperopt               (or {type: optuna, ...})
-  workers_per_trial        1 = concurrent single-process trials; N = N-rank DDP trials (ray_ddp, warm ranks)
-  cpus_per_worker / gpus_per_worker   1 / 0        max_failures  0     seed  null
-  output_dir / name        tune_runs / sweep -> results.csv, best.yaml, trials/<id>/
-  resume                   true: continue the interrupted sweep in output_dir/name
-  ray                      {address: null|auto|HOST:PORT, num_cpus: null, temp_dir: null}
-
-Outputs: a live progress table, <output_dir>/<name>/results.csv and best.yaml, which
-'itwinai-lightning fit --config best.yaml' re-runs.
-"""
+HELP_INTRO = (
+    "Ray Tune hyper-parameter search over any LightningCLI config: each trial is the ordinary fit with the "
+    "sampled values as dotted overrides. Outputs: a live progress table, <output_dir>/<name>/results.csv "
+    "and best.yaml, which 'itwinai-lightning fit --config best.yaml' re-runs. Example: itwinai-lightning "
+    "tune --config configs/quickstart.yaml --config configs/tune_asha.yaml"
+)
 
 
 def _parse_base(
@@ -134,7 +119,10 @@ def _absolute_configs(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> int:
     """Run the sweep; 0 when at least one trial finished, 1 when all failed, 2 on bad input."""
     if any(a in ("-h", "--help") for a in argv):
-        print(HELP)
+        from itwinai_lightning.settings_help import help_text
+        from itwinai_lightning.tune.settings import TuneSection
+
+        print(help_text("itwinai-lightning tune", HELP_INTRO, TuneSection, "tune"))
         return 0
     if not any(a in ("--config", "-c") or a.startswith("--config=") for a in argv):
         raise UserError(

@@ -33,28 +33,58 @@ from typing import Any
 
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.sections import check_known_keys
+from itwinai_lightning.settings_help import defaults_of
 from itwinai_lightning.tune.search_space import Distribution, parse_search_space
 
-DEFAULTS: dict[str, Any] = {
-    "search_space": {},
-    "metric": "val_loss",
-    "mode": "min",
-    "num_samples": 4,
-    "max_concurrent_trials": None,
-    "time_budget_s": None,
-    "scheduler": "fifo",
-    "search_alg": "random",
-    "workers_per_trial": 1,
-    "cpus_per_worker": 1.0,
-    "gpus_per_worker": 0.0,
-    "max_failures": 0,
-    "keep_checkpoints": 2,
-    "output_dir": "tune_runs",
-    "name": "sweep",
-    "resume": False,
-    "seed": None,
-    "ray": {"address": None, "num_cpus": None, "temp_dir": None},
-}
+
+@dataclass
+class TuneSection:
+    """The ``tune:`` section as written: a Ray Tune sweep over any fit config (docs/tune.md).
+
+    Args:
+        search_space: dotted config key -> distribution, e.g. {model.init_args.lr: {loguniform: [1.0e-4,
+            1.0e-1]}}; distributions: uniform, quniform, loguniform, randint, choice, grid.
+        metric: the logged metric to optimise (it must be logged by the model).
+        mode: min or max.
+        num_samples: trials to sample (times the grid size when a grid is used).
+        max_concurrent_trials: cap on trials running at once (null: as many as resources allow).
+        time_budget_s: stop the whole sweep after this many seconds (null: no limit).
+        scheduler: fifo, asha, hyperband, median or pbt, or {type: asha, grace_period: 1, ...}.
+        search_alg: random, optuna or hyperopt, or {type: optuna, ...}.
+        workers_per_trial: 1: concurrent single-process trials; N: each trial is an N-rank DDP fit.
+        cpus_per_worker: CPUs reserved per trial process / per DDP worker.
+        gpus_per_worker: GPUs reserved per trial process / per DDP worker.
+        max_failures: retries of a crashing trial before it is reported as failed.
+        keep_checkpoints: checkpoints kept per trial (the latest is used for resume and PBT).
+        output_dir: results go to <output_dir>/<name>/: results.csv, best.yaml, trials/.
+        name: the sweep's name; an existing sweep of that name is never overwritten.
+        resume: continue the interrupted sweep in <output_dir>/<name>.
+        seed: seed of the search algorithm's sampling (null: random).
+        ray: {address: null | auto | host:port, num_cpus: null, temp_dir: null}; null starts a local Ray.
+    """
+
+    search_space: dict[str, Any] = field(default_factory=dict)
+    metric: str = "val_loss"
+    mode: str = "min"
+    num_samples: int = 4
+    max_concurrent_trials: int | None = None
+    time_budget_s: float | None = None
+    scheduler: str | dict[str, Any] = "fifo"
+    search_alg: str | dict[str, Any] = "random"
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 0
+    keep_checkpoints: int = 2
+    output_dir: str = "tune_runs"
+    name: str = "sweep"
+    resume: bool = False
+    seed: int | None = None
+    ray: dict[str, Any] = field(default_factory=lambda: {"address": None, "num_cpus": None, "temp_dir": None})
+
+
+#: the section's defaults, from the one typed class
+DEFAULTS: dict[str, Any] = defaults_of(TuneSection)
 
 SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
