@@ -26,14 +26,9 @@ if TYPE_CHECKING:
     from itwinai_lightning.slurm.options import SlurmOptions
 
 USAGE = (
-    "usage: itwinai-lightning slurm --config FILE [--config FILE ...] [--section.key VALUE ...]\n"
-    "                               [--slurm.preset NAME|FILE] [--slurm.nodes N] [--slurm.submit true]\n"
-    "       itwinai-lightning slurm latest-checkpoint RUN_DIR\n\n"
-    "Render an sbatch script that runs 'fit' (or 'tune' with --slurm.command tune) on the resolved config.\n"
-    "Options of the 'slurm:' section (YAML or --slurm.KEY): preset, nodes, ntasks_per_node, cpus_per_task,\n"
-    "gpus_per_node, time, partition, account, job_name, job_dir, command, launcher (srun|torchrun|ray),\n"
-    "python, modules, venv, conda, container, env, setup, srun_args, mpi, sbatch, signal, signal_seconds,\n"
-    "requeue, check_every_n_steps, time_limit_margin_s, submit, test_only. See docs/slurm.md."
+    "Render an sbatch script that runs 'fit' (or 'tune' with --slurm.command tune) on the resolved config, "
+    "preemption-safe (checkpoint, requeue, resume); --slurm.submit true submits it. "
+    "'itwinai-lightning slurm latest-checkpoint RUN_DIR' prints the checkpoint a resumed job starts from."
 )
 
 
@@ -201,7 +196,10 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
-        print(USAGE)
+        from itwinai_lightning.settings_help import help_text
+        from itwinai_lightning.slurm.options import SlurmOptions
+
+        print(help_text("itwinai-lightning slurm", USAGE, SlurmOptions, "slurm"))
         return 0
     if argv and argv[0] == "latest-checkpoint":
         return _latest_checkpoint(argv[1:])

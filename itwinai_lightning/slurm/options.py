@@ -49,7 +49,45 @@ def load_preset(name_or_path: str) -> tuple[str, dict[str, Any]]:
 
 @dataclass
 class SlurmOptions:
-    """Every key the ``slurm:`` section (and a preset file) accepts."""
+    """Every key the ``slurm:`` section (and a preset file) accepts (docs/slurm.md).
+
+    Args:
+        preset: a shipped site (generic, juwels_booster alias juwels, lumi_g alias lumi, vega) or a path.
+        description: the preset's one-line description.
+        nodes: --nodes; also written to trainer.num_nodes.
+        ntasks_per_node: tasks per node (default: devices per node for srun, 1 for torchrun and ray).
+        cpus_per_task: --cpus-per-task and OMP_NUM_THREADS (default: cpus_per_node // tasks).
+        cpus_per_node: cores a node has (from the preset).
+        gpus_per_node: GPUs a node has (from the preset); 0 asks for no GPUs.
+        time: the time limit, HH:MM:SS.
+        partition: the partition.
+        account: the project billed; required by presets with account_required.
+        account_required: the site bills a project: a job without an account is refused at submit.
+        job_name: --job-name (default itwinai-<command>).
+        job_dir: where job.sbatch and config.yaml go (default <run dir>/slurm).
+        command: fit, or tune (a Ray cluster inside the allocation).
+        launcher: srun (one task per device), torchrun (one per node) or ray (default: srun; ray for tune).
+        python: the interpreter the job runs.
+        modules: module load lines.
+        module_purge: module purge first.
+        venv: a virtual environment to activate.
+        conda: a conda environment to activate.
+        container: {image, runtime, gpu_flag, binds, args}: run every Python command in the container.
+        env: export lines, values may use ${SLURM_JOB_ID}.
+        setup: extra shell lines, verbatim.
+        srun_args: extra srun arguments.
+        mpi: --mpi=<mpi> for Horovod strategies.
+        sbatch: extra #SBATCH directives, e.g. {qos: normal, exclusive: null}.
+        signal: the signal SLURM sends before the time limit.
+        signal_seconds: how many seconds before the limit.
+        requeue: checkpoint, requeue and resume on the signal (default: on for srun).
+        check_every_n_steps: how often the ranks vote on stopping.
+        time_limit_margin_s: also stop this close to the time limit (from squeue).
+        master_port: the rendezvous port of torchrun/DDP.
+        ray_port: the Ray head's port (tune jobs).
+        submit: run sbatch and print the job id.
+        test_only: run sbatch --test-only.
+    """
 
     preset: str = "generic"
     description: str = ""
