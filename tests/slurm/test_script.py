@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,7 +172,7 @@ def test_generic_cpu_job_test_only_through_the_cli(tmp_path: Path, slurm_env: di
     ],
 )
 def test_clear_errors(tmp_path: Path, extra: list[str], message: str) -> None:
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(UserError, match=re.escape(message)):
         build([*TINY, *extra, "--trainer.default_root_dir", str(tmp_path)])
 
 
