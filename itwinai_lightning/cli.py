@@ -23,7 +23,6 @@ from itwinai_lightning.errors import UserError, exit_with_error
 if TYPE_CHECKING:
     from lightning.pytorch.cli import LightningCLI
 
-CONFIG_FLAGS = ("--config", "-c")
 
 #: Subcommands outside LightningCLI: name -> (module exposing ``main(argv) -> int``, one-line help).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -114,13 +113,9 @@ def _trainer_error(err: Exception) -> str:
 
 def _config_paths(args: Sequence[str]) -> list[str]:
     """The files given with ``--config FILE`` / ``--config=FILE`` / ``-c FILE``."""
-    paths: list[str] = []
-    for i, arg in enumerate(args):
-        if arg in CONFIG_FLAGS and i + 1 < len(args):
-            paths.append(args[i + 1])
-        elif arg.startswith("--config="):
-            paths.append(arg.split("=", 1)[1])
-    return paths
+    from itwinai_lightning.sections import config_paths
+
+    return config_paths(args)
 
 
 def _precheck_configs(args: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:

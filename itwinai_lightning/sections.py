@@ -21,6 +21,23 @@ from itwinai_lightning.errors import UserError
 CONFIG_FLAGS = ("--config", "-c")
 
 
+def config_positions(argv: Sequence[str]) -> list[tuple[int, str, bool]]:
+    """Every config file in a command line, the one place that finds them: ``(index, path, inline)`` for
+    ``--config FILE``, ``-c FILE`` (index of FILE) and ``--config=FILE`` (index of the flag, inline)."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg in CONFIG_FLAGS and i + 1 < len(argv):
+            found.append((i + 1, str(argv[i + 1]), False))
+        elif arg.startswith("--config="):
+            found.append((i, arg.split("=", 1)[1], True))
+    return found
+
+
+def config_paths(argv: Sequence[str]) -> list[str]:
+    """The config files of a command line, in order."""
+    return [path for _, path, _ in config_positions(argv)]
+
+
 def load_yaml_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; errors name the file (and line) and say what is wrong."""
     p = Path(path)

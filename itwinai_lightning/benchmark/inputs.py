@@ -15,9 +15,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from itwinai_lightning.sections import config_positions
+
 #: distributions whose versions decide whether a result can be reused
 VERSIONED = ("torch", "lightning", "itwinai-lightning", "deepspeed", "horovod", "ray")
-CONFIG_FLAGS = ("--config", "-c")
 OUTPUT_FLAG = "--trainer.default_root_dir"
 
 
@@ -43,16 +44,10 @@ def point_inputs(fit_argv: Sequence[str], launcher: str, launcher_args: Sequence
         del argv[at : at + 2]
     # config files by content: the grid copies them under its output_dir, so their paths move with it
     configs: dict[str, list[str]] = {}
-    for i, arg in enumerate(list(argv)):
-        path = None
-        if arg in CONFIG_FLAGS and i + 1 < len(argv):
-            path, at = argv[i + 1], i + 1
-        elif arg.startswith("--config="):
-            path, at = arg.split("=", 1)[1], i
-        if path is not None:
-            slot = f"<config {len(configs)}>"
-            configs[slot] = [path, _digest(path)]
-            argv[at] = slot if at != i else f"--config={slot}"
+    for at, path, inline in config_positions(argv):
+        slot = f"<config {len(configs)}>"
+        configs[slot] = [path, _digest(path)]
+        argv[at] = f"--config={slot}" if inline else slot
     versions = {"python": platform.python_version()}
     versions.update({name: v for name in VERSIONED if (v := _version(name)) is not None})
     return {

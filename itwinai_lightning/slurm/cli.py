@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.sections import split_section
+from itwinai_lightning.sections import config_paths, split_section
 
 if TYPE_CHECKING:
     from itwinai_lightning.slurm.options import SlurmOptions
@@ -187,7 +187,7 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
         gpus_per_node=gpus,
         horovod=jobcfg.uses_horovod(config),
     )
-    sources = [a for i, a in enumerate(argv) if i > 0 and argv[i - 1] in ("--config", "-c")]
+    sources = config_paths(argv)
     script = job_dir / "job.sbatch"
     script.write_text(render(opts, layout, job_name, source=", ".join(sources)))
     script.chmod(0o755)

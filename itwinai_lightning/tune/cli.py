@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.sections import split_section
+from itwinai_lightning.sections import config_paths, split_section
 from itwinai_lightning.tune.search_space import Distribution, override_args
 from itwinai_lightning.tune.settings import DEFAULTS, TuneSettings, parse_settings
 
@@ -109,10 +109,11 @@ def refuse_to_overwrite(settings: TuneSettings) -> None:
 
 
 def _absolute_configs(argv: list[str]) -> list[str]:
+    from itwinai_lightning.sections import config_positions
+
     out = list(argv)
-    for i, arg in enumerate(out[:-1]):
-        if arg in ("--config", "-c"):
-            out[i + 1] = str(Path(out[i + 1]).resolve())
+    for at, path, inline in config_positions(argv):
+        out[at] = f"--config={Path(path).resolve()}" if inline else str(Path(path).resolve())
     return out
 
 
@@ -124,7 +125,7 @@ def main(argv: list[str]) -> int:
 
         print(help_text("itwinai-lightning tune", HELP_INTRO, TuneSection, "tune"))
         return 0
-    if not any(a in ("--config", "-c") or a.startswith("--config=") for a in argv):
+    if not config_paths(argv):
         raise UserError(
             "tune needs a base config: itwinai-lightning tune --config base.yaml --config search.yaml"
         )
