@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, NoReturn
 
 EXIT_USAGE = 2
+#: the UserErrors created inside :func:`collecting` (a library may wrap them in its own error)
+_COLLECTED: ContextVar[list[UserError] | None] = ContextVar("itwinai_user_errors", default=None)
 
 
 class UserError(Exception):
@@ -14,6 +19,24 @@ class UserError(Exception):
     The CLI prints ``itwinai-lightning: error: <message>`` and exits with code 2. The message must name
     the offending key or file and say what to do.
     """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        collected = _COLLECTED.get()
+        if collected is not None:
+            collected.append(self)
+
+
+@contextmanager
+def collecting() -> Iterator[list[UserError]]:
+    """Every UserError created inside the block, also those a library catches and re-raises as its own
+    (jsonargparse turns a constructor's error into "Does not validate against any of the Union subtypes")."""
+    created: list[UserError] = []
+    token = _COLLECTED.set(created)
+    try:
+        yield created
+    finally:
+        _COLLECTED.reset(token)
 
 
 class MissingExtraError(UserError, ImportError):

@@ -18,12 +18,13 @@ This module imports Lightning; ``itwinai_lightning.cli`` imports it only when a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from itwinai_lightning.config_saving import RecordingSaveConfigCallback
-from itwinai_lightning.errors import UserError
+from itwinai_lightning.errors import UserError, collecting
 
 
 class ItwinaiParser(LightningArgumentParser):
@@ -35,9 +36,10 @@ class ItwinaiParser(LightningArgumentParser):
         raise UserError(_condense(message)) from ex
 
 
-def user_error_in(err: BaseException) -> UserError | None:
+def user_error_in(err: BaseException, created: Sequence[UserError] = ()) -> UserError | None:
     """The :class:`UserError` a library wrapped (jsonargparse turns a constructor's error into a generic
-    "does not validate"): found along the exception's cause/context chain."""
+    "does not validate"): along the exception's cause/context chain, else the latest of ``created`` whose
+    message the wrapping error repeats."""
     seen: set[int] = set()
     node: BaseException | None = err
     while node is not None and id(node) not in seen:
@@ -45,7 +47,7 @@ def user_error_in(err: BaseException) -> UserError | None:
             return node
         seen.add(id(node))
         node = node.__cause__ or node.__context__
-    return None
+    return next((e for e in reversed(created) if str(e) and str(e) in str(err)), None)
 
 
 class ItwinaiCLI(LightningCLI):
@@ -61,13 +63,14 @@ class ItwinaiCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def instantiate_classes(self) -> None:
-        try:
-            super().instantiate_classes()
-        except (ValueError, TypeError) as err:
-            found = user_error_in(err)
-            if found is not None and found is not err:
-                raise found from err
-            raise
+        with collecting() as created:
+            try:
+                super().instantiate_classes()
+            except (ValueError, TypeError) as err:
+                found = user_error_in(err, created)
+                if found is not None and found is not err:
+                    raise found from err
+                raise
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         from lightning.fabric.utilities.exceptions import MisconfigurationException

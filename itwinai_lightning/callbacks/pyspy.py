@@ -12,10 +12,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from itwinai_lightning import records
+from itwinai_lightning.callbacks.notice import notice
 from itwinai_lightning.profiling import hotspots, stacks
 from itwinai_lightning.profiling.gather import all_gather_object
 from itwinai_lightning.profiling.recorder import PySpyRecorder
@@ -128,10 +128,9 @@ class PySpyProfiler(Callback):
             self._stop(trainer)
         elif not self._done:  # the window was never reached: nothing recorded, and the user is told
             where = f"epochs {self.epochs}" if self.epochs is not None else f"batch {self.start_step}"
-            rank_zero_warn(
+            notice(
                 f"PySpyProfiler: the run ended after {self._batches} training batches, before the profiling "
-                f"window ({where}); nothing was profiled. Lower start_step or train longer.",
-                category=UserWarning,
+                f"window ({where}); nothing was profiled. Lower start_step or train longer."
             )
 
     @override

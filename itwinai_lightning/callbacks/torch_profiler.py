@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from itwinai_lightning import records
+from itwinai_lightning.callbacks.notice import notice
 from itwinai_lightning.profiling import breakdown
 from itwinai_lightning.profiling.gather import all_gather_object
 
@@ -146,11 +146,10 @@ class TorchProfilerBreakdown(Callback):
         if self.steps < first:  # the active window was never reached: nothing to report, and say so
             self._close()
             self._result = None
-            rank_zero_warn(
+            notice(
                 f"TorchProfilerBreakdown: the run ended after {self.steps} training steps, before the "
                 f"profiling window (steps {first}-{first + self.active_steps - 1}); nothing was profiled. "
-                "Lower skip_steps/warmup_steps or train longer.",
-                category=UserWarning,
+                "Lower skip_steps/warmup_steps or train longer."
             )
             return
         self._close()  # flushes a partial active window through _on_trace_ready

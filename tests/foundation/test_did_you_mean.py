@@ -71,3 +71,15 @@ def test_itwinai_cli_is_a_module_level_class_users_subclass(tmp_path: Path) -> N
 
     with pytest.raises(UserError, match="widht"):
         MyCLI(args=["--config", QUICK, "--model.init_args.widht", "3"], run=False)
+
+
+def test_a_constructor_user_error_that_jsonargparse_wraps_is_the_one_line() -> None:
+    from itwinai_lightning.errors import UserError, collecting
+    from itwinai_lightning.lightning_cli import user_error_in
+
+    with collecting() as created:
+        original = UserError("srun started 2 tasks without --ntasks-per-node")
+    wrapped = ValueError(f"Does not validate against any of the Union subtypes\n  - {original}")
+    assert created == [original]  # no chain: jsonargparse raises a new error outside the except block
+    assert user_error_in(wrapped, created) is original
+    assert user_error_in(ValueError("something else"), created) is None

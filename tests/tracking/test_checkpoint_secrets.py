@@ -14,16 +14,15 @@ from itwinai_lightning.secrets import REDACTED
 from tests.helpers.engines import require_module
 
 TOKEN = "hf_s3cr3t_value_123"
-MODULE = textwrap.dedent(
-    """
-    from itwinai_lightning.demo import SpectrogramDenoiser
+MODULE = """
+from itwinai_lightning.demo import SpectrogramDenoiser
 
-    class TokenModel(SpectrogramDenoiser):
-        def __init__(self, width: int = 8, depth: int = 2, api_token: str = "", data_url: str = "") -> None:
-            super().__init__(width=width, depth=depth)
-            self.save_hyperparameters()
-    """
-)
+
+class TokenModel(SpectrogramDenoiser):
+    def __init__(self, width: int = 8, depth: int = 2, lr: float = 1e-3, optimizer: str = "adam",
+                 api_token: str = "", data_url: str = "") -> None:
+        super().__init__(width=width, depth=depth, lr=lr, optimizer=optimizer)
+"""
 CONFIG = textwrap.dedent(
     """
     trainer:
