@@ -21,7 +21,7 @@ def lines(run_dir: Path, best_checkpoint: str | None = None) -> list[str]:
     out = [f"run directory: {run_dir}"]
     checkpoints = sorted(run_dir.rglob("*.ckpt"))
     if checkpoints:
-        best = f"; best: {_where(Path(best_checkpoint), run_dir)}" if best_checkpoint else ""
+        best = f"; best: {_where(Path(best_checkpoint).resolve(), run_dir)}" if best_checkpoint else ""
         out.append(f"  checkpoints: {len(checkpoints)} under {_where(checkpoints[0].parent, run_dir)}{best}")
     logs = [name for name in ("tensorboard", "metrics.csv", "mlflow.db", "wandb", "prov", "lightning_logs")
             if (run_dir / name).exists()]  # fmt: skip
