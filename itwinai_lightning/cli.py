@@ -111,18 +111,11 @@ def _trainer_error(err: Exception) -> str:
     return f"trainer: {text}"
 
 
-def _config_paths(args: Sequence[str]) -> list[str]:
-    """The files given with ``--config FILE`` / ``--config=FILE`` / ``-c FILE``."""
-    from itwinai_lightning.sections import config_paths
-
-    return config_paths(args)
-
-
 def _precheck_configs(args: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
     """Read every ``--config`` file first, so a missing or malformed file is named in the error."""
-    from itwinai_lightning.sections import load_yaml_file
+    from itwinai_lightning.sections import config_paths, load_yaml_file
 
-    configs = [(path, load_yaml_file(path)) for path in _config_paths(args)]
+    configs = [(path, load_yaml_file(path)) for path in config_paths(args)]
     for line in replaced_lists(configs):
         print(f"itwinai-lightning: warning: {line}", file=sys.stderr)
     return configs

@@ -26,7 +26,6 @@ Definitions (per series = one strategy x launcher x scaling mode; ``N0`` = its s
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,20 +56,11 @@ SPREAD_LIMIT = 0.2
 
 
 def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, Mapping):  # cross-rank {"min","mean","max"}
-        value = value.get("mean")
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
+    """A record figure as a number; records written before one shape per figure may hold {min,mean,max}."""
+    return derive.number(value.get("mean") if isinstance(value, Mapping) else value)
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
+_mean = derive.mean
 
 
 def _median(values: Iterable[float | None]) -> float | None:
