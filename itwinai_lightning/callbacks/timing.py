@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from itwinai_lightning import placement, records
 from itwinai_lightning.monitoring import aggregate as agg
+from itwinai_lightning.monitoring.flops import FlopCount
 from itwinai_lightning.records import derive, peaks
 
 #: Per-rank epoch figures, gathered across ranks with ONE all_gather per epoch.
@@ -97,9 +98,7 @@ class TimingMonitor(Callback):
         self.peak_flops_per_s = peak_flops_per_s
         self.monitor, self.monitor_mode = monitor, monitor_mode
         self.epochs: list[dict[str, Any]] = []
-        self.flops_per_sample: float | None = None
-        self._flop_counter: Any = None
-        self._flop_batch = 0
+        self._flops = FlopCount()
         self._peak_total: float | None = None
         self._setup_t: float | None = None
         self._stage_t = time.perf_counter()
@@ -118,7 +117,6 @@ class TimingMonitor(Callback):
         self._val_t0: float | None = None
         self._val_pending = 0.0
         self._val_total = 0.0
-        self._counted = False
 
     # -- hooks (the per-step ones do a perf_counter, an append and a size lookup) ------------------
     @override
@@ -171,45 +169,20 @@ class TimingMonitor(Callback):
     ) -> None:
         if self._last is None:
             self._last = time.perf_counter()
-        if self.count_flops and self.flops_per_sample is None and self._flop_counter is None:
-            self._start_flop_count(batch)
-
-    def _start_flop_count(self, batch: Any) -> None:
-        try:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            counter = FlopCounterMode(display=False)
-            counter.__enter__()
-        except Exception as err:  # an older torch or a mode conflict: no FLOPs, training goes on
-            self.count_flops = False
-            rank_zero_info(f"TimingMonitor: model FLOPs not counted ({err}); no flops_per_s or mfu_pct")
-            return
-        self._flop_counter, self._flop_batch = counter, _batch_size(batch)
-
-    def _stop_flop_count(self) -> bool:
-        """End the count (after the first backward); True when this step was counted."""
-        counter, self._flop_counter = self._flop_counter, None
-        if counter is None:
-            return False
-        counter.__exit__(None, None, None)
-        total = float(counter.get_total_flops())
-        self.flops_per_sample = total / self._flop_batch if total > 0 and self._flop_batch else None
-        if self.flops_per_sample is None:
-            self.count_flops = False  # nothing countable (e.g. no matmul/conv): do not try again
-        return True
+        if self.count_flops and self._flops.wanted:
+            self._flops.start(_batch_size(batch))
+            if self._flops.disabled_reason:
+                rank_zero_info(f"TimingMonitor: model FLOPs not counted ({self._flops.disabled_reason})")
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._flop_counter is not None:
-            self._stop_flop_count()
-            self._counted = True
+        self._flops.stop()  # the first step's forward and backward are counted, not its optimizer
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        counted = self._stop_flop_count() or self._counted
-        self._counted = False
+        counted = self._flops.end_of_step()
         now = time.perf_counter()
         if self._last is not None and not counted:  # the counted step ran under the FLOP counter
             self._durations.append(now - self._last - self._val_pending)
@@ -265,6 +238,11 @@ class TimingMonitor(Callback):
                 summary=self.summary(),
             )
 
+    @property
+    def flops_per_sample(self) -> float | None:
+        """Model FLOPs of one training sample (forward + backward), once counted."""
+        return self._flops.per_sample
+
     def _elapsed(self) -> float:
         """Fit time so far: this job's since setup plus the jobs before a requeue."""
         since = time.perf_counter() - self._setup_t if self._setup_t is not None else 0.0
@@ -305,9 +283,7 @@ class TimingMonitor(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if self._flop_counter is not None:
-            self._flop_counter.__exit__(None, None, None)
-            self._flop_counter = None
+        self._flops.stop()
         if self.record:
             records.contribute(trainer, summary={**self.summary(), "fit_wall_time_s": self._elapsed()})
 
@@ -337,7 +313,7 @@ class TimingMonitor(Callback):
         self.epochs = list(state_dict.get("epochs", []))
         self._elapsed_before_s = float(state_dict.get("elapsed_s", 0.0))
         self._first_step_s = state_dict.get("time_to_first_step_s")
-        self.flops_per_sample = state_dict.get("flops_per_sample") or self.flops_per_sample
+        self._flops.per_sample = state_dict.get("flops_per_sample") or self._flops.per_sample
         self.monitor = state_dict.get("monitor") or self.monitor
         self.monitor_mode = state_dict.get("monitor_mode") or self.monitor_mode
         partial = state_dict.get("partial")
