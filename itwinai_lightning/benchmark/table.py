@@ -362,39 +362,33 @@ def series_label(series: tuple[str, str, str], all_series: Sequence[tuple[str, s
     return f"{strategy} ({', '.join(extra)})" if extra else strategy
 
 
+def _configuration(row: Row) -> dict[str, Any]:
+    return {
+        "strategy": row.strategy,
+        "launcher": row.launcher,
+        "scaling": row.scaling,
+        "workers": row.workers,
+    }
+
+
+def _lowest(rows: Sequence[Row], figure: str) -> Row | None:
+    """The row with the lowest ``figure`` (the fewest workers on a tie), or None when no row has it."""
+    having = [r for r in rows if getattr(r, figure) is not None]
+    return min(having, key=lambda r: (getattr(r, figure), r.workers)) if having else None
+
+
 def recommend(rows: Sequence[Row], threshold_pct: float = 70.0, runs: Sequence[Run] = ()) -> dict[str, Any]:
     """Fastest configuration, least energy per sample, fastest to the accuracy target (with ``runs``), and
     where efficiency first drops below threshold."""
-    timed = [r for r in rows if r.epoch_time_s is not None]
     out: dict[str, Any] = {"threshold_pct": threshold_pct, "fastest": None, "least_energy": None}
-    if timed:
-        best = min(timed, key=lambda r: (r.epoch_time_s, r.workers))
-        out["fastest"] = {
-            "strategy": best.strategy,
-            "launcher": best.launcher,
-            "scaling": best.scaling,
-            "workers": best.workers,
-            "epoch_time_s": best.epoch_time_s,
-        }
-    energetic = [r for r in rows if r.energy_per_sample_wh is not None]
-    if energetic:
-        best = min(energetic, key=lambda r: (r.energy_per_sample_wh, r.workers))
-        out["least_energy"] = {
-            "strategy": best.strategy,
-            "launcher": best.launcher,
-            "scaling": best.scaling,
-            "workers": best.workers,
-            "energy_per_sample_wh": best.energy_per_sample_wh,
-        }
-    reached = [r for r in rows if r.time_to_target_s is not None]
+    if best := _lowest(rows, "epoch_time_s"):
+        out["fastest"] = {**_configuration(best), "epoch_time_s": best.epoch_time_s}
+    if best := _lowest(rows, "energy_per_sample_wh"):
+        out["least_energy"] = {**_configuration(best), "energy_per_sample_wh": best.energy_per_sample_wh}
     target = accuracy_target(runs) if runs else None
-    if reached and target is not None:
-        best = min(reached, key=lambda r: (r.time_to_target_s, r.workers))
+    if target is not None and (best := _lowest(rows, "time_to_target_s")):
         out["fastest_to_target"] = {
-            "strategy": best.strategy,
-            "launcher": best.launcher,
-            "scaling": best.scaling,
-            "workers": best.workers,
+            **_configuration(best),
             "time_to_target_s": best.time_to_target_s,
             "energy_to_target_wh": best.energy_to_target_wh,
             "metric": next(r.monitor for r in runs if r.accuracy),
