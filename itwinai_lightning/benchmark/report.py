@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from itwinai_lightning.benchmark import plots, scaling
+from itwinai_lightning.benchmark.findings import recommend
 from itwinai_lightning.benchmark.table import (
     RUN_COLUMNS,
     SUMMARY_COLUMNS,
@@ -33,7 +34,6 @@ from itwinai_lightning.benchmark.table import (
     Run,
     aggregate,
     collect,
-    recommend,
     series_label,
 )
 from itwinai_lightning.errors import UserError
