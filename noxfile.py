@@ -1,20 +1,80 @@
-"""nox sessions: tests, lint, typecheck, docs, bench.
+"""nox sessions: tests, installed, lint, typecheck, docs, bench.
 
-Sessions run in the current environment (``venv_backend="none"``): the stack (torch, Ray, DeepSpeed,
+Most sessions run in the current environment (``venv_backend="none"``): the stack (torch, Ray, DeepSpeed,
 a source-built Horovod) is installed once by ``scripts/setup.sh`` and takes minutes to rebuild.
+``installed-3.11``, ``installed-3.12`` and ``installed-3.13`` each build the wheel and install it with
+``[all]`` into a fresh venv of that Python (tests/packaging/wheel.py), then run the installed-wheel journey
+from outside the checkout and, on every Python but the main one (which runs the full suite), the core
+suite.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import nox
 
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "typecheck", "tests"]
 
+#: every supported Python; the full suite runs on MAIN, the core suite on the others
+PYTHONS = ["3.11", "3.12", "3.13"]
+MAIN = "3.11"
+#: the core suite: CLI, launchers and strategies on gloo, monitoring, records, tracking with every backend
+CORE = ["tests/foundation", "tests/strategies", "tests/monitoring", "tests/records", "tests/tracking"]
+#: engines the fresh venvs do not carry (Horovod is built per torch: itwinai-lightning build-horovod)
+NOT_CORE = "not horovod and not deepspeed and not slurm and not multinode and not gpu"
+nox.options.error_on_missing_interpreters = True  # a Python that is not there fails, never skips
+
+
+def _put_interpreters_on_path() -> None:
+    """Make ``python3.N`` of every supported Python findable by nox (pyenv keeps them off PATH): links in
+    ``.nox/interpreters``, so ``python`` itself stays the one that runs nox."""
+    import os
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    sys.path.insert(0, str(here))
+    from tests.packaging.wheel import interpreter
+
+    links = here / ".nox" / "interpreters"
+    links.mkdir(parents=True, exist_ok=True)
+    for version in PYTHONS:
+        link = links / f"python{version}"
+        link.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # nox reports a missing interpreter as an error
+            link.symlink_to(interpreter(version))
+    os.environ["PATH"] = f"{links}{os.pathsep}{os.environ['PATH']}"
+
+
+_put_interpreters_on_path()
+
 
 @nox.session
 def tests(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "-q", "-ra", *session.posargs)
+
+
+@nox.session(python=PYTHONS, venv_backend="venv", reuse_venv=False)
+def installed(session: nox.Session) -> None:
+    """A fresh venv per Python with the wheel and [all]; the installed journey; the core suite off MAIN."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from tests.packaging import wheel
+
+    started = time.monotonic()
+    built = wheel.build_wheel(Path(tempfile.mkdtemp(prefix="itwinai-wheel-")))
+    python = Path(session.virtualenv.location) / "bin" / "python"
+    pins = wheel.install_into(python, built)
+    took = time.monotonic() - started
+    session.log(f"Python {session.python}: {built.name}[all] -> {len(pins)} distributions in {took:.0f} s")
+    env = {"ITWINAI_INSTALLED_PYTHON": str(python)}
+    session.run("python", "-m", "pytest", "-q", "-ra", "-s", "tests/packaging/test_installed.py", env=env)
+    if session.python != MAIN:
+        session.run("python", "-m", "pytest", "-q", "-ra", "-m", NOT_CORE, *CORE, *session.posargs, env=env)
 
 
 @nox.session

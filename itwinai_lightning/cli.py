@@ -36,6 +36,10 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "profile": ("itwinai_lightning.profiling.cli", "'profile report RUN_DIR' rebuilds the hotspot summary"),
     "examples": ("itwinai_lightning.gallery", "list the example configs, or copy them: examples --to DIR"),
+    "build-horovod": (
+        "itwinai_lightning.horovod_build",
+        "build Horovod against the installed torch and install it (no extra can: see --help)",
+    ),
 }
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train (and validate) a model",
@@ -172,6 +176,24 @@ def _name_the_file(message: str, configs: list[tuple[str, dict[str, Any]]]) -> s
     return message
 
 
+def _import_lightning() -> None:
+    """Import Lightning (through this package's registrations); a broken torch pairing is one line.
+
+    A torchvision (or torchaudio) built for another torch makes ``import lightning`` fail deep inside
+    torchmetrics; the user needs the pairing and the pip line, not that traceback.
+    """
+    try:
+        _register_short_names()
+    except (ImportError, RuntimeError, OSError):
+        from itwinai_lightning.extras import torch_companion_problems
+
+        problems = torch_companion_problems()
+        if not problems:
+            raise
+        problem, fix = problems[0]
+        raise UserError(f"lightning does not import: {problem}; {fix}") from None
+
+
 def run_lightning_cli(
     args: Sequence[str], run: bool = True, from_sys_argv: bool = False, **kwargs: Any
 ) -> LightningCLI:
@@ -182,7 +204,7 @@ def run_lightning_cli(
     from itwinai_lightning import quiet
 
     quiet.install()
-    _register_short_names()
+    _import_lightning()
     return _cli_class()(args=None if from_sys_argv else list(args), run=run, **kwargs)
 
 

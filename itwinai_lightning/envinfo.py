@@ -6,7 +6,9 @@ A sanity check to run on a new cluster node, alone or under the launcher you mea
     srun -N 2 --ntasks-per-node=4 python -m itwinai_lightning env --json
 
 Every rank prints its own report (prefixed ``[rank R/W]``), or one JSON object per line with ``--json``.
-Optional backends are reported from their installed metadata, never imported, so this stays fast.
+Optional backends are reported from their installed metadata, never imported, so this stays fast: each
+extra of the package is ``ok``, ``missing`` or ``broken``, and a problem comes with the exact
+``pip install`` line that fixes it (:mod:`itwinai_lightning.extras`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ BACKENDS: dict[str, str] = {
     "yprov4ml": "provenance (extra: prov)",
     "ray": "tune / ray_ddp (extra: ray)",
     "deepspeed": "hpc_deepspeed (extra: deepspeed)",
-    "horovod": "horovod (extra: horovod)",
+    "horovod": "horovod (built by: itwinai-lightning build-horovod)",
     "mpi4py": "optional for mpirun",
     "py-spy": "profiling",
     "nvidia-ml-py": "GPU monitoring",
@@ -73,17 +75,29 @@ def _accelerators() -> dict[str, Any]:
     return info
 
 
+def _lightning_environment(info: Any) -> str:
+    """The ClusterEnvironment Lightning would use, or why there is none: the report must still come out
+    when the launch is wrong or Lightning itself does not import (the case ``env`` exists to diagnose)."""
+    try:
+        from itwinai_lightning.strategies.environment import make_cluster_environment
+
+        return type(make_cluster_environment(info)).__name__
+    except UserError as err:  # a launch mistake
+        return f"launch error: {err}"
+    except Exception as err:  # e.g. a torchvision built for another torch breaks `import lightning`
+        return (
+            f"lightning does not import: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        )
+
+
 def collect() -> dict[str, Any]:
     """Everything ``env`` reports, as a JSON-serialisable dict."""
+    from itwinai_lightning import extras
     from itwinai_lightning.cluster import default_backend, detect
-    from itwinai_lightning.strategies.environment import make_cluster_environment
 
     info = detect()
     accel = _accelerators()
-    try:
-        environment = type(make_cluster_environment(info)).__name__
-    except UserError as err:  # a launch mistake: report it instead of failing the sanity check
-        environment = f"launch error: {err}"
+    environment = _lightning_environment(info)
     return {
         "cluster": info.as_dict(),
         "lightning_environment": environment,
@@ -93,6 +107,10 @@ def collect() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "executables": {name: shutil.which(name) for name in _executables()},
+        "extras": {name: status.as_dict() for name, status in extras.report().items()},
+        "torch_companions": [
+            {"problem": problem, "fix": fix} for problem, fix in extras.torch_companion_problems()
+        ],
     }
 
 
@@ -118,8 +136,27 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"{name:<13} {version:<16} {purpose}")
     found = [name for name, path in report["executables"].items() if path]
     lines.append(f"on PATH       {', '.join(found) or 'no launchers'}")
+    lines += _extras_lines(report)
     prefix = f"[rank {c['rank']}/{c['world_size']}] "
     return "\n".join(prefix + line for line in lines)
+
+
+def _extras_lines(report: dict[str, Any]) -> list[str]:
+    """One line per extra (``ok``, ``missing``, ``broken``), then each problem and its fix."""
+    from itwinai_lightning.extras import PURPOSE
+
+    if not report["extras"]:
+        return ["extras        unknown: itwinai-lightning is not installed (running from a source tree?)"]
+    lines = []
+    for name, status in report["extras"].items():
+        lines.append(f"extra {name:<10}{status['state']:<9}{PURPOSE.get(name, '')}")
+        lines += [f"  {problem}" for problem in status["problems"]]
+        if status["fix"]:
+            lines.append(f"  fix: {status['fix']}")
+    for companion in report["torch_companions"]:
+        lines.append(f"torch pairing {companion['problem']}")
+        lines.append(f"  fix: {companion['fix']}")
+    return lines
 
 
 def main(argv: list[str]) -> int:

@@ -9,6 +9,7 @@ The gallery is package data (``itwinai_lightning/examples``; ``configs/`` in a c
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -50,17 +51,19 @@ def copy_to(target: Path, force: bool = False) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="itwinai-lightning examples",
         description="List the example configs shipped with itwinai-lightning, or copy them into a directory.",
-        env_prefix=False,
-        default_env=False,
+        allow_abbrev=False,
     )
-    parser.add_argument("--to", type=str | None, default=None, help="copy every example into this directory")
-    parser.add_argument("--force", type=bool, default=False, help="overwrite files that already exist there")
-    args = parser.parse_args(argv)
+    parser.add_argument("--to", default=None, metavar="DIR", help="copy every example into this directory")
+    parser.add_argument("--force", action="store_true", help="overwrite files that already exist there")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise UserError(
+            f"examples: unknown argument(s) {' '.join(unknown)}; "
+            "usage: itwinai-lightning examples [--to DIR] [--force]"
+        )
     if args.to is None:
         width = max(len(p.name) for p in examples())
         for path in examples():

@@ -9,6 +9,8 @@ shows. Each entry names where it comes from and why it is noise here:
 * torch's "`isinstance(treespec, LeafSpec)` is deprecated", triggered inside Lightning, not user code.
 * LightningCLI's "args parameter is intended to run from within Python": the CLI is given ``args`` on
   purpose (tune trials, benchmark points) while ``sys.argv`` holds the launcher's command line.
+* torch's (>= 2.14) "`torch.jit.script` is deprecated": fvcore, which yProv4ML imports, scripts a loss
+  function when it is imported; nothing the user wrote or can change.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ WARNINGS = (
     r"The `srun` command is available on your system but is not used",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"LightningCLI's args parameter is intended to run from within Python",
+    r"`torch.jit.script` is deprecated",
 )
 #: substrings of log records dropped from Lightning's rank-zero logger
 LOG_LINES = ("litlogger",)

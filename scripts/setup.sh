@@ -22,11 +22,18 @@ fi
 
 # torch first: a CPU-only machine should not pull a multi-GB CUDA build through another package
 $PY -c 'import torch' 2>/dev/null || $PY -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-$PY -m pip install -q -e ".[all,dev]"
-# yProv4ML: 3.2.3 is the last release importable on Python 3.11; it declares torchvision, which it does not
-# import and which would replace the CPU torch, so install it without dependencies (ours are in [prov]).
-$PY -c 'import yprov4ml' 2>/dev/null || $PY -m pip install -q --no-deps "yprov4ml==3.2.3"
+# Every extra but prov the way a user installs it. prov: yProv4ML declares torchvision, which it never
+# imports; next to this CPU torch pip would take PyPI's CUDA torchvision (or replace torch), and a torchvision
+# built for another torch breaks `import lightning`. This machine cannot reach the CPU torchvision index, so
+# yProv4ML goes in with its other requirements (the wheel tests install [all] exactly as users do).
+$PY -m pip install -q -e ".[mlflow,wandb,ray,deepspeed,horovod,mpi,report,dev]"
+$PY -m pip install -q --no-deps $($PY -c 'from itwinai_lightning import extras; print(*map(extras.plain, extras.declared()["prov"]))')
+$PY -m pip install -q $($PY -c '
+from importlib import metadata
+from packaging.requirements import Requirement
+reqs = [Requirement(r) for r in metadata.requires("yprov4ml") or []]
+print(*(f"{r.name}{r.specifier}" for r in reqs if r.marker is None and r.name != "torchvision"))')
 if [ "${SKIP_HOROVOD:-0}" != 1 ]; then
-  bash scripts/install-horovod.sh
+  bash itwinai_lightning/tools/build-horovod.sh
 fi
 echo "itwinai-lightning installed: $($PY -c 'import itwinai_lightning; print(itwinai_lightning.__version__)')"

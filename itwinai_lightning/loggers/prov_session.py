@@ -66,7 +66,7 @@ class ProvSession:
         global _ACTIVE
         from itwinai_lightning.errors import require
 
-        prov4ml = require("yprov4ml", "prov", "pip install yprov4ml==3.2.3 --no-deps (see docs/tracking.md)")
+        prov4ml = require("yprov4ml", "prov")
         with _LOCK:
             if _ACTIVE is not None and _ACTIVE is not self:
                 raise RuntimeError(
@@ -99,8 +99,7 @@ class ProvSession:
                 import yprov4ml.functs
                 from yprov4ml.constants import PROV4ML_DATA
 
-                # end_run walks the whole working directory for a requirements.txt; look only at its top
-                yprov4ml.functs._requirements_lookup = _top_level_requirements
+                _keep_requirements_out_of_the_working_directory(yprov4ml.functs, PROV4ML_DATA.EXPERIMENT_DIR)
                 yprov4ml.end_run(create_graph=create_graph)
                 name = f"prov_{PROV4ML_DATA.PROV_JSON_NAME}.json"
                 self.prov_json = Path(PROV4ML_DATA.EXPERIMENT_DIR) / name
@@ -122,6 +121,27 @@ def _load_prov_serializers() -> None:
 
     if Registry.serializers is None:
         Registry.load_serializers()
+
+
+def _keep_requirements_out_of_the_working_directory(functs: Any, experiment_dir: str) -> None:
+    """Point ``end_run``'s requirements step at the run's provenance directory.
+
+    yProv4ML 3.2.3 walks the whole working directory for a ``requirements.txt`` (seconds on a large
+    project); from 3.2.8 it also *writes* one into the working directory, the user's project. Here the
+    lookup checks only the top level, and the written file goes to ``experiment_dir``, beside the PROV-JSON.
+    """
+    functs._requirements_lookup = _top_level_requirements
+    current = getattr(functs, "_generate_requirements", None)
+    if current is None:  # 3.2.3 writes nothing
+        return
+    generate = getattr(current, "original", current)  # this run's directory, not an earlier run's
+
+    def into_experiment_dir(_working_dir: str) -> str | None:
+        os.makedirs(experiment_dir, exist_ok=True)
+        return generate(experiment_dir)  # type: ignore[no-any-return]
+
+    into_experiment_dir.original = generate  # type: ignore[attr-defined]
+    functs._generate_requirements = into_experiment_dir
 
 
 def _top_level_requirements(path: str) -> str | None:

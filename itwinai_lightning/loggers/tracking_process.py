@@ -246,6 +246,9 @@ def serve(conn: Connection) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
+    from itwinai_lightning import quiet
+
+    quiet.install()  # the backends' imports warn here, in the user's terminal, as in the trainer
     sock = socket.socket(fileno=int(argv[0]))
     return serve(Connection(sock.detach()))
 

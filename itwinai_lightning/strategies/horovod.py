@@ -4,7 +4,7 @@ Each process is started by ``horovodrun``, ``mpirun`` or ``srun`` (one process p
 Horovod, not Lightning, knows the ranks. Under ``mpirun``/``srun`` a gloo-only Horovod build finds its
 peers through the rendezvous that :mod:`~itwinai_lightning.strategies.horovod_rendezvous` runs before
 ``hvd.init()``. Importing this module does not import Horovod; building the strategy does, and raises
-:class:`~itwinai_lightning.errors.MissingExtraError` naming ``scripts/install-horovod.sh``.
+:class:`~itwinai_lightning.errors.MissingExtraError` naming ``itwinai-lightning build-horovod``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ from itwinai_lightning import cluster
 from itwinai_lightning.errors import UserError, require
 from itwinai_lightning.strategies import horovod_rendezvous as rendezvous
 
-INSTALL_HINT = "bash scripts/install-horovod.sh (Horovod 0.28.1 needs a patched build for torch 2.x)"
+INSTALL_HINT = (
+    "itwinai-lightning build-horovod (Horovod 0.28.1 is not on PyPI in a form that builds against torch 2.x; "
+    "this builds it against your torch, about 5 minutes, once)"
+)
 COMPRESSIONS = ("none", "fp16")
 OPS = ("average", "sum", "adasum")
 _REDUCE_NAMES = {"mean": "average", "avg": "average", "sum": "sum", "max": "max", "min": "min"}

@@ -215,7 +215,7 @@ def test_deepspeed_example_under_torchrun(tmp_path: Path, python_env: dict[str, 
 
 
 def test_horovod_example_under_horovodrun(tmp_path: Path, python_env: dict[str, str]) -> None:
-    require_module("horovod", "bash scripts/install-horovod.sh")
+    require_module("horovod", "itwinai-lightning build-horovod")
     run_dir = tmp_path / "run"
     _run(
         [

@@ -78,8 +78,8 @@ def test_deepspeed_srun_fit_resume(slurm_cluster: Any, tmp_path: Path) -> None:
 
 @pytest.mark.horovod
 def test_horovod_horovodrun_fit_resume_parity(tmp_path: Path, ddp_reference: dict) -> None:
-    require_module("horovod", "bash scripts/install-horovod.sh")
-    horovodrun = require_executable("horovodrun", "bash scripts/install-horovod.sh")
+    require_module("horovod", "itwinai-lightning build-horovod")
+    horovodrun = require_executable("horovodrun", "itwinai-lightning build-horovod")
     prefix = [horovodrun, "--gloo", "-np", "2", "-H", "localhost:2"]
     results = run_launch(prefix, ["--strategy", "horovod", "--devices", "1"], tmp_path, child_env())
     check_fit_and_resume(results, "HorovodStrategy")

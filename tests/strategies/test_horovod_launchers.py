@@ -15,7 +15,7 @@ from tests.strategies.conftest import free_port, load_weights, run_launch
 from tests.strategies.test_deepspeed_horovod import check_fit_and_resume, check_parity
 
 pytestmark = [pytest.mark.horovod, pytest.mark.timeout(400)]
-HINT = "bash scripts/install-horovod.sh"
+HINT = "itwinai-lightning build-horovod"
 ARGS = ["--strategy", "horovod", "--devices", "1"]
 
 

@@ -44,7 +44,7 @@ def test_modules_import_no_backend_and_missing_backend_errors() -> None:
         'Install it with: pip install "itwinai-lightning[deepspeed]"'
     )
     assert lines[2].startswith("error 'horovod.torch' is not installed")
-    assert "scripts/install-horovod.sh" in lines[2]
+    assert "itwinai-lightning build-horovod" in lines[2]
 
 
 @pytest.mark.deepspeed
@@ -77,7 +77,7 @@ def test_deepspeed_options_and_bad_input(tmp_path: Path) -> None:
 
 @pytest.mark.horovod
 def test_horovod_options_and_bad_input() -> None:
-    require_module("horovod", "bash scripts/install-horovod.sh")
+    require_module("horovod", "itwinai-lightning build-horovod")
     from itwinai_lightning.strategies.horovod import HorovodStrategy
 
     strategy = HorovodStrategy(compression="fp16", op="sum", backward_passes_per_step=2)

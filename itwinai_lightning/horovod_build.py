@@ -1,0 +1,58 @@
+"""``itwinai-lightning build-horovod``: build Horovod 0.28.1 against the installed torch and install it.
+
+Horovod's last release does not build from PyPI against torch 2.x as published, so no extra can install
+it (the ``horovod`` extra brings only the build tools). This command runs the build script shipped in the
+package (``itwinai_lightning/tools/build-horovod.sh``) with this interpreter: it patches the sdist, builds
+a wheel once (about 5 minutes on 2 cores), caches it per torch/Python/flavour and installs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from importlib import resources
+
+from itwinai_lightning.errors import UserError
+
+SCRIPT = "build-horovod.sh"
+
+
+def script_path() -> str:
+    """Where the shipped build script is (inside the installed package)."""
+    return str(resources.files("itwinai_lightning") / "tools" / SCRIPT)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="itwinai-lightning build-horovod",
+        allow_abbrev=False,
+        description="Build Horovod 0.28.1 against the installed torch (CPU/gloo by default) and install it "
+        "into this Python; the built wheel is cached in ~/.cache/itwinai-lightning/wheels.",
+    )
+    parser.add_argument("--gpu", action="store_true", help="build NCCL GPU operations (needs nvcc and CUDA)")
+    parser.add_argument("--force", action="store_true", help="rebuild/reinstall even if Horovod imports")
+    parser.add_argument("--print-script", action="store_true", help="print the build script's path and exit")
+    known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise UserError(
+            f"build-horovod: unknown argument(s) {' '.join(unknown)}; "
+            "see 'itwinai-lightning build-horovod --help'"
+        )
+    if known.print_script:
+        print(script_path())
+        return 0
+    for tool in ("bash", "c++"):
+        if shutil.which(tool) is None:
+            raise UserError(
+                f"build-horovod needs '{tool}' on PATH (a C++17 compiler: apt-get install build-essential, "
+                "or load your site's GCC module)"
+            )
+    env = dict(os.environ, PYTHON=sys.executable)
+    if known.gpu:
+        env["HOROVOD_GPU"] = "1"
+    if known.force:
+        env["FORCE"] = "1"
+    return subprocess.call(["bash", script_path()], env=env)

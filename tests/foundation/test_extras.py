@@ -1,0 +1,143 @@
+"""``itwinai-lightning env`` reports each extra from the installed metadata: ok, missing or broken, with the
+exact pip line that fixes it. Installed distributions are shadowed by real ``.dist-info`` directories put
+first on the child's PYTHONPATH, which is what importlib.metadata reads."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+from itwinai_lightning import extras
+
+
+def _dist(root: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> None:
+    info = root / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    lines += [f"Requires-Dist: {r}" for r in requires]
+    (info / "METADATA").write_text("\n".join(lines) + "\n")
+
+
+def _env_json(python_env: dict[str, str], cwd: Path, shadow: Path | None = None) -> dict:  # type: ignore[type-arg]
+    env = dict(python_env)
+    if shadow is not None:
+        env["PYTHONPATH"] = f"{shadow}:{env['PYTHONPATH']}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "itwinai_lightning", "env", "--json"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_every_extra_is_reported_from_the_installed_metadata(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    report = _env_json(python_env, tmp_path)
+    assert set(report["extras"]) == set(extras.PURPOSE)  # every extra but the bundles (all, dev)
+    # this environment is set up by scripts/setup.sh: every extra is usable, Horovod built
+    assert {name: s["state"] for name, s in report["extras"].items()} == dict.fromkeys(extras.PURPOSE, "ok")
+    assert all(s["fix"] == "" and s["problems"] == [] for s in report["extras"].values())
+
+
+def test_a_yprov4ml_this_python_cannot_use_is_broken_with_the_pip_line(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    old_python = sys.version_info < (3, 12)
+    # on 3.11 the extra needs 3.2.3 (later releases do not parse there); on 3.12+ it needs >=3.2.8
+    wrong, wanted = ("3.2.8", "yprov4ml==3.2.3") if old_python else ("3.2.3", "yprov4ml<3.3,>=3.2.8")
+    _dist(tmp_path / "shadow", "yprov4ml", wrong)
+    prov = _env_json(python_env, tmp_path, tmp_path / "shadow")["extras"]["prov"]
+    assert prov["state"] == "broken"
+    assert prov["problems"] == [
+        f"yprov4ml {wrong} is installed, this extra needs {Requirement(wanted).specifier} "
+        f"on Python {sys.version_info.major}.{sys.version_info.minor}"
+    ]
+    assert prov["fix"] == f"{shlex.quote(sys.executable)} -m pip install {shlex.quote(wanted)}"
+
+
+def test_a_missing_requirement_names_its_pip_line() -> None:
+    status = extras.check("demo", [Requirement("no-such-distribution-xyz>=1.2"), Requirement("psutil>=1")])
+    assert status.state == "broken"  # psutil is there, the other is not
+    assert status.problems == ["no-such-distribution-xyz is not installed"]
+    assert status.fix.endswith("-m pip install 'no-such-distribution-xyz>=1.2'")
+    nothing = extras.check("demo", [Requirement("no-such-distribution-xyz")])
+    assert (nothing.state, nothing.fix.split(" -m ")[1]) == (
+        "missing",
+        "pip install no-such-distribution-xyz",
+    )
+
+
+def test_a_torchvision_from_another_build_of_torch_is_named(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    import torch
+
+    release, _, variant = torch.__version__.partition("+")
+    # the release matches, the build variant does not (a PyPI torchvision beside a +cpu torch, or the reverse)
+    other = "" if variant else "+cpu"
+    _dist(tmp_path / "shadow", "torchvision", f"0.99.0{other}", (f"torch=={release}",))
+    report = _env_json(python_env, tmp_path, tmp_path / "shadow")
+    [pairing] = report["torch_companions"]
+    assert pairing["problem"] == (
+        f"torchvision 0.99.0{other} does not match torch {torch.__version__} (different build variant)"
+    )
+    minor = int(release.split(".")[1])
+    assert f"-m pip install 'torchvision==0.{minor + 15}.*'" in pairing["fix"]  # torch 2.13 <-> 0.28
+    if variant:
+        assert f"--index-url https://download.pytorch.org/whl/{variant}" in pairing["fix"]
+
+
+def test_the_human_report_shows_the_fix_under_the_extra(tmp_path: Path, python_env: dict[str, str]) -> None:
+    _dist(tmp_path / "shadow", "wandb", "0.1.0")  # the extra needs wandb>=0.17
+    env = {**python_env, "PYTHONPATH": f"{tmp_path / 'shadow'}:{python_env['PYTHONPATH']}"}
+    out = subprocess.run(
+        [sys.executable, "-m", "itwinai_lightning", "env"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    at = next(
+        i for i, line in enumerate(out) if line.endswith("extra wandb     broken   Weights & Biases tracking")
+    )
+    assert out[at + 1].endswith(
+        "wandb 0.1.0 is installed, this extra needs >=0.17 on Python "
+        f"{sys.version_info.major}.{sys.version_info.minor}"
+    )
+    assert out[at + 2].endswith(f"fix: {shlex.quote(sys.executable)} -m pip install 'wandb>=0.17'")
+
+
+def test_build_horovod_runs_the_shipped_script_with_this_python(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    from itwinai_lightning import horovod_build
+
+    script = Path(horovod_build.script_path())
+    assert script.is_file() and script.parent.parent == Path(extras.__file__).parent  # inside the package
+    itl = [sys.executable, "-m", "itwinai_lightning", "build-horovod"]
+    printed = subprocess.run(
+        [*itl, "--print-script"], env=python_env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert printed.returncode == 0 and printed.stdout.strip() == str(script)
+    # this environment has Horovod (scripts/setup.sh builds it with the same script): nothing to rebuild
+    again = subprocess.run(itl, env=python_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.startswith("horovod already importable: 0.28.1")
+    wrong = subprocess.run([*itl, "--gpus"], env=python_env, cwd=tmp_path, capture_output=True, text=True)
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
+        "itwinai-lightning: error: build-horovod: unknown argument(s) --gpus; "
+        "see 'itwinai-lightning build-horovod --help'"
+    ]
