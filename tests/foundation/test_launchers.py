@@ -38,7 +38,15 @@ def _launch(launcher: str, request: pytest.FixtureRequest, tmp_path: Path, env: 
     return run_cli(prefix, fit_args(tmp_path), env, tmp_path)
 
 
-@pytest.mark.parametrize("launcher", ["lightning", "torchrun", "mpirun", "srun"])
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        "lightning",
+        pytest.param("torchrun", marks=pytest.mark.core),
+        pytest.param("mpirun", marks=pytest.mark.core),
+        "srun",
+    ],
+)
 def test_ddp_fit_matches_single_process(
     launcher: str, reference: Run, request: pytest.FixtureRequest, tmp_path: Path, python_env: dict[str, str]
 ) -> None:

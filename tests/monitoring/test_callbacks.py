@@ -192,6 +192,7 @@ def test_cli_short_names_with_plus_equals(tmp_path: Path) -> None:
     assert rec["epochs"][0]["cpu_util_mean_pct"] > 0
 
 
+@pytest.mark.core
 def test_ddp_two_processes_through_the_cli_yaml(tmp_path: Path, python_env: dict[str, str]) -> None:
     run_dir = tmp_path / "ddp"
     config = _config(

@@ -179,7 +179,8 @@ def test_a_multilogger_fit_reaches_every_backend(tmp_path: Path, outside: dict[s
         name: [] for name in ("tensorboard", "csv", "mlflow", "wandb", "prov")
     }
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
-    assert "val_loss" in (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()]
+    assert rows[0] == ["step", "key", "value", "time"] and "val_loss" in {row[1] for row in rows[1:]}
     assert (run_dir / "mlflow.db").stat().st_size > 0 and list((run_dir / "wandb").rglob("*.wandb"))
     [prov_json] = (run_dir / "prov" / "rank0").glob("quickstart_*/prov_quickstart_GR0_*.json")
     assert "val_loss" in prov_json.read_text()

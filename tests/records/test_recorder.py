@@ -19,6 +19,8 @@ from itwinai_lightning.callbacks import TimingMonitor
 from itwinai_lightning.demo import SpectrogramDataModule, SpectrogramDenoiser
 from itwinai_lightning.records import derive, peaks, store
 
+pytestmark = pytest.mark.core  # runs on every supported Python (nox -s installed-3.N)
+
 TINY_DATA = {"num_samples": 128, "val_samples": 32, "batch_size": 16}
 
 

@@ -54,6 +54,7 @@ def test_failed_fit_still_writes_prov_json_and_frees_the_slot(tmp_path: Path) ->
     assert second.close() is not None and active_session() is None
 
 
+@pytest.mark.core
 def test_prov_json_per_rank_under_torchrun(tmp_path: Path, python_env: dict[str, str]) -> None:
     import subprocess
     import sys
