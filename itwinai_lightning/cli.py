@@ -29,7 +29,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("itwinai_lightning.tune.cli", "Ray Tune hyper-parameter search over any config"),
     "benchmark": ("itwinai_lightning.benchmark.cli", "scaling grid over strategies x workers, with a report"),
     "slurm": ("itwinai_lightning.slurm.cli", "render (and submit) an sbatch script for a config"),
-    "env": ("itwinai_lightning.envinfo", "what this node looks like: launcher, ranks, devices, versions"),
+    "env": ("itwinai_lightning.envinfo", "what this node looks like: launcher, ranks, devices, versions, extras"),
     "logs": (
         "itwinai_lightning.loggers.cli",
         "tracking spools: 'logs replay RUN_DIR' re-sends spooled data",
@@ -56,9 +56,9 @@ def _overview() -> str:
         "PyTorch Lightning from a laptop to an HPC system. Commands:",
     ]
     for name, text in LIGHTNING_COMMANDS.items():
-        lines.append(f"  {name:<10} {text}")
+        lines.append(f"  {name:<14} {text}")
     for name, (_, text) in EXTRA_COMMANDS.items():
-        lines.append(f"  {name:<10} {text}")
+        lines.append(f"  {name:<14} {text}")
     lines += [
         "",
         "Run 'itwinai-lightning <command> --help' for a command's options.",
