@@ -29,7 +29,10 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("itwinai_lightning.tune.cli", "Ray Tune hyper-parameter search over any config"),
     "benchmark": ("itwinai_lightning.benchmark.cli", "scaling grid over strategies x workers, with a report"),
     "slurm": ("itwinai_lightning.slurm.cli", "render (and submit) an sbatch script for a config"),
-    "env": ("itwinai_lightning.envinfo", "what this node looks like: launcher, ranks, devices, versions, extras"),
+    "env": (
+        "itwinai_lightning.envinfo",
+        "what this node looks like: launcher, ranks, devices, versions, extras",
+    ),
     "logs": (
         "itwinai_lightning.loggers.cli",
         "tracking spools: 'logs replay RUN_DIR' re-sends spooled data",

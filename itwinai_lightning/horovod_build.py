@@ -25,6 +25,31 @@ def script_path() -> str:
     return str(resources.files("itwinai_lightning") / "tools" / SCRIPT)
 
 
+def toolkit_problem(torch_cuda: str | None, nvcc: str | None, gpu: bool) -> str | None:
+    """Why the build cannot work here, or None. ``torch_cuda``: ``torch.version.cuda`` (None for a CPU torch).
+
+    Horovod's torch extension compiles against CUDA whenever torch is a CUDA build (PyPI's default on
+    Linux), so a CUDA torch needs a CUDA toolkit and the GPU build; a CPU build needs a CPU torch.
+    """
+    if torch_cuda and not gpu:
+        return (
+            f"torch is a CUDA {torch_cuda} build, and Horovod's torch extension then compiles against CUDA: "
+            "run 'itwinai-lightning build-horovod --gpu' where a CUDA toolkit is loaded (nvcc on PATH), "
+            "or install a CPU torch for a CPU-only Horovod"
+        )
+    if gpu and not torch_cuda:
+        return "--gpu needs a CUDA build of torch; this torch is CPU-only (drop --gpu for a gloo build)"
+    if gpu and nvcc is None:
+        return "--gpu needs a CUDA toolkit: nvcc is not on PATH (load your site's CUDA module)"
+    return None
+
+
+def _torch_cuda() -> str | None:
+    import torch
+
+    return torch.version.cuda  # type: ignore[no-any-return]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="itwinai-lightning build-horovod",
@@ -50,6 +75,9 @@ def main(argv: list[str]) -> int:
                 f"build-horovod needs '{tool}' on PATH (a C++17 compiler: apt-get install build-essential, "
                 "or load your site's GCC module)"
             )
+    problem = toolkit_problem(_torch_cuda(), shutil.which("nvcc"), known.gpu)
+    if problem:
+        raise UserError(f"build-horovod: {problem}")
     env = dict(os.environ, PYTHON=sys.executable)
     if known.gpu:
         env["HOROVOD_GPU"] = "1"

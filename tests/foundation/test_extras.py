@@ -152,3 +152,37 @@ def test_build_horovod_runs_the_shipped_script_with_this_python(
         "itwinai-lightning: error: build-horovod: unknown argument(s) --gpus; "
         "see 'itwinai-lightning build-horovod --help'"
     ]
+
+
+def test_build_horovod_names_the_toolkit_it_needs_before_building() -> None:
+    from itwinai_lightning.horovod_build import toolkit_problem
+
+    assert toolkit_problem(None, None, gpu=False) is None  # CPU torch, gloo build: what setup.sh does
+    assert toolkit_problem("13.0", "/usr/local/cuda/bin/nvcc", gpu=True) is None
+    cuda_torch = toolkit_problem("13.0", None, gpu=False)
+    assert cuda_torch is not None and "CUDA 13.0 build" in cuda_torch and "--gpu" in cuda_torch
+    no_nvcc = toolkit_problem("13.0", None, gpu=True)
+    assert no_nvcc is not None and "nvcc is not on PATH" in no_nvcc
+    cpu_torch = toolkit_problem(None, "/usr/bin/nvcc", gpu=True)
+    assert cpu_torch is not None and "CPU-only" in cpu_torch
+
+
+def test_build_horovod_stops_in_one_line_where_it_cannot_build(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    """On this interpreter's torch: a CUDA torch (the wheel venvs take PyPI's) cannot get a gloo-only build;
+    a CPU torch (scripts/setup.sh) cannot get --gpu. Either way one line, exit 2, nothing built."""
+    import torch
+
+    flag = [] if torch.version.cuda else ["--gpu"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "itwinai_lightning", "build-horovod", *flag, "--force"],
+        env=python_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    expected = "Horovod's torch extension then compiles" if torch.version.cuda else "this torch is CPU-only"
+    assert expected in proc.stderr and proc.stdout == ""
