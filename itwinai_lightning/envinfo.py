@@ -22,7 +22,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from itwinai_lightning.errors import UserError
+from itwinai_lightning.errors import UserError, parse_command_args
 
 #: distribution name -> what it enables
 BACKENDS: dict[str, str] = {
@@ -174,9 +174,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for every rank to join (--check)"
     )
-    known, unknown = parser.parse_known_args(argv)
-    if unknown:
-        raise UserError(f"env: unknown argument(s) {' '.join(unknown)}; see 'itwinai-lightning env --help'")
+    known = parse_command_args(parser, argv, "env")
     if known.timeout <= 0:
         raise UserError(f"env --timeout must be > 0 seconds, got {known.timeout:g}")
     if known.check:

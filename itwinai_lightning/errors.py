@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, NoReturn
@@ -61,6 +62,19 @@ def require(module: str, extra: str, hint: str | None = None):  # type: ignore[n
         if err.name is not None and not module.startswith(err.name.split(".")[0]):
             raise  # the module exists but one of *its* dependencies is broken: show the real error
         raise MissingExtraError(module, extra, hint) from err
+
+
+def parse_command_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str], command: str
+) -> argparse.Namespace:
+    """Parse a subcommand's flags; an unknown one is a :class:`UserError` (one line, exit 2), not
+    argparse's usage block."""
+    known, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        raise UserError(
+            f"{command}: unknown argument(s) {' '.join(unknown)}; see 'itwinai-lightning {command} --help'"
+        )
+    return known
 
 
 def exit_with_error(message: str) -> NoReturn:

@@ -14,7 +14,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from itwinai_lightning.errors import UserError
+from itwinai_lightning.errors import UserError, parse_command_args
 
 SUFFIXES = (".yaml", ".py")
 
@@ -58,12 +58,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--to", default=None, metavar="DIR", help="copy every example into this directory")
     parser.add_argument("--force", action="store_true", help="overwrite files that already exist there")
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        raise UserError(
-            f"examples: unknown argument(s) {' '.join(unknown)}; "
-            "usage: itwinai-lightning examples [--to DIR] [--force]"
-        )
+    args = parse_command_args(parser, argv, "examples")
     if args.to is None:
         width = max(len(p.name) for p in examples())
         for path in examples():

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from importlib import resources
 
-from itwinai_lightning.errors import UserError
+from itwinai_lightning.errors import UserError, parse_command_args
 
 SCRIPT = "build-horovod.sh"
 
@@ -60,12 +60,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gpu", action="store_true", help="build NCCL GPU operations (needs nvcc and CUDA)")
     parser.add_argument("--force", action="store_true", help="rebuild/reinstall even if Horovod imports")
     parser.add_argument("--print-script", action="store_true", help="print the build script's path and exit")
-    known, unknown = parser.parse_known_args(argv)
-    if unknown:
-        raise UserError(
-            f"build-horovod: unknown argument(s) {' '.join(unknown)}; "
-            "see 'itwinai-lightning build-horovod --help'"
-        )
+    known = parse_command_args(parser, argv, "build-horovod")
     if known.print_script:
         print(script_path())
         return 0

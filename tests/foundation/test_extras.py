@@ -27,12 +27,13 @@ def _dist(root: Path, name: str, version: str, requires: tuple[str, ...] = ()) -
     (info / "METADATA").write_text("\n".join(lines) + "\n")
 
 
-def _env_json(python_env: dict[str, str], cwd: Path, shadow: Path | None = None) -> dict:  # type: ignore[type-arg]
+def _env(python_env: dict[str, str], cwd: Path, shadow: Path | None, *args: str) -> str:
+    """stdout of ``itwinai-lightning env ARGS`` with ``shadow`` (fake .dist-info dirs) first on the path."""
     env = dict(python_env)
     if shadow is not None:
         env["PYTHONPATH"] = f"{shadow}:{env['PYTHONPATH']}"
     proc = subprocess.run(
-        [sys.executable, "-m", "itwinai_lightning", "env", "--json"],
+        [sys.executable, "-m", "itwinai_lightning", "env", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -41,7 +42,11 @@ def _env_json(python_env: dict[str, str], cwd: Path, shadow: Path | None = None)
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+    return proc.stdout
+
+
+def _env_json(python_env: dict[str, str], cwd: Path, shadow: Path | None = None) -> dict:  # type: ignore[type-arg]
+    return json.loads(_env(python_env, cwd, shadow, "--json"))  # type: ignore[no-any-return]
 
 
 def test_every_extra_is_reported_from_the_installed_metadata(
@@ -110,16 +115,7 @@ def test_a_torchvision_from_another_build_of_torch_is_named(
 
 def test_the_human_report_shows_the_fix_under_the_extra(tmp_path: Path, python_env: dict[str, str]) -> None:
     _dist(tmp_path / "shadow", "wandb", "0.1.0")  # the extra needs wandb>=0.17
-    env = {**python_env, "PYTHONPATH": f"{tmp_path / 'shadow'}:{python_env['PYTHONPATH']}"}
-    out = subprocess.run(
-        [sys.executable, "-m", "itwinai_lightning", "env"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.splitlines()
+    out = _env(python_env, tmp_path, tmp_path / "shadow").splitlines()
     at = next(
         i for i, line in enumerate(out) if line.endswith("extra wandb     broken   Weights & Biases tracking")
     )
