@@ -39,6 +39,11 @@ register(
     "itwinai_lightning.strategies.deepspeed:HPCDeepSpeedStrategy",
     "DeepSpeed ZeRO on CPU or CUDA",
 )
+register(
+    "hpc_fsdp",
+    "itwinai_lightning.strategies.fsdp:HPCFSDPStrategy",
+    "launcher-aware fully sharded data parallel (FSDP) on CUDA or CPU",
+)
 register("horovod", "itwinai_lightning.strategies.horovod:HorovodStrategy", "Horovod data parallelism")
 register(
     "ray_ddp", "itwinai_lightning.strategies.ray:RayDDPStrategy", "DDP on Ray actors, local or a cluster"

@@ -10,6 +10,7 @@ import torch
 from typing_extensions import override
 
 from itwinai_lightning.cluster import detect
+from itwinai_lightning.strategies.weights import gathered_state_dict
 
 
 class SaveFinalWeights(pl.Callback):
@@ -22,7 +23,7 @@ class SaveFinalWeights(pl.Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        state = gathered_state_dict(trainer)
         torch.save(state, self.out_dir / f"initial_rank{trainer.global_rank}.pt")
         self.detected = detect().as_dict()  # as the launch left it (Lightning's teardown edits the env)
 
@@ -30,7 +31,7 @@ class SaveFinalWeights(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         rank = trainer.global_rank
-        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        state = gathered_state_dict(trainer)
         torch.save(state, self.out_dir / f"weights_rank{rank}.pt")
         strategy = trainer.strategy
         env = getattr(strategy, "cluster_environment", None)

@@ -67,11 +67,11 @@ def srun(*extra: str) -> list[str]:
     return ["srun", "-N", "2", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *extra]
 
 
-@pytest.mark.parametrize("strategy", ["hpc_ddp", "hpc_deepspeed", "horovod"])
+@pytest.mark.parametrize("strategy", ["hpc_ddp", "hpc_deepspeed", "hpc_fsdp", "horovod"])
 def test_srun_across_two_nodes(
     strategy: str, two_nodes: Cluster, node_env: dict[str, str], reference: Run, tmp_path: Path
 ) -> None:
-    if strategy != "hpc_ddp":
+    if strategy in ("hpc_deepspeed", "horovod"):
         require_module(strategy.removeprefix("hpc_"), "bash scripts/setup.sh")
     run = run_cli(srun(), two_node_args(tmp_path, "--trainer.strategy", strategy), node_env, tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]

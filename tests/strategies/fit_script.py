@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 import itwinai_lightning.strategies  # noqa: F401  (registers the short names)
 from itwinai_lightning.demo import SpectrogramDataModule, SpectrogramDenoiser
+from itwinai_lightning.strategies.weights import gathered_state_dict
 
 
 class ProbeModel(SpectrogramDenoiser):
@@ -43,10 +44,21 @@ class ResumeProbe(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.start_step = trainer.global_step
-        self.start_weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        self.start_weights = gathered_state_dict(trainer)
+
+
+class FinalWeights(Callback):
+    """The weights at the end of training, while the strategy still holds the model (FSDP: gathered)."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.weights = gathered_state_dict(trainer)
 
 
 def _strategy(args: argparse.Namespace) -> Any:
+    if args.strategy == "hpc_fsdp":
+        from itwinai_lightning.strategies.fsdp import HPCFSDPStrategy
+
+        return HPCFSDPStrategy(state_dict_type=args.state_dict_type, auto_wrap=args.auto_wrap or None)
     if args.strategy == "hpc_deepspeed":
         from itwinai_lightning.strategies.deepspeed import HPCDeepSpeedStrategy
 
@@ -79,6 +91,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8, help="per rank")
     parser.add_argument("--world", type=int, default=2, help="world size the data is sized for")
+    parser.add_argument("--optimizer", default="sgd", help="sgd (plain) or adam")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--state-dict-type", default="full", help="hpc_fsdp: full or sharded")
+    parser.add_argument("--auto-wrap", nargs="*", default=[], help="hpc_fsdp: module classes to wrap")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -94,12 +110,13 @@ def main(argv: list[str]) -> int:
         )
 
     pl.seed_everything(0, workers=True)
-    model = ProbeModel(width=8, depth=3, lr=0.05, optimizer="sgd")
+    model = ProbeModel(width=8, depth=3, lr=args.lr, optimizer=args.optimizer)
     ckpt = ModelCheckpoint(dirpath=args.out / "ckpt", save_last=True, save_top_k=0)
-    trainer = _trainer(args, 1, [ckpt])
+    final = FinalWeights()
+    trainer = _trainer(args, 1, [ckpt, final])
     trainer.fit(model, datamodule=data())
     rank = trainer.global_rank
-    fit1_weights = {k: v.detach().cpu().clone() for k, v in trainer.lightning_module.state_dict().items()}
+    fit1_weights = final.weights
     result: dict[str, Any] = {
         "rank": rank,
         "world_size": trainer.world_size,
@@ -119,7 +136,7 @@ def main(argv: list[str]) -> int:
         result["engine_zero_stage"] = engine.zero_optimization_stage() if engine is not None else None
 
     probe = ResumeProbe()
-    resumed_model = ProbeModel(width=8, depth=3, lr=0.05, optimizer="sgd")
+    resumed_model = ProbeModel(width=8, depth=3, lr=args.lr, optimizer=args.optimizer)
     resume = _trainer(args, 2, [probe])
     resume.fit(resumed_model, datamodule=data(), ckpt_path=ckpt.last_model_path)
     result["resume_start_step"] = probe.start_step

@@ -101,6 +101,7 @@ def test_short_names_registered() -> None:
     for name, target in [
         ("hpc_deepspeed", "itwinai_lightning.strategies.deepspeed:HPCDeepSpeedStrategy"),
         ("horovod", "itwinai_lightning.strategies.horovod:HorovodStrategy"),
+        ("hpc_fsdp", "itwinai_lightning.strategies.fsdp:HPCFSDPStrategy"),
     ]:
         assert name in StrategyRegistry and strategies.SHORT_NAMES[name][0] == target
 

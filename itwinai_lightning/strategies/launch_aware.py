@@ -1,0 +1,157 @@
+"""What makes a Lightning process-group strategy launcher-aware: one mixin shared by hpc_ddp and hpc_fsdp.
+
+:class:`LaunchAware` goes in front of a Lightning ``ParallelStrategy`` subclass (``DDPStrategy``,
+``FSDPStrategy``) and adds
+
+* the ``ClusterEnvironment`` of whatever launched the process (:func:`make_cluster_environment`);
+* the launch checks (``trainer.devices`` = processes per node, ...) before any process group exists;
+* ``nccl`` on CUDA and ``gloo`` on CPU unless ``process_group_backend`` is given;
+* pinning to ``cuda:<local rank>``, or to the only visible GPU when the launcher restricted
+  ``CUDA_VISIBLE_DEVICES`` per task;
+* a rendezvous window (``init_timeout``) separate from the collective timeout (``timeout``), and a one-line
+  message naming the lost peer when a collective fails because a rank died or hung.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+from itwinai_lightning.cluster import default_backend
+from itwinai_lightning.errors import UserError
+from itwinai_lightning.placement import known, lost_peer
+from itwinai_lightning.strategies import process_group
+from itwinai_lightning.strategies.environment import LauncherEnvironment, make_cluster_environment
+
+DEFAULT_INIT_TIMEOUT_S = 300.0
+
+#: Fragments of the errors torch.distributed raises when a peer died or stopped answering.
+_PEER_FAILURE = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "timed out",
+    "timeout",
+    "broken pipe",
+    "socket closed",
+    "nccl communicator was aborted",
+    "watchdog caught collective operation timeout",
+    "has already been aborted",
+)
+
+
+def as_timedelta(timeout: float | timedelta | None) -> timedelta | None:
+    """Seconds (as YAML gives them) or a ``timedelta`` -> ``timedelta``; ``None`` keeps torch's default."""
+    if timeout is None or isinstance(timeout, timedelta):
+        return timeout
+    if timeout <= 0:
+        raise UserError(f"trainer.strategy.init_args.timeout must be > 0 seconds, got {timeout}")
+    return timedelta(seconds=float(timeout))
+
+
+def is_peer_failure(exception: BaseException) -> bool:
+    """True for the errors torch.distributed raises when another rank died or stopped answering."""
+    dist_error = getattr(torch.distributed, "DistError", RuntimeError)
+    if not isinstance(exception, (RuntimeError, dist_error, ConnectionError, TimeoutError)):
+        return False
+    text = str(exception).lower()
+    return any(fragment in text for fragment in _PEER_FAILURE)
+
+
+class LaunchAware:
+    """Mixin for a Lightning ParallelStrategy subclass: ``class S(LaunchAware, DDPStrategy)``.
+
+    Call :meth:`_launch_aware_kwargs` in ``__init__`` and wrap the process-group creation in
+    :meth:`rendezvous_window`. ``short_name`` names the strategy in error messages.
+    """
+
+    short_name = "hpc"
+    _timeout: timedelta | None
+    _init_timeout: timedelta | None
+    _process_group_backend: str | None
+
+    def _launch_aware_kwargs(
+        self,
+        timeout: float | timedelta | None,
+        init_timeout: float | timedelta | None,
+        cluster_environment: Any,
+    ) -> dict[str, Any]:
+        """The ``cluster_environment`` / ``timeout`` keywords for the Lightning base ``__init__``."""
+        self._init_timeout = as_timedelta(init_timeout)
+        env = cluster_environment if cluster_environment is not None else make_cluster_environment()
+        return {"cluster_environment": env, "timeout": as_timedelta(timeout)}
+
+    @contextmanager
+    def rendezvous_window(self) -> Iterator[None]:
+        """Create the process group inside: the first rendezvous waits ``init_timeout`` (default: the larger
+        of ``timeout`` and 5 minutes) for the slowest rank to start; every later collective is bounded by
+        ``timeout``."""
+        collective = self._timeout
+        floor = timedelta(seconds=DEFAULT_INIT_TIMEOUT_S)
+        rendezvous = self._init_timeout or (max(collective, floor) if collective is not None else None)
+        self._timeout = rendezvous
+        try:
+            yield
+        finally:
+            self._timeout = collective
+        process_group.close_at_exit()
+        if collective is not None and collective != rendezvous and torch.distributed.is_initialized():
+            set_timeout = getattr(torch.distributed.distributed_c10d, "_set_pg_timeout", None)
+            if set_timeout is not None:
+                set_timeout(collective)
+
+    @property
+    def timeout_s(self) -> float | None:
+        return None if self._timeout is None else self._timeout.total_seconds()
+
+    def pinned_device(self, device: torch.device, local_rank: int) -> torch.device:
+        """``device`` (this rank's Lightning device) pinned to the GPU the launcher meant for it."""
+        if device.type != "cuda":
+            return device
+        visible = torch.cuda.device_count()
+        if visible == 1:  # the launcher gave this task exactly one GPU (e.g. srun --gpus-per-task=1)
+            return torch.device("cuda", 0)
+        if local_rank >= visible:
+            raise UserError(
+                f"local rank {local_rank} has no GPU: only {visible} visible on this node; "
+                f"start at most {visible} processes per node or set trainer.devices accordingly"
+            )
+        return torch.device("cuda", local_rank)
+
+    def validate_launch(self) -> None:
+        """Under an external launcher: the launch layout must match ``trainer.devices`` / ``num_nodes``."""
+        env = getattr(self, "cluster_environment", None)
+        if isinstance(env, LauncherEnvironment):
+            env.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)  # type: ignore[attr-defined]
+
+    def backend_for(self, device: torch.device) -> str:
+        return self._process_group_backend or default_backend(device.type)
+
+    def report_lost_peer(self, exception: BaseException) -> None:
+        """When ``exception`` says a peer died: one line naming it, and kill ranks Lightning started."""
+        if not is_peer_failure(exception):
+            return
+        strategy: Any = self
+        info = getattr(strategy.cluster_environment, "info", None)
+        source = info.launcher if info is not None else "lightning"
+        limit = "torch's default" if self.timeout_s is None else f"{self.timeout_s:g} s"
+        trainer = getattr(strategy._lightning_module, "_trainer", None)
+        rank, world = strategy.global_rank, strategy.world_size
+        peer = lost_peer(str(exception), known(trainer), rank)
+        message = (
+            f"{self.short_name}: rank {rank} of {world} ({source}) lost a peer in a collective: "
+            f"{peer} died or stopped responding (collective timeout {limit}). "
+            f"Check the other ranks' logs for the first error. Original error: {exception}"
+        )
+        print(f"itwinai-lightning: error: {message.splitlines()[0]}", file=sys.stderr, flush=True)
+        if exception.args and isinstance(exception.args[0], str):
+            exception.args = (message, *exception.args[1:])
+        launcher = strategy.launcher
+        if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs:
+            launcher.kill(signal.SIGKILL)  # ranks Lightning started would otherwise outlive us
