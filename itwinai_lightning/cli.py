@@ -78,6 +78,7 @@ def _register_short_names() -> None:
         "itwinai_lightning.loggers.multi",
         "itwinai_lightning.loggers.provenance",
         "itwinai_lightning.loggers.registry",
+        "itwinai_lightning.inference.writer",
     ):
         importlib.import_module(module)
 

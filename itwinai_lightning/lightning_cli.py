@@ -62,6 +62,24 @@ class ItwinaiCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", True)
         super().__init__(*args, **kwargs)
 
+    def before_instantiate_classes(self) -> None:
+        """``ckpt_path: models:/name/version`` -> the registered checkpoint, fetched before any model."""
+        subcommand = getattr(self, "subcommand", None)
+        if subcommand not in (None, "fit"):
+            from itwinai_lightning import quiet
+
+            quiet.not_fitting()
+        section: Any = self.config.get(subcommand) if subcommand else None
+        uri = section.get("ckpt_path") if section is not None else None
+        if uri is None or not str(uri).startswith("models:/"):
+            return
+        from itwinai_lightning.inference.model_source import fetch_checkpoint
+
+        path, downloaded = fetch_checkpoint(str(uri))
+        how = "downloaded to" if downloaded else "a cached copy reused from"
+        print(f"itwinai-lightning: ckpt_path {uri}: {how} {path}", flush=True)
+        section["ckpt_path"] = str(path)
+
     def instantiate_classes(self) -> None:
         with collecting() as created:
             try:

@@ -11,6 +11,8 @@ shows. Each entry names where it comes from and why it is noise here:
   purpose (tune trials, benchmark points) while ``sys.argv`` holds the launcher's command line.
 * torch's (>= 2.14) "`torch.jit.script` is deprecated": fvcore, which yProv4ML imports, scripts a loss
   function when it is imported; nothing the user wrote or can change.
+* torch's "torch.distributed.nn.functional.all_gather is deprecated", raised inside Lightning's
+  ``all_gather`` on every rank.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"LightningCLI's args parameter is intended to run from within Python",
     r"`torch.jit.script` is deprecated",
+    r"torch.distributed.nn.functional.all_gather is deprecated",
 )
+#: warnings that are noise outside ``fit`` only (the callbacks that wrote a checkpoint matter for resuming)
+NOT_FITTING = (r"callbacks used to create the checkpoint need to be provided",)
 #: substrings of log records dropped from Lightning's rank-zero logger
 LOG_LINES = ("litlogger",)
 _INSTALLED = False
@@ -46,3 +51,9 @@ def install() -> None:
         warnings.filterwarnings("ignore", message=f".*{pattern}")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropLines())
+
+
+def not_fitting() -> None:
+    """``validate``/``test``/``predict`` from a checkpoint: also filter what only concerns resuming a fit."""
+    for pattern in NOT_FITTING:
+        warnings.filterwarnings("ignore", message=f".*{pattern}")
