@@ -225,6 +225,9 @@ def resolve_config(args: Sequence[str], subcommand: str = "fit") -> dict[str, An
     _register_short_names()
 
     class _ParseOnly(_cli_class()):  # type: ignore[misc]
+        def before_instantiate_classes(self) -> None:
+            return None  # e.g. a models:/ checkpoint is fetched by the run, not by whoever renders its job
+
         def instantiate_classes(self) -> None:
             return None
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from itwinai_lightning.slurm.options import SlurmOptions
 
 USAGE = (
-    "Render an sbatch script that runs 'fit' (or 'tune' with --slurm.command tune) on the resolved config, "
+    "Render an sbatch script that runs 'fit' (or 'tune', 'predict': --slurm.command) on the resolved config, "
     "preemption-safe (checkpoint, requeue, resume); --slurm.submit true submits it. "
     "'itwinai-lightning slurm latest-checkpoint RUN_DIR' prints the checkpoint a resumed job starts from."
 )
@@ -126,7 +126,7 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     tune_section: dict[str, object] = {}
     if opts.command == "tune":
         tune_section, rest = split_section(rest, "tune")
-    config = jobcfg.resolve_lightning_config(rest)
+    config = jobcfg.resolve_lightning_config(rest, "predict" if opts.command == "predict" else "fit")
     jobcfg.check_nodes(config, opts.nodes, opts.command)
     if opts.submit or opts.test_only:  # before anything is written or submitted
         check_partition(opts.nodes, opts.partition)
@@ -172,11 +172,16 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     )
     if opts.command == "tune":  # trials start fresh: 'tune' accepts none of fit's own arguments
         config = jobcfg.without_fit_arguments(config)
+    if opts.command == "predict":
+        config, added = jobcfg.for_predict(config, run_dir)
+        if added:
+            where = run_dir / "predictions"
+            print(f"itwinai-lightning: predictions go to {where} (ShardedPredictionWriter added)")
     config_path = jobcfg.save_config(
         config, job_dir / "config.yaml", extra={"tune": tune_section} if opts.command == "tune" else None
     )
-    if opts.command == "fit":  # what the job will parse must parse here too
-        jobcfg.resolve_lightning_config(["--config", str(config_path)])
+    if opts.command in ("fit", "predict"):  # what the job will parse must parse here too
+        jobcfg.resolve_lightning_config(["--config", str(config_path)], opts.command)
     layout = JobLayout(
         run_dir=run_dir,
         job_dir=job_dir,

@@ -19,11 +19,41 @@ REQUEUE_CALLBACK = "itwinai_lightning.slurm.requeue.SlurmRequeue"
 GPU_ACCELERATORS = ("gpu", "cuda", "rocm", "auto")
 
 
-def resolve_lightning_config(lightning_argv: Sequence[str]) -> dict[str, Any]:
-    """Parse ``fit <lightning_argv>`` with the project's LightningCLI and return the resolved config."""
+def resolve_lightning_config(lightning_argv: Sequence[str], subcommand: str = "fit") -> dict[str, Any]:
+    """Parse ``<subcommand> <lightning_argv>`` with the project's LightningCLI; return the resolved config."""
     from itwinai_lightning.cli import resolve_config
 
-    return resolve_config(lightning_argv, "fit")
+    return resolve_config(lightning_argv, subcommand)
+
+
+WRITER = "itwinai_lightning.inference.ShardedPredictionWriter"
+
+
+def for_predict(config: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], bool]:
+    """A predict job's config: its checkpoint checked (a file that exists, or a registry URI) and made
+    absolute, and a :class:`ShardedPredictionWriter` added when none is configured (``True`` then)."""
+    out = dict(config)
+    ckpt = out.get("ckpt_path")
+    if not ckpt:
+        raise UserError(
+            "slurm.command predict needs --ckpt_path: a checkpoint file or models:/<name>/<version>"
+        )
+    if not str(ckpt).startswith("models:/"):
+        path = Path(str(ckpt)).expanduser().resolve()
+        if not path.exists():
+            raise UserError(f"ckpt_path {ckpt}: no such checkpoint; give a file (or directory) that exists")
+        out["ckpt_path"] = str(path)
+    trainer = dict(out.get("trainer") or {})
+    callbacks = list(trainer.get("callbacks") or [])
+    has_writer = any(
+        isinstance(c, dict) and str(c.get("class_path", "")).endswith("ShardedPredictionWriter")
+        for c in callbacks
+    )
+    if not has_writer:
+        callbacks.append({"class_path": WRITER, "init_args": {"output_dir": str(run_dir / "predictions")}})
+    trainer["callbacks"] = callbacks
+    out["trainer"] = trainer
+    return out, not has_writer
 
 
 def devices_per_node(config: dict[str, Any], gpus_per_node: int) -> int:
@@ -62,7 +92,7 @@ def check_nodes(config: dict[str, Any], nodes: int, command: str) -> None:
         )
     strategy = trainer.get("strategy")
     name = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy or "")
-    if command == "fit" and nodes > 1 and name.rsplit(".", 1)[-1] in SINGLE_NODE_STRATEGIES:
+    if command in ("fit", "predict") and nodes > 1 and name.rsplit(".", 1)[-1] in SINGLE_NODE_STRATEGIES:
         raise UserError(
             f"slurm.nodes={nodes} but trainer.strategy {name!r} starts its processes on one machine only; "
             "use hpc_ddp (or hpc_deepspeed, horovod) across nodes, or --slurm.nodes 1"

@@ -20,7 +20,7 @@ from itwinai_lightning.sections import check_known_keys, deep_merge, load_yaml_f
 
 #: Short aliases for the shipped presets.
 ALIASES = {"juwels": "juwels_booster", "lumi": "lumi_g", "booster": "juwels_booster"}
-COMMANDS = ("fit", "tune")
+COMMANDS = ("fit", "tune", "predict")
 
 
 def available_presets() -> list[str]:
@@ -65,7 +65,7 @@ class SlurmOptions:
         account_required: the site bills a project: a job without an account is refused at submit.
         job_name: --job-name (default itwinai-<command>).
         job_dir: where job.sbatch and config.yaml go (default <run dir>/slurm).
-        command: fit, or tune (a Ray cluster inside the allocation).
+        command: fit, tune (a Ray cluster inside the allocation) or predict (needs --ckpt_path).
         launcher: srun (one task per device), torchrun (one per node) or ray (default: srun; ray for tune).
         python: the interpreter the job runs.
         modules: module load lines.
@@ -151,8 +151,12 @@ class SlurmOptions:
             raise UserError(
                 "slurm.command 'tune' runs a Ray cluster inside the allocation: use slurm.launcher ray"
             )
+        if self.command == "predict" and self.launcher == "ray":
+            raise UserError("slurm.command 'predict' runs under srun or torchrun, not ray")
         if self.requeue is None:
-            self.requeue = self.launcher == "srun"
+            self.requeue = self.launcher == "srun" and self.command == "fit"
+        elif self.requeue and self.command == "predict":
+            raise UserError("slurm.requeue resumes a fit from its checkpoint; set it false for predict")
         elif self.requeue and self.launcher != "srun":
             raise UserError(
                 f"slurm.requeue needs slurm.launcher srun (the signal must reach the training ranks), "

@@ -114,6 +114,26 @@ def _srun(opts: SlurmOptions, job: JobLayout, tasks_per_node: int) -> str:
     return " ".join(_q(p) for p in parts)
 
 
+def _launch_predict(opts: SlurmOptions, job: JobLayout) -> list[str]:
+    lines = [
+        f"CONFIG={_q(job.config_path)}",
+        "",
+        f"# --- launch ({opts.launcher}): every rank predicts its share",
+    ]
+    return [*lines, *_launch_lines(opts, job, '-m itwinai_lightning predict --config "$CONFIG"'), 'exit "$?"']
+
+
+def _launch_lines(opts: SlurmOptions, job: JobLayout, command: str) -> list[str]:
+    if opts.launcher == "torchrun":
+        return [
+            'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+            f'{_srun(opts, job, 1)} "${{PY[@]}}" -m torch.distributed.run --nnodes="$SLURM_JOB_NUM_NODES" '
+            f"--nproc-per-node={job.devices_per_node} --rdzv-backend=c10d "
+            f'--rdzv-endpoint="$MASTER_ADDR:{opts.master_port}" --rdzv-id="$SLURM_JOB_ID" {command}',
+        ]
+    return [f'{_srun(opts, job, job.tasks_per_node)} "${{PY[@]}}" {command}']
+
+
 def _launch_fit(opts: SlurmOptions, job: JobLayout) -> list[str]:
     flag = job.run_dir / REQUEUE_FLAG_NAME
     lines = [
@@ -130,16 +150,7 @@ def _launch_fit(opts: SlurmOptions, job: JobLayout) -> list[str]:
         "",
         f"# --- launch ({opts.launcher})",
     ]
-    fit = '-m itwinai_lightning fit --config "$CONFIG" "${RESUME[@]}"'
-    if opts.launcher == "torchrun":
-        lines += [
-            'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-            f'{_srun(opts, job, 1)} "${{PY[@]}}" -m torch.distributed.run --nnodes="$SLURM_JOB_NUM_NODES" '
-            f"--nproc-per-node={job.devices_per_node} --rdzv-backend=c10d "
-            f'--rdzv-endpoint="$MASTER_ADDR:{opts.master_port}" --rdzv-id="$SLURM_JOB_ID" {fit}',
-        ]
-    else:
-        lines.append(f'{_srun(opts, job, job.tasks_per_node)} "${{PY[@]}}" {fit}')
+    lines += _launch_lines(opts, job, '-m itwinai_lightning fit --config "$CONFIG" "${RESUME[@]}"')
     lines += [
         "STATUS=$?",
         "",
@@ -198,6 +209,9 @@ def render(opts: SlurmOptions, job: JobLayout, job_name: str, source: str = "") 
         + (f" from {source}." if source else "."),
         f"# Runs: {opts.command} --config {job.config_path}",
     ]
-    body = _launch_ray(opts, job) if opts.launcher == "ray" else _launch_fit(opts, job)
+    if opts.launcher == "ray":
+        body = _launch_ray(opts, job)
+    else:
+        body = _launch_predict(opts, job) if opts.command == "predict" else _launch_fit(opts, job)
     parts = [*header, *_directives(opts, job, job_name), "", *_environment(opts), "", *body]
     return "\n".join(parts) + "\n"

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from itwinai_lightning import records
@@ -324,3 +325,37 @@ def test_slurm_bad_node_counts_are_one_line_before_submission(
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("itwinai-lightning: error:") and fragment in line
     assert two_nodes.run("squeue", "-h", "-o", "%i").stdout == before  # nothing was submitted
+
+
+def test_predict_across_two_nodes_matches_one_process(
+    two_nodes: Cluster, node_env: dict[str, str], tmp_path: Path
+) -> None:
+    """srun -N 2: each host predicts its share of 37 inputs; the index restores one prediction per input in
+    order, equal to a single process, and the predict record names both hosts."""
+    from itwinai_lightning import inference
+
+    fit_dir = tmp_path / "fit"
+    fit = run_cli(
+        [], [*fit_args(fit_dir, devices=1), "--trainer.enable_checkpointing", "true"], node_env, fit_dir
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpt = str(next(fit_dir.rglob("*.ckpt")))
+    writer = "--trainer.callbacks+=itwinai_lightning.inference.ShardedPredictionWriter"
+
+    def predict(prefix: list[str], out: Path, nodes: int) -> None:
+        args = ["predict", "--config", str(TINY), "--trainer.num_nodes", str(nodes), "--trainer.devices", "1",
+                "--data.init_args.val_samples", "37", "--data.init_args.batch_size", "4",
+                "--trainer.default_root_dir", str(out), writer, "--ckpt_path", ckpt]  # fmt: skip
+        run = run_cli(prefix, args, node_env, out)
+        assert run.returncode == 0, run.stderr[-4000:]
+
+    predict([], tmp_path / "one", 1)
+    predict(srun(), tmp_path / "two", 2)
+    got = inference.read(str(tmp_path / "two" / "predictions"))
+    torch.testing.assert_close(
+        got, inference.read(str(tmp_path / "one" / "predictions")), atol=1e-6, rtol=1e-5
+    )
+    index = json.loads((tmp_path / "two" / "predictions" / "index.json").read_text())
+    assert (index["num_samples"], index["world_size"], sorted(index["samples"])) == (37, 2, [18, 19])
+    record = records.load(records.record_path(tmp_path / "two", "predict"))
+    assert record["hostnames"] == two_nodes.nodes and record["launcher"] == "srun"

@@ -74,6 +74,51 @@ def test_two_task_ddp_fit_job(tmp_path: Path, slurm_env: dict[str, str], slurm_c
     assert "requeues" not in record["sections"].get("slurm", {})
 
 
+def test_predict_job_writes_every_prediction_once(
+    tmp_path: Path, slurm_env: dict[str, str], slurm_cluster: object
+) -> None:
+    """--slurm.command predict: 2 srun tasks predict 37 inputs from a checkpoint, in input order, equal to
+    one process; the job adds the writer when the config has none."""
+    from itwinai_lightning import inference
+
+    fit_dir = tmp_path / "fit"
+    small = [
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        str(fit_dir),
+        "--trainer.devices",
+        "1",
+    ]
+    fit = subprocess.run(
+        [sys.executable, "-m", "itwinai_lightning", "fit", *TINY, *small, "--trainer.strategy", "auto"],
+        env=slurm_env, capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpt = str(next(fit_dir.rglob("last.ckpt")))
+    data = ["--data.val_samples", "37", "--data.batch_size", "4"]
+    one = tmp_path / "one"
+    single = subprocess.run(
+        [sys.executable, "-m", "itwinai_lightning", "predict", *TINY, *data, "--trainer.devices", "1",
+         "--trainer.strategy", "auto", "--trainer.default_root_dir", str(one), "--ckpt_path", ckpt,
+         "--trainer.callbacks+=itwinai_lightning.inference.ShardedPredictionWriter"],
+        env=slurm_env, capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    run_dir = tmp_path / "run"
+    job_id = _render_and_submit(run_dir, slurm_env, *data, "--slurm.command", "predict", "--ckpt_path", ckpt)
+    assert _wait(slurm_cluster, job_id) == "COMPLETED", list((run_dir / "slurm").glob("*.err"))
+    fields = _job_fields(slurm_env, job_id)
+    assert fields["ExitCode"] == "0:0" and fields["NumTasks"] == "2"
+    got = inference.read(str(run_dir / "predictions"))
+    assert isinstance(got, torch.Tensor) and got.shape[0] == 37
+    torch.testing.assert_close(got, inference.read(str(one / "predictions")), atol=1e-6, rtol=1e-5)
+    record = records.load(records.record_path(run_dir, "predict"))
+    assert (record["status"], record["world_size"], record["launcher"]) == ("completed", 2, "srun")
+    assert record["summary"]["total_samples"] == 37
+
+
 def test_preempted_job_requeues_and_resumes_exactly(
     tmp_path: Path, slurm_env: dict[str, str], slurm_cluster: object
 ) -> None:
