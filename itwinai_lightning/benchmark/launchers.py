@@ -25,6 +25,8 @@ DEFAULT_CALLBACKS = (
     "itwinai_lightning.callbacks.device_monitor.GPUMonitor",
 )
 PROFILE_CALLBACK = "itwinai_lightning.callbacks.torch_profiler.TorchProfilerBreakdown"
+#: what a ``mode: predict`` point adds: every prediction written once, its loop timed
+PREDICT_WRITER = "itwinai_lightning.inference.ShardedPredictionWriter"
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,10 @@ def fit_args(
     accelerator: str | None,
     devices: int,
     num_nodes: int = 1,
+    mode: str = "fit",
 ) -> list[str]:
-    """``fit`` arguments for this grid point: the user's, then ours (later flags win in LightningCLI)."""
-    args = ["fit", *lightning_argv]
+    """``fit`` (or ``predict``) arguments for this grid point: the user's, then ours (later flags win)."""
+    args = [mode, *lightning_argv]
     args += ["--trainer.strategy", point.strategy]
     args += ["--trainer.devices", str(devices), "--trainer.num_nodes", str(num_nodes)]
     if accelerator:
@@ -62,6 +65,9 @@ def fit_args(
         args += [f"--{batch_key}", str(per_worker_batch)]
     for cb in callbacks:
         args.append(f"--trainer.callbacks+={cb}")
+    if mode == "predict":
+        args += [f"--trainer.callbacks+={PREDICT_WRITER}", "--trainer.callbacks.output_dir"]
+        args += [f"{run_dir}/predictions", "--trainer.callbacks.overwrite", "true"]
     args += ["--trainer.default_root_dir", run_dir]
     return args
 

@@ -81,7 +81,34 @@ def finish_point(
         error = current.get("error") or (error_line(tail) if tail.strip() else None)
         fields = {"status": "failed", "error": error or f"exit code {returncode}"}
     section = {"returncode": returncode, "stderr_tail": "\n".join(tail.splitlines()[-25:])}
+    if fields["status"] == "completed" and records.record_path(run_dir, "predict").is_file():
+        fold_predict(run_dir)
     return dict(records.amend(run_dir, fields=fields, section="benchmark", section_values=section))
+
+
+def fold_predict(run_dir: str | Path) -> None:
+    """A ``mode: predict`` point: its predict record's figures become the point's record, one pass over the
+    predict set standing for one epoch (``train_time_s`` = the prediction loop), so the report compares
+    inference across worker counts as it does training."""
+    pred = records.load(records.record_path(run_dir, "predict"))
+    summary = pred.get("summary") or {}
+    section = (pred.get("sections") or {}).get("predictions") or {}
+    loop_s, samples = section.get("wall_time_s"), summary.get("total_samples")
+    if not loop_s or not samples:
+        return
+    skip = {"stage", "status", "error", "summary", "sections", "epochs", "config"}
+    fields = {k: v for k, v in pred.items() if k not in skip}
+    rate = samples / loop_s
+    epoch = {"train_time_s": loop_s, "wall_time_s": loop_s, "samples": samples, "samples_per_s": rate}
+    records.amend(
+        run_dir,
+        fields=fields,
+        summary={"samples_per_s": rate, "total_samples": samples},
+        epoch=0,
+        epoch_values=epoch,
+        section="benchmark",
+        section_values={"mode": "predict", "warmup_epochs": 0, "predictions": section},
+    )
 
 
 def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -204,6 +231,7 @@ class GridRunner:
             accelerator=self.settings.resolved_accelerator(),
             devices=devices or point.workers,
             num_nodes=nodes,
+            mode=self.settings.mode,
         )
 
     def _prepare(

@@ -54,6 +54,8 @@ class Settings:
         report: write the report at the end.
         threshold_pct: the parallel efficiency (percent) below which the report says scaling stops paying.
         dry_run: print every point's command and write nothing.
+        mode: fit (training throughput) or predict (inference: each point predicts the predict set with a
+            ShardedPredictionWriter; pass the weights with --ckpt_path, else the model's initial ones).
     """
 
     strategies: list[str] = field(default_factory=lambda: ["hpc_ddp"])
@@ -75,6 +77,7 @@ class Settings:
     report: bool = True
     threshold_pct: float = 70.0
     dry_run: bool = False
+    mode: str = "fit"
 
     def per_worker_batch(self, workers: int) -> int | None:
         """Strong scaling: global batch / N; weak scaling: the batch size itself."""
@@ -231,6 +234,10 @@ def parse(values: Mapping[str, Any], lightning_argv: Sequence[str]) -> Settings:
         raise UserError(
             f"benchmark.scaling must be 'strong' (fixed global batch) or 'weak', got {v['scaling']!r}"
         )
+    if v["mode"] not in ("fit", "predict"):
+        raise UserError(
+            f"benchmark.mode must be 'fit' (training) or 'predict' (inference), got {v['mode']!r}"
+        )
     if not isinstance(v["repetitions"], int) or v["repetitions"] < 1:
         raise UserError(f"benchmark.repetitions must be an integer >= 1, got {v['repetitions']!r}")
     warmup = v["warmup_epochs"]
@@ -287,5 +294,6 @@ def parse(values: Mapping[str, Any], lightning_argv: Sequence[str]) -> Settings:
         slurm=dict(v["slurm"]),
         report=bool(v["report"]),
         threshold_pct=threshold,
+        mode=str(v["mode"]),
         dry_run=bool(v["dry_run"]),
     )

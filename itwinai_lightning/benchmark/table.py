@@ -177,6 +177,7 @@ def provenance_of(rec: Mapping[str, Any]) -> dict[str, Any]:
         "samples_per_epoch": epochs[0].get("samples") if epochs else None,
         "epochs": len(epochs),
         "warmup_epochs": bench.get("warmup_epochs", DEFAULT_WARMUP_EPOCHS),
+        "mode": bench.get("mode", "fit"),  # predict: an "epoch" is one pass over the predict set
         "command": bench.get("command") or "",
     }
 

@@ -39,7 +39,7 @@ class ShardedPredictionWriter(BasePredictionWriter):
 
     The predict RunRecord (``run_record.predict.json``) gets ``summary.samples_per_s`` (unique inputs per
     second over the whole loop, all ranks), ``summary.total_samples`` and a ``predictions`` section
-    (``output_dir``, ``files``, ``duplicates_dropped``).
+    (``output_dir``, ``files``, ``duplicates_dropped``, ``wall_time_s``: the prediction loop, in s).
     """
 
     def __init__(
@@ -117,7 +117,8 @@ class ShardedPredictionWriter(BasePredictionWriter):
 
         index = self.index or {}
         summary = {"samples_per_s": index["samples_per_s"], "total_samples": index["num_samples"]}
-        section = {k: index[k] for k in ("files", "duplicates_dropped")} | {"output_dir": str(self._dir)}
+        section = {k: index[k] for k in ("files", "duplicates_dropped", "wall_time_s")}
+        section["output_dir"] = str(self._dir)
         records.contribute(trainer, summary=summary, section="predictions", section_values=section)
         print(
             f"itwinai-lightning: {index['num_samples']} predictions from {trainer.world_size} rank(s) in "

@@ -286,3 +286,37 @@ def torch_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def test_fsdp_in_the_grid_and_an_inference_grid(tmp_path: Path) -> None:
+    """hpc_fsdp is a grid strategy; ``mode: predict`` times one pass of predict per point, with every
+    prediction written once, and the report compares the points as it compares training."""
+    import json
+
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(TINY)
+    fit = _bench(cfg, tmp_path / "fit", "torchrun", "[hpc_fsdp]", "[1, 2]", "--benchmark.accelerator", "cpu")
+    assert fit.returncode == 0, fit.stdout[-2000:] + fit.stderr[-2000:]
+    for n in (1, 2):
+        rec = records.load(tmp_path / "fit" / f"hpc_fsdp-w{n}-r0")
+        assert (rec["status"], rec["world_size"], rec["summary"]["total_samples"]) == ("completed", n, 128)
+
+    pred = _bench(
+        cfg, tmp_path / "pred", "local", "[hpc_ddp, hpc_fsdp]", "[1, 2]",
+        "--benchmark.mode", "predict", "--benchmark.accelerator", "cpu", "--data.init_args.val_samples", "45",
+    )  # fmt: skip
+    assert pred.returncode == 0, pred.stdout[-2000:] + pred.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "pred" / "benchmark_summary.csv").open()))
+    assert [(r["strategy"], r["workers"]) for r in rows] == [
+        ("hpc_ddp", "1"), ("hpc_ddp", "2"), ("hpc_fsdp", "1"), ("hpc_fsdp", "2"),
+    ]  # fmt: skip
+    for row in rows:
+        run_dir = tmp_path / "pred" / f"{row['strategy']}-w{row['workers']}-r0"
+        index = json.loads((run_dir / "predictions" / "index.json").read_text())
+        assert (index["num_samples"], index["world_size"]) == (45, int(row["workers"]))
+        rec = records.load(run_dir)
+        assert rec["sections"]["benchmark"]["mode"] == "predict"
+        assert float(row["samples_per_s"]) == pytest.approx(45 / index["wall_time_s"], rel=1e-6)
+        assert float(row["epoch_time_s"]) == pytest.approx(index["wall_time_s"], rel=1e-6)
+    bad = _bench(cfg, tmp_path / "bad", "local", "[hpc_ddp]", "[1]", "--benchmark.mode", "infer")
+    assert bad.returncode == 2 and "benchmark.mode must be 'fit' (training) or 'predict'" in bad.stderr
