@@ -135,3 +135,12 @@ def test_index_drops_padding_duplicates_and_names_missing_inputs(tmp_path: Path)
     assert read["z"].flatten().tolist() == [0.0, -10.0]
     with pytest.raises(UserError, match="first dimension is the batch"):
         layout.detached(torch.zeros(3, 2), batch=4)
+
+
+@pytest.mark.gpu
+def test_predict_on_one_gpu(checkpoint: Path, by_hand: torch.Tensor, tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    proc = cli([], [*predict_args(str(checkpoint), tmp_path, 1), "--trainer.accelerator", "gpu"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    torch.testing.assert_close(inference.read(str(tmp_path / "predictions")), by_hand, atol=1e-4, rtol=1e-3)

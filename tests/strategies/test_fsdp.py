@@ -105,3 +105,25 @@ def test_fsdp_bad_input_is_one_line(tmp_path: Path) -> None:
         mixed_precision={"param_dtype": "bf16", "reduce_dtype": "float32"}
     ).mixed_precision
     assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+
+
+@pytest.mark.gpu
+def test_fsdp_one_cuda_device_nccl(tmp_path: Path) -> None:
+    """On a GPU: nccl, bf16-mixed, a sharded checkpoint (the default) that resumes."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    args = ["fit", "--config", str(REPO / "tests/foundation/tiny.yaml"), "--trainer.accelerator", "gpu",
+            "--trainer.devices", "1", "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1",
+            "--trainer.strategy", "hpc_fsdp", "--trainer.enable_checkpointing", "true",
+            "--trainer.callbacks+=tests.strategies.fsdp_probe.FSDPProbe",
+            "--trainer.callbacks.out_dir", str(tmp_path),
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    proc = _cli(args, REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((tmp_path / "probe0.json").read_text())
+    assert got["backend"] == "nccl" and got["step"] == 8
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert ckpt.is_dir()  # sharded by default
+    again = _cli([*args, "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt)], REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "probe0.json").read_text())["step"] == 16
