@@ -41,7 +41,7 @@ class HPCDDPStrategy(LaunchAware, DDPStrategy):
     Logs nothing itself.
     """
 
-    short_name = "hpc_ddp"
+    label = "hpc_ddp"
 
     def __init__(
         self,

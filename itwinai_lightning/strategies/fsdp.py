@@ -115,7 +115,7 @@ class HPCFSDPStrategy(LaunchAware, FSDPStrategy):
     The strategy logs nothing itself.
     """
 
-    short_name = "hpc_fsdp"
+    label = "hpc_fsdp"
 
     def __init__(
         self,

@@ -68,10 +68,10 @@ class LaunchAware:
     """Mixin for a Lightning ParallelStrategy subclass: ``class S(LaunchAware, DDPStrategy)``.
 
     Call :meth:`_launch_aware_kwargs` in ``__init__`` and wrap the process-group creation in
-    :meth:`rendezvous_window`. ``short_name`` names the strategy in error messages.
+    :meth:`rendezvous_window`. ``label`` names the strategy in error messages.
     """
 
-    short_name = "hpc"
+    label = "hpc"
     _timeout: timedelta | None
     _init_timeout: timedelta | None
     _process_group_backend: str | None
@@ -145,7 +145,7 @@ class LaunchAware:
         rank, world = strategy.global_rank, strategy.world_size
         peer = lost_peer(str(exception), known(trainer), rank)
         message = (
-            f"{self.short_name}: rank {rank} of {world} ({source}) lost a peer in a collective: "
+            f"{self.label}: rank {rank} of {world} ({source}) lost a peer in a collective: "
             f"{peer} died or stopped responding (collective timeout {limit}). "
             f"Check the other ranks' logs for the first error. Original error: {exception}"
         )

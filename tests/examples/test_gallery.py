@@ -245,6 +245,31 @@ def test_horovod_example_under_horovodrun(tmp_path: Path, python_env: dict[str, 
     assert (rec["status"], rec["world_size"], rec["launcher"]) == ("completed", 2, "horovodrun")
 
 
+def test_fsdp_then_predict_examples(tmp_path: Path, python_env: dict[str, str]) -> None:
+    """fsdp.yaml under torchrun as its header says, then predict.yaml from that run's full weights."""
+    run_dir = tmp_path / "fsdp"
+    fsdp = [*ITL[:1], "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "itwinai_lightning"]
+    _run(
+        [*fsdp, "fit", "--config", QUICK, "--config", str(GALLERY / "fsdp.yaml"), *SMALL,
+         "--trainer.default_root_dir", str(run_dir), "--trainer.strategy.init_args.state_dict_type", "full"],
+        python_env, tmp_path, timeout=900,
+    )  # fmt: skip
+    rec = records.load(run_dir)
+    assert (rec["status"], rec["world_size"], rec["launcher"]) == ("completed", 2, "torchrun")
+    assert rec["strategy"] == "HPCFSDPStrategy"
+    last = next(run_dir.rglob("last.ckpt"))
+    assert last.is_file()  # full: one file, loadable anywhere
+    _run(
+        [*ITL, "predict", "--config", QUICK, "--config", str(GALLERY / "predict.yaml"), *SMALL,
+         "--trainer.devices", "2", "--ckpt_path", str(last)],
+        python_env, tmp_path, timeout=600,
+    )  # fmt: skip
+    from itwinai_lightning import inference
+
+    predictions = inference.read(str(tmp_path / "runs" / "predict" / "predictions"))
+    assert predictions.shape[0] == 32  # --data.val_samples 32: one prediction per input
+
+
 @pytest.mark.ray
 @pytest.mark.parametrize("name", ["tune_asha", "tune_ddp", "tune_pbt"])
 def test_tune_examples_sweep(tmp_path: Path, python_env: dict[str, str], ray_tmp: Path, name: str) -> None:

@@ -75,7 +75,6 @@ def by_hand(checkpoint: Path) -> torch.Tensor:
         return model(data.val_set.noisy)
 
 
-@pytest.mark.core
 @pytest.mark.parametrize("devices", [1, 2, 3])
 def test_n_predictions_in_input_order_at_any_world_size(
     devices: int, checkpoint: Path, by_hand: torch.Tensor, tmp_path: Path
