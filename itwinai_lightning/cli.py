@@ -48,7 +48,7 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train (and validate) a model",
     "validate": "run one validation epoch",
     "test": "run one test epoch",
-    "predict": "run inference",
+    "predict": "batch inference on any launcher (ShardedPredictionWriter; --ckpt_path models:/...)",
 }
 
 
