@@ -127,3 +127,29 @@ def test_fsdp_one_cuda_device_nccl(tmp_path: Path) -> None:
     again = _cli([*args, "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt)], REPO)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "probe0.json").read_text())["step"] == 16
+
+
+@pytest.mark.mpi
+def test_fsdp_mpirun_parity(tmp_path: Path, ddp_reference: dict) -> None:
+    """mpirun -np 2: the launcher table's environment serves hpc_fsdp as it serves hpc_ddp."""
+    from tests.helpers.engines import require_executable
+
+    require_executable("mpirun", "apt-get install openmpi-bin")
+    prefix = ["mpirun", "-np", "2", "--bind-to", "none"]
+    args = ["--strategy", "hpc_fsdp", "--state-dict-type", "full", "--auto-wrap", "Conv2d"]
+    results = run_launch(prefix, args, tmp_path, child_env())
+    check_fit_and_resume(results, "HPCFSDPStrategy")
+    check_parity(load_weights(tmp_path), ddp_reference)
+
+
+@pytest.mark.slurm
+def test_fsdp_launch_mistake_is_one_line(slurm_cluster: Any, tmp_path: Path) -> None:
+    """2 srun tasks per node but trainer.devices 1: the shared launch check says so once, exit 2."""
+    env = child_env({"SLURM_CONF": slurm_cluster.env["SLURM_CONF"]})
+    args = ["fit", "--config", str(REPO / "tests/foundation/tiny.yaml"), "--trainer.strategy", "hpc_fsdp",
+            "--trainer.devices", "1", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    cmd = ["srun", "-N", "1", "--ntasks-per-node=2", sys.executable, "-m", "itwinai_lightning", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "srun started 2 processes" in proc.stderr and "--trainer.devices 2" in proc.stderr
+    assert "Traceback" not in proc.stderr
