@@ -96,24 +96,26 @@ def write_index(directory: Path, expected: int | None, world_size: int, elapsed_
     """Check the parts cover every input exactly once and write ``positions.pt`` and ``index.json``."""
     files = sorted(p.name for p in directory.glob("rank-*.pt") if _PART.match(p.name))
     indices = [torch.load(directory / name, weights_only=True)["indices"] for name in files]
-    total = int(max((int(i.max()) for i in indices if len(i)), default=-1)) + 1
-    n = expected if expected is not None else total
+    flat = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
+    n = expected if expected is not None else (int(flat.max()) + 1 if len(flat) else 0)
+    if len(flat) and int(flat.max()) >= n:
+        number = next(k for k, idx in enumerate(indices) if len(idx) and int(idx.max()) >= n)
+        beyond = int(indices[number].max())
+        raise UserError(f"{directory / files[number]}: input position {beyond} is beyond the {n} inputs")
+    sizes = torch.tensor([len(idx) for idx in indices], dtype=torch.long)
+    numbers = torch.repeat_interleave(torch.arange(len(indices)), sizes)  # file number of each prediction
+    rows = torch.arange(len(flat)) - torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)  # its row there
+    # an input's first prediction wins (a padding sampler repeats inputs); a stable sort keeps file order
+    ordered, perm = torch.sort(flat, stable=True)
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    duplicates = int((~first).sum())
     positions = torch.full((n, 2), -1, dtype=torch.long)
-    duplicates = 0
-    for number, idx in enumerate(indices):
-        if len(idx) and int(idx.max()) >= n:
-            raise UserError(
-                f"{directory / files[number]}: an input position {int(idx.max())} beyond the {n} inputs"
-            )
-        for row, position in enumerate(idx.tolist()):
-            if positions[position, 0] >= 0:
-                duplicates += 1  # a padding sampler repeated this input: keep the first
-                continue
-            positions[position] = torch.tensor([number, row])
+    positions[ordered[first]] = torch.stack([numbers[perm][first], rows[perm][first]], dim=1)
     missing = int((positions[:, 0] < 0).sum())
     if missing:
-        first = int((positions[:, 0] < 0).nonzero()[0])
-        raise UserError(f"{directory}: {missing} of {n} inputs have no prediction (first: position {first})")
+        gap = int((positions[:, 0] < 0).nonzero()[0])
+        raise UserError(f"{directory}: {missing} of {n} inputs have no prediction (first: position {gap})")
     torch.save(positions, directory / POSITIONS)
     index = {
         "format": FORMAT,

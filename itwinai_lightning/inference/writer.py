@@ -65,7 +65,6 @@ class ShardedPredictionWriter(BasePredictionWriter):
             return
         self._dir = Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
         layout.check_free(self._dir, self.overwrite)  # on every rank: all stop alike, none waits for a peer
-        trainer.strategy.barrier("prediction-writer-check")
         if trainer.global_rank == 0:
             layout.prepare(self._dir)
         trainer.strategy.barrier("prediction-writer-setup")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import torch
 from lightning.fabric.plugins import ClusterEnvironment
 from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
@@ -58,24 +57,3 @@ class HPCDDPStrategy(LaunchAware, DDPStrategy):
     def setup_distributed(self) -> None:
         with self.rendezvous_window():
             super().setup_distributed()
-
-    @property
-    @override
-    def root_device(self) -> torch.device:
-        assert self.parallel_devices is not None
-        device = self.parallel_devices[self.local_rank % len(self.parallel_devices)]
-        return self.pinned_device(device, self.local_rank)
-
-    @override
-    def _configure_launcher(self) -> None:
-        self.validate_launch()
-        super()._configure_launcher()
-
-    @override
-    def _get_process_group_backend(self) -> str:
-        return self.backend_for(self.root_device)
-
-    @override
-    def on_exception(self, exception: BaseException) -> None:
-        super().on_exception(exception)
-        self.report_lost_peer(exception)

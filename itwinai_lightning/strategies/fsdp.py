@@ -163,22 +163,6 @@ class HPCFSDPStrategy(LaunchAware, FSDPStrategy):
     def on_cpu(self) -> bool:
         return self.accelerator is not None and not isinstance(self.accelerator, CUDAAccelerator)
 
-    @property
-    @override
-    def root_device(self) -> torch.device:
-        assert self.parallel_devices is not None
-        device = self.parallel_devices[self.local_rank % len(self.parallel_devices)]
-        return self.pinned_device(device, self.local_rank)
-
-    @override
-    def _configure_launcher(self) -> None:
-        self.validate_launch()
-        super()._configure_launcher()
-
-    @override
-    def _get_process_group_backend(self) -> str:
-        return self.backend_for(self.root_device)
-
     @override
     def setup_environment(self) -> None:
         if self.on_cpu:
@@ -195,11 +179,6 @@ class HPCFSDPStrategy(LaunchAware, FSDPStrategy):
             raise UserError(f"{_KEY}.cpu_offload needs a GPU (on CPU, parameters are in host memory)")
         if "HYBRID" in str(self.sharding_strategy) or "device_mesh" in self.kwargs:
             raise UserError(f"{_KEY}.sharding_strategy: hybrid sharding (a device mesh) needs CUDA devices")
-
-    @override
-    def on_exception(self, exception: BaseException) -> None:
-        super().on_exception(exception)
-        self.report_lost_peer(exception)
 
     # ---------------------------------------------------------------- wrapping
     @override

@@ -67,8 +67,9 @@ def is_peer_failure(exception: BaseException) -> bool:
 class LaunchAware:
     """Mixin for a Lightning ParallelStrategy subclass: ``class S(LaunchAware, DDPStrategy)``.
 
-    Call :meth:`_launch_aware_kwargs` in ``__init__`` and wrap the process-group creation in
-    :meth:`rendezvous_window`. ``label`` names the strategy in error messages.
+    It overrides ``root_device``, ``_configure_launcher``, ``_get_process_group_backend`` and
+    ``on_exception`` for the strategy behind it. Call :meth:`_launch_aware_kwargs` in ``__init__`` and wrap
+    the process-group creation in :meth:`rendezvous_window`. ``label`` names the strategy in messages.
     """
 
     label = "hpc"
@@ -110,13 +111,19 @@ class LaunchAware:
     def timeout_s(self) -> float | None:
         return None if self._timeout is None else self._timeout.total_seconds()
 
-    def pinned_device(self, device: torch.device, local_rank: int) -> torch.device:
-        """``device`` (this rank's Lightning device) pinned to the GPU the launcher meant for it."""
+    @property
+    def root_device(self) -> torch.device:
+        """This rank's device, pinned to the GPU the launcher meant for it."""
+        strategy: Any = self
+        devices = strategy.parallel_devices
+        assert devices is not None
+        device = devices[strategy.local_rank % len(devices)]
         if device.type != "cuda":
             return device
         visible = torch.cuda.device_count()
         if visible == 1:  # the launcher gave this task exactly one GPU (e.g. srun --gpus-per-task=1)
             return torch.device("cuda", 0)
+        local_rank = strategy.local_rank
         if local_rank >= visible:
             raise UserError(
                 f"local rank {local_rank} has no GPU: only {visible} visible on this node; "
@@ -124,14 +131,20 @@ class LaunchAware:
             )
         return torch.device("cuda", local_rank)
 
-    def validate_launch(self) -> None:
-        """Under an external launcher: the launch layout must match ``trainer.devices`` / ``num_nodes``."""
-        env = getattr(self, "cluster_environment", None)
+    def _configure_launcher(self) -> None:
+        """Under an external launcher the launch layout must match ``trainer.devices`` / ``num_nodes``."""
+        strategy: Any = self
+        env = strategy.cluster_environment
         if isinstance(env, LauncherEnvironment):
-            env.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)  # type: ignore[attr-defined]
+            env.validate_settings(num_devices=strategy.num_processes, num_nodes=strategy.num_nodes)
+        super()._configure_launcher()  # type: ignore[misc]
 
-    def backend_for(self, device: torch.device) -> str:
-        return self._process_group_backend or default_backend(device.type)
+    def _get_process_group_backend(self) -> str:
+        return self._process_group_backend or default_backend(self.root_device.type)
+
+    def on_exception(self, exception: BaseException) -> None:
+        super().on_exception(exception)  # type: ignore[misc]
+        self.report_lost_peer(exception)
 
     def report_lost_peer(self, exception: BaseException) -> None:
         """When ``exception`` says a peer died: one line naming it, and kill ranks Lightning started."""
