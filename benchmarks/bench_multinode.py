@@ -5,6 +5,7 @@ Starts the 2-node test cluster (tests/helpers/cluster.py; root), then, interleav
 * ``srun``: the tiny hpc_ddp fit with TimingMonitor as ``srun -N 1`` (1 task) and ``srun -N 2``
   (1 task per node);
 * ``torchrun``: one torchrun on node 1 (``--nnodes 1``) vs one per node (``--nnodes 2``, c10d rendezvous);
+* ``mpirun``: ``mpirun -np 1`` in a 1-node ``sbatch`` allocation vs ``-np 2`` in a 2-node one;
 * ``env --check`` over both nodes (all-reduce latency and bus bandwidth).
 
 Prints medians and spread (min-max); time to first step is TimingMonitor's ``time_to_first_step_s`` (setup
@@ -101,6 +102,18 @@ def run_torchrun(
     return first_step(out, launched)
 
 
+def run_mpirun(cluster: mc.Cluster, env: dict[str, str], out: Path, nodes: int) -> tuple[float, float]:
+    """``mpirun -np N`` inside an N-node allocation (Open MPI starts its daemons through SLURM); the launch
+    time includes ``sbatch``'s scheduling, as a user's would."""
+    command = " ".join(["mpirun", "-np", str(nodes), "--bind-to", "none", sys.executable, *fit(out, nodes)])
+    cmd = ["sbatch", "--wait", "-N", str(nodes), "--ntasks-per-node=1", "-o", str(out) + ".out",
+           "--wrap", command]  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    launched = time.time()
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    return first_step(out, launched)
+
+
 def spread(values: list[float]) -> str:
     med = statistics.median(values)
     return f"median {med:.3g} (min {min(values):.3g}, max {max(values):.3g}, n={len(values)})"
@@ -125,6 +138,9 @@ def main() -> int:
                     times.setdefault(key, []).append(
                         run_torchrun(cluster, env, root / f"t{nodes}-{rep}", nodes, port)
                     )
+                    key = f"mpirun {nodes} node(s)"
+                    mpi = run_mpirun(cluster, env, root / f"m{nodes}-{rep}", nodes)
+                    times.setdefault(key, []).append(mpi)
             check = ["srun", "-N", "2", "--ntasks-per-node=1", sys.executable, "-m",
                      "itwinai_lightning", "env", "--check", "--json", "--timeout", "60"]  # fmt: skip
             sizes: dict[int, list[tuple[float, float]]] = {}
@@ -139,7 +155,7 @@ def main() -> int:
         print(f"{title}, s (rank 0)")
         for key, values in times.items():
             print(f"  {key:<20} {spread([v[index] for v in values])}")
-        for launcher in ("srun", "torchrun"):
+        for launcher in ("srun", "torchrun", "mpirun"):
             one = statistics.median(v[index] for v in times[f"{launcher} 1 node(s)"])
             two = statistics.median(v[index] for v in times[f"{launcher} 2 node(s)"])
             print(f"  {launcher}: 2 nodes / 1 node = {two / one:.2f}")

@@ -227,6 +227,8 @@ class Launcher:
     launch_keys: tuple[str, ...] = ()
     #: whether ``slurm`` can use it inside an allocation (``slurm.launcher``)
     in_slurm_job: bool = False
+    #: whether a gloo-only Horovod needs our rendezvous to find the ranks it starts (no ``HOROVOD_*``)
+    horovod_rendezvous: bool = False
 
 
 def _is_horovodrun(env: Env) -> bool:
@@ -244,16 +246,19 @@ TABLE: tuple[Launcher, ...] = (
              ("HOROVOD_GLOO_RENDEZVOUS_PORT", "HOROVOD_GLOO_RENDEZVOUS_ADDR")),
     Launcher("mpirun", "Open MPI, MPICH/Hydra, Intel MPI or PMIx", "mpirun",
              lambda env: _mpi_flavour(env) is not None, _read_mpirun, _cmd_mpirun,
-             ("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "PMI_KVSNAME", "PMI_JOBID", "PALS_APID")),
+             ("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "PMI_KVSNAME", "PMI_JOBID", "PALS_APID"),
+             horovod_rendezvous=True),
     Launcher("srun", "a SLURM job step", "srun",
              lambda env: env.get("SLURM_STEP_ID") is not None and env.get("SLURM_PROCID") is not None,
-             _read_srun, _cmd_srun, ("SLURM_JOB_ID", "SLURM_STEP_ID"), in_slurm_job=True),
+             _read_srun, _cmd_srun, ("SLURM_JOB_ID", "SLURM_STEP_ID"), in_slurm_job=True,
+             horovod_rendezvous=True),
     Launcher("local", "a plain process, or Lightning's own launcher", None, lambda env: True,
              _read_local, _cmd_module),
 )  # fmt: skip
 BY_NAME: dict[str, Launcher] = {spec.name: spec for spec in TABLE}
 NAMES: tuple[str, ...] = tuple(BY_NAME)
 SLURM_LAUNCHERS: tuple[str, ...] = tuple(spec.name for spec in TABLE if spec.in_slurm_job)
+HOROVOD_RENDEZVOUS: tuple[str, ...] = tuple(spec.name for spec in TABLE if spec.horovod_rendezvous)
 
 
 def get(name: str) -> Launcher:

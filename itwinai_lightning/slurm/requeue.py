@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
@@ -67,7 +68,8 @@ class SlurmRequeue(Callback):
     ``<run_dir>/checkpoints/``    ``requeue.ckpt``: full training state at the end of a training batch
     ``requeue.ckpt``              (written as ``.partial`` and renamed, so a resume never sees half a file)
     ``<run_dir>/.requeue``        JSON request for the job script (when ``ITWINAI_REQUEUE_FLAG`` names it):
-                                  job id, restart count, reason, epoch, global step, checkpoint path
+                                  job id, restart count, reason, epoch, global step, every rank's
+                                  global step at the stop (``rank_steps``), checkpoint path
     RunRecord section ``slurm``   ``requeues``: list of those requests; ``resumes``: list of
                                   ``{restart, checkpoint, epoch, global_step}`` (epoch/step at resume)
     ============================  =====================================================================
@@ -170,6 +172,7 @@ class SlurmRequeue(Callback):
             "reason": self._reason if local else "peer",
             "epoch": int(trainer.current_epoch),
             "global_step": int(trainer.global_step),
+            "rank_steps": _rank_steps(trainer),
             "checkpoint": str(path),
             "time": time.time(),
         }
@@ -206,6 +209,14 @@ class SlurmRequeue(Callback):
         if trainer.global_rank != 0:
             return
         records.recorder_of(trainer).append("slurm", key, entry)
+
+
+def _rank_steps(trainer: pl.Trainer) -> list[int]:
+    """Every rank's global step at the stop (one all-gather): the record shows that all ranks stopped
+    at the same step."""
+    step = torch.tensor([int(trainer.global_step)], device=trainer.strategy.root_device)
+    gathered = trainer.strategy.all_gather(step) if trainer.world_size > 1 else step
+    return [int(v) for v in gathered.reshape(-1).tolist()]
 
 
 def _connector_env(trainer: pl.Trainer) -> Any:

@@ -32,17 +32,16 @@ from typing import Any
 
 from itwinai_lightning.cluster import ClusterInfo
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.launchers import RENDEZVOUS_MARK
+from itwinai_lightning.launchers import HOROVOD_RENDEZVOUS, RENDEZVOUS_MARK
 from itwinai_lightning.strategies.environment import derived_port, main_address_for
 
-LAUNCHERS = ("mpirun", "srun")  # launchers whose ranks need our rendezvous
 _servers: list[Any] = []  # keeps rank 0's server alive for the life of the process
 
 
 def needs_rendezvous(info: ClusterInfo, env: Mapping[str, str] | None = None) -> bool:
     """True for a multi-process ``mpirun``/``srun`` launch that ``horovodrun`` did not prepare."""
     env = os.environ if env is None else env
-    return info.launcher in LAUNCHERS and info.world_size > 1 and "HOROVOD_RANK" not in env
+    return info.launcher in HOROVOD_RENDEZVOUS and info.world_size > 1 and "HOROVOD_RANK" not in env
 
 
 def host_plan(info: ClusterInfo) -> list[Any]:

@@ -182,8 +182,10 @@ def test_preemption_across_nodes_resumes_exactly(
     (resume,) = record["sections"]["slurm"]["resumes"]
     total = epochs * steps_per_epoch
     assert 0 < requeue["global_step"] < total, "preempted mid-run"
+    assert requeue["rank_steps"] == [requeue["global_step"]] * 2  # both ranks stopped at the same step
     assert resume["checkpoint"] == requeue["checkpoint"] and resume["global_step"] == requeue["global_step"]
-    assert len(list(tmp_path.rglob("*.ckpt"))) >= 1
+    saved = sorted(p.name for p in Path(requeue["checkpoint"]).parent.iterdir() if "requeue" in p.name)
+    assert saved == ["requeue.ckpt"]  # one checkpoint for the stop, no partial file left
     # both ranks ended at exactly the global step count of an uninterrupted run
     assert [json.loads((tmp_path / f"launch_rank{r}.json").read_text())["steps"] for r in (0, 1)] == [
         total

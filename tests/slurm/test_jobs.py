@@ -169,6 +169,7 @@ def test_preempted_job_requeues_and_resumes_exactly(
     (resume,) = section["resumes"]
     assert requeue["reason"] == "SIGUSR1" and requeue["job_id"] == job_id and requeue["restart"] == 0
     assert 0 < requeue["global_step"] < total, "preempted mid-run"
+    assert requeue["rank_steps"] == [requeue["global_step"]] * 2  # both tasks stopped at the same step
     assert resume["restart"] == 1 and resume["checkpoint"] == requeue["checkpoint"]
     assert resume["global_step"] == requeue["global_step"] and resume["epoch"] == requeue["epoch"]
     # TimingMonitor kept its state across the requeue: the totals cover every epoch of both jobs,
