@@ -153,6 +153,11 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
                 "device needs its own task; drop slurm.ntasks_per_node or lower trainer.devices"
             )
     else:
+        if opts.ntasks_per_node not in (None, 1):
+            raise UserError(
+                f"slurm.ntasks_per_node={opts.ntasks_per_node} with slurm.launcher {opts.launcher}: it "
+                "starts one task per node that starts the ranks itself; drop slurm.ntasks_per_node"
+            )
         tasks = 1
     uses_gpus = opts.gpus_per_node > 0 and accelerator in jobcfg.GPU_ACCELERATORS
     gpus = (opts.gpus_per_node if opts.launcher == "ray" else devices) if uses_gpus else 0

@@ -159,6 +159,11 @@ def test_generic_cpu_job_test_only_through_the_cli(tmp_path: Path, slurm_env: di
     ("extra", "message"),
     [
         (["--slurm.ntasks_per_node", "4"], "more tasks per node than devices"),
+        (["--slurm.ntasks_per_node", "1"], "slurm.ntasks_per_node=1 is fewer than trainer.devices=2"),
+        (
+            ["--slurm.launcher", "torchrun", "--slurm.requeue", "false", "--slurm.ntasks_per_node", "2"],
+            "with slurm.launcher torchrun: it starts one task per node",
+        ),
         (["--slurm.preset", "summit"], "available: generic, juwels_booster, lumi_g, vega"),
         (["--slurm.preset", "/no/such/preset.yaml"], "preset file '/no/such/preset.yaml' does not exist"),
         (["--slurm.nodez", "2"], "unknown option 'slurm.nodez'"),
