@@ -7,6 +7,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from itwinai_lightning.healthcheck import SIZES
 
 
@@ -31,3 +34,21 @@ def test_check_rejects_a_bad_timeout(python_env: dict[str, str]) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip() == "itwinai-lightning: error: env --timeout must be > 0 seconds, got 0"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_check_over_nccl_on_every_gpu(python_env: dict[str, str]) -> None:
+    """torchrun with one rank per visible GPU: the check picks NCCL and measures real bandwidth."""
+    gpus = torch.cuda.device_count()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus),
+         "-m", "itwinai_lightning", "env", "--check", "--json", "--timeout", "60"],
+        env=python_env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (report["ok"], report["backend"], report["launcher"], report["world_size"]) == (
+        True, "nccl", "torchrun", gpus,
+    )  # fmt: skip
+    assert all(s["latency_us"] > 0 and s["busbw_gbps"] > 0 for s in report["sizes"])
