@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -75,3 +76,20 @@ def test_launch_mistakes_are_one_line(
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("itwinai-lightning: error:")]
     assert run.returncode != 0 and len(lines) == 1, run.stderr[-3000:]
     assert "torchrun started 2 processes" in lines[0] and "--trainer.devices 2" in lines[0]
+
+
+def test_the_line_is_said_when_local_rank_0_is_the_last_to_get_there(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    """torchrun kills every worker when the first one exits: a silent rank must not exit first."""
+    late_rank0 = tmp_path / "late_rank0.sh"
+    late_rank0.write_text(
+        '#!/bin/sh\nif [ "$LOCAL_RANK" = 0 ]; then sleep 2; fi\n'  # rank 0 reaches the check 2 s after rank 1
+        f'exec {sys.executable} "$@"\n'
+    )
+    late_rank0.chmod(0o755)
+    prefix = ["torchrun", "--nproc_per_node", "2", "--no-python", str(late_rank0)]
+    run = run_cli(prefix, fit_args(tmp_path, devices=3), python_env, tmp_path)
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("itwinai-lightning: error:")]
+    assert run.returncode != 0 and len(lines) == 1, run.stderr[-3000:]
+    assert "torchrun started 2 processes" in lines[0]
