@@ -25,7 +25,7 @@ from typing_extensions import override
 
 from itwinai_lightning.errors import UserError, require
 from itwinai_lightning.strategies import process_group
-from itwinai_lightning.strategies.environment import LauncherEnvironment, make_cluster_environment
+from itwinai_lightning.strategies.environment import check_strategy_launch, make_cluster_environment
 
 ZERO_STAGES = (0, 1, 2, 3)
 
@@ -139,9 +139,7 @@ class HPCDeepSpeedStrategy(DeepSpeedStrategy):
 
     @override
     def _configure_launcher(self) -> None:
-        env = self.cluster_environment
-        if isinstance(env, LauncherEnvironment):  # torchrun/srun/mpirun: layout must match trainer.devices
-            env.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
+        check_strategy_launch(self)  # torchrun/srun/mpirun: the layout must match trainer.devices
         super()._configure_launcher()
 
     @override

@@ -30,6 +30,7 @@ import os
 import re
 import zlib
 from collections.abc import Mapping
+from typing import Any
 
 from lightning.fabric.plugins.environments import ClusterEnvironment, LightningEnvironment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -169,6 +170,15 @@ def make_cluster_environment(info: ClusterInfo | None = None) -> ClusterEnvironm
     if info.launcher == "srun":
         check_srun_layout()
     return LauncherEnvironment(info)
+
+
+def check_strategy_launch(strategy: Any) -> None:
+    """Under an external launcher, raise a one-line :class:`UserError` when the strategy's layout
+    (``num_processes`` per node x ``num_nodes``) does not match what the launcher started; do nothing under
+    any other cluster environment. Called from a strategy's ``_configure_launcher``."""
+    env = strategy.cluster_environment
+    if isinstance(env, LauncherEnvironment):
+        env.validate_settings(num_devices=strategy.num_processes, num_nodes=strategy.num_nodes)
 
 
 def check_srun_layout(env: Mapping[str, str] | None = None) -> None:

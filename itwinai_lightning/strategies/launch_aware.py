@@ -28,7 +28,7 @@ from itwinai_lightning.cluster import default_backend
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.placement import known, lost_peer
 from itwinai_lightning.strategies import process_group
-from itwinai_lightning.strategies.environment import LauncherEnvironment, make_cluster_environment
+from itwinai_lightning.strategies.environment import check_strategy_launch, make_cluster_environment
 
 DEFAULT_INIT_TIMEOUT_S = 300.0
 
@@ -133,10 +133,7 @@ class LaunchAware:
 
     def _configure_launcher(self) -> None:
         """Under an external launcher the launch layout must match ``trainer.devices`` / ``num_nodes``."""
-        strategy: Any = self
-        env = strategy.cluster_environment
-        if isinstance(env, LauncherEnvironment):
-            env.validate_settings(num_devices=strategy.num_processes, num_nodes=strategy.num_nodes)
+        check_strategy_launch(self)
         super()._configure_launcher()  # type: ignore[misc]
 
     def _get_process_group_backend(self) -> str:
