@@ -3,7 +3,6 @@ FLOPs and MFU, and the monitored metric per epoch (time to accuracy)."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -14,24 +13,9 @@ from typing_extensions import override
 
 from itwinai_lightning import placement, records
 from itwinai_lightning.monitoring import aggregate as agg
+from itwinai_lightning.monitoring import timing_figures as figures
 from itwinai_lightning.monitoring.flops import FlopCount
 from itwinai_lightning.records import derive, peaks
-
-#: Per-rank epoch figures, gathered across ranks with ONE all_gather per epoch.
-GATHERED = (
-    "wall_time_s",
-    "train_time_s",
-    "val_time_s",
-    "steps",
-    "samples",
-    "step_time_mean_s",
-    "step_time_p50_s",
-    "step_time_p90_s",
-    "step_time_p99_s",
-    "time_to_first_step_s",
-    "first_batch_size",
-)
-STEP_KEYS = ("step_time_mean_s", "step_time_p50_s", "step_time_p90_s", "step_time_p99_s")
 
 
 class TimingMonitor(Callback):
@@ -214,8 +198,9 @@ class TimingMonitor(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         local = self._local_epoch(time.perf_counter())
-        rows = agg.gather_rows(trainer, [local.get(k) for k in GATHERED])
-        values = self._combine(trainer, agg.columns(rows, GATHERED), len(rows))
+        rows = agg.gather_rows(trainer, [local.get(k) for k in figures.GATHERED])
+        cols = agg.columns(rows, figures.GATHERED)
+        values = figures.combine_ranks(cols, len(rows), int(trainer.accumulate_grad_batches))
         values.update(derive.throughput(self.flops_per_sample, values.get("samples_per_s"), self._peak_total))
         values["elapsed_s"] = self._elapsed()
         metrics = self._metrics(trainer)
@@ -327,69 +312,26 @@ class TimingMonitor(Callback):
 
     # -- figures -----------------------------------------------------------------------------------
     def _local_epoch(self, now: float) -> dict[str, float | None]:
-        durations = sorted(self._durations)
-        wall = now - self._epoch_t0
-        out: dict[str, float | None] = {
-            "wall_time_s": wall,
-            "train_time_s": wall - self._val_total,
-            "val_time_s": self._val_total,
-            "steps": float(self._steps),
-            "samples": float(self._samples),
-            "time_to_first_step_s": self._first_step_s,
-            "first_batch_size": None if self._first_batch_size is None else float(self._first_batch_size),
-        }
-        if durations:
-            out["step_time_mean_s"] = sum(durations) / len(durations)
-            for q in (50, 90, 99):
-                out[f"step_time_p{q}_s"] = agg.percentile(durations, q)
-        return out
-
-    @staticmethod
-    def _combine(trainer: pl.Trainer, cols: dict[str, list[float]], ranks: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"ranks": ranks}
-        for key in ("wall_time_s", "train_time_s", "val_time_s", *STEP_KEYS):
-            stats = agg.min_mean_max(cols[key])
-            if stats is not None:
-                out[key] = stats["max"]  # the slowest rank sets the pace of a synchronous run
-                out[f"{key}_ranks"] = stats
-        steps = agg.min_mean_max(cols["steps"])
-        out["steps"] = int(steps["max"]) if steps else 0
-        samples = agg.total(cols["samples"]) or 0.0
-        out["samples"] = int(samples)
-        train_time = out.get("train_time_s")
-        out["samples_per_s"] = samples / train_time if train_time else None
-        ttfs = agg.min_mean_max(cols["time_to_first_step_s"])
-        if ttfs is not None:
-            out["time_to_first_step_s"] = ttfs["max"]
-        first = agg.total(cols["first_batch_size"])
-        if first is not None:
-            out["global_batch_size"] = int(first) * int(trainer.accumulate_grad_batches)
-        return {k: v for k, v in out.items() if v is not None}
+        return figures.local_epoch(
+            wall_s=now - self._epoch_t0,
+            val_s=self._val_total,
+            durations=self._durations,
+            steps=self._steps,
+            samples=self._samples,
+            first_step_s=self._first_step_s,
+            first_batch_size=self._first_batch_size,
+        )
 
     def summary(self) -> dict[str, Any]:
         """Run-level figures from the epochs aggregated so far (no collective)."""
-        out: dict[str, Any] = {}
         if not self.epochs:
-            return out
-        total = sum(e.get("samples", 0) for e in self.epochs)
-        train = sum(e.get("train_time_s", 0.0) for e in self.epochs)
-        out["total_samples"] = total
-        out["mean_epoch_time_s"] = sum(e.get("wall_time_s", 0.0) for e in self.epochs) / len(self.epochs)
-        out["samples_per_s"] = total / train if train > 0 else None
-        out["epochs_completed"] = len(self.epochs)
-        first = self.epochs[0].get("time_to_first_step_s")
-        if first is not None:
-            out["time_to_first_step_s"] = first
-        p50 = [e["step_time_p50_s"] for e in self.epochs if "step_time_p50_s" in e]
-        if p50:
-            out["step_time_p50_s"] = sorted(p50)[len(p50) // 2]
+            return {}
+        out = figures.run_summary(self.epochs)
         out["flops_per_sample"] = self.flops_per_sample
         out["peak_flops_per_s"] = self._peak_total
         if self.monitor:
             out["monitor"], out["monitor_mode"] = self.monitor, self.monitor_mode
-        return {
-            k: v for k, v in out.items() if v is not None and not (isinstance(v, float) and math.isnan(v))
-        }
+        return figures.without_missing(out)
 
 
 def _batch_size(batch: Any) -> int:
