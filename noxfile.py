@@ -5,12 +5,10 @@ a source-built Horovod) is installed once by ``scripts/setup.sh`` and takes minu
 ``installed-3.11``, ``installed-3.12`` and ``installed-3.13`` each build the wheel and install it with
 ``[all]`` into a fresh venv of that Python (tests/packaging/wheel.py), then run the installed-wheel journey
 from outside the checkout and, on every Python but the main one (which runs the full suite), the core
-suite.
+suite. ``pythons`` runs the installed sessions of every Python but the main one side by side.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import nox
 
@@ -42,9 +40,17 @@ def _put_interpreters_on_path() -> None:
     links.mkdir(parents=True, exist_ok=True)
     for version in PYTHONS:
         link = links / f"python{version}"
-        link.unlink(missing_ok=True)
-        with contextlib.suppress(FileNotFoundError):  # nox reports a missing interpreter as an error
-            link.symlink_to(interpreter(version))
+        try:
+            target = Path(interpreter(version)).resolve()  # through an existing link to the interpreter
+        except FileNotFoundError:  # nox reports a missing interpreter as an error
+            link.unlink(missing_ok=True)
+            continue
+        if link.resolve() == target:
+            continue
+        fresh = links / f".python{version}.{os.getpid()}"  # atomic: concurrent nox runs may do the same
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(target)
+        fresh.replace(link)
     os.environ["PATH"] = f"{links}{os.pathsep}{os.environ['PATH']}"
 
 
@@ -72,9 +78,46 @@ def installed(session: nox.Session) -> None:
     took = time.monotonic() - started
     session.log(f"Python {session.python}: {built.name}[all] -> {len(pins)} distributions in {took:.0f} s")
     env = {"ITWINAI_INSTALLED_PYTHON": str(python)}
-    session.run("python", "-m", "pytest", "-q", "-ra", "-s", "tests/packaging/test_installed.py", env=env)
+    pytest = ["python", "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider"]  # side by side with others
+    session.run(*pytest, "-s", "tests/packaging/test_installed.py", env=env)
     if session.python != MAIN:
-        session.run("python", "-m", "pytest", "-q", "-ra", "-m", CORE, "tests", *session.posargs, env=env)
+        session.run(*pytest, "-m", CORE, "tests", *session.posargs, env=env)
+
+
+@nox.session
+def pythons(session: nox.Session) -> None:
+    """``installed-3.N`` for every Python but the main one, side by side, each in its own nox process.
+
+    They spend much of their time waiting (pip, process start-up, rendezvous, servers), so on the 2-core
+    CI machine two at once take little longer than one. Each session's output is printed, whole, when it
+    has ended; the session fails when any of them failed.
+    """
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    logs = Path(tempfile.mkdtemp(prefix="itwinai-pythons-"))
+    running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    try:
+        for version in (v for v in PYTHONS if v != MAIN):
+            log = logs / f"installed-{version}.log"
+            with log.open("wb") as out:
+                cmd = [sys.executable, "-m", "nox", "-s", f"installed-{version}", "--", *session.posargs]
+                running[version] = (subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT), log)
+        failed = []
+        for version, (proc, log) in running.items():
+            code = proc.wait()
+            print(log.read_text(errors="replace"), flush=True)
+            session.log(f"installed-{version}: {'passed' if code == 0 else f'FAILED (exit {code})'}")
+            if code != 0:
+                failed.append(version)
+    finally:
+        for proc, _ in running.values():
+            if proc.poll() is None:
+                proc.terminate()
+    if failed:
+        session.error(f"installed sessions failed on Python {', '.join(failed)}; their output is above")
 
 
 @nox.session
