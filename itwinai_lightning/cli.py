@@ -298,8 +298,8 @@ def _print_summary(cli: Any, subcommand: str) -> None:
 
     from itwinai_lightning import run_summary
 
-    best = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
-    print("\n".join(run_summary.lines(Path(trainer.default_root_dir), best)), flush=True)
+    log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+    print("\n".join(run_summary.lines(Path(trainer.default_root_dir), log_dir)), flush=True)
 
 
 def _holds_value(node: Any, value: str) -> bool:

@@ -50,6 +50,16 @@ def user_error_in(err: BaseException, created: Sequence[UserError] = ()) -> User
     return next((e for e in reversed(created) if str(e) and str(e) in str(err)), None)
 
 
+def _say(note: str | None) -> None:
+    """One line on stdout from the first process of the job (every rank resolves the same)."""
+    if note is None:
+        return
+    from itwinai_lightning.cluster import detect
+
+    if detect().rank == 0:
+        print(f"itwinai-lightning: {note}", flush=True)
+
+
 class ItwinaiCLI(LightningCLI):
     """LightningCLI with one-line errors, redacted config saving, secret-free checkpoints and a RunRecord."""
 
@@ -62,22 +72,41 @@ class ItwinaiCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", True)
         super().__init__(*args, **kwargs)
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--default_callbacks",
+            type=list[str] | None,
+            default=None,
+            help="callbacks added unless the config has one of that class (default for fit: "
+            "[TimingMonitor], so every record has its wall time and samples/s; [] for none)",
+        )
+
     def before_instantiate_classes(self) -> None:
-        """``ckpt_path: models:/name/version`` -> the registered checkpoint, fetched before any model."""
+        """``--ckpt_path`` resolved to one checkpoint (:mod:`itwinai_lightning.runs.ckpt_path`), a
+        ``models:/name/version`` fetched, before any model is built; no checkpoint is one line."""
         subcommand = getattr(self, "subcommand", None)
         if subcommand not in (None, "fit"):
             from itwinai_lightning import quiet
 
             quiet.not_fitting()
         section: Any = self.config.get(subcommand) if subcommand else None
-        uri = section.get("ckpt_path") if section is not None else None
+        if section is None or "ckpt_path" not in section:
+            return
+        from itwinai_lightning.runs.ckpt_path import resolve
+
+        trainer = section.get("trainer")
+        root = trainer.get("default_root_dir") if trainer is not None else None
+        choice = resolve(section.get("ckpt_path"), str(subcommand), root)
+        _say(choice.note)
+        section["ckpt_path"] = choice.path
+        uri = choice.path
         if uri is None or not str(uri).startswith("models:/"):
             return
         from itwinai_lightning.inference.model_source import fetch_checkpoint
 
         path, downloaded = fetch_checkpoint(str(uri))
         how = "downloaded to" if downloaded else "a cached copy reused from"
-        print(f"itwinai-lightning: ckpt_path {uri}: {how} {path}", flush=True)
+        _say(f"ckpt_path {uri}: {how} {path}")
         section["ckpt_path"] = str(path)
 
     def instantiate_classes(self) -> None:
@@ -97,10 +126,18 @@ class ItwinaiCLI(LightningCLI):
         from itwinai_lightning.cli import _trainer_error
         from itwinai_lightning.records.writer import RecordWriter
 
+        from itwinai_lightning.runs import default_callbacks
+
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:  # Lightning's checks of Trainer arguments
             raise UserError(_trainer_error(err)) from err
+        subcommand = getattr(self, "subcommand", None)
+        section: Any = self.config.get(subcommand) if subcommand else self.config
+        wanted = section.get("default_callbacks") if section is not None else None
+        if wanted is None:
+            wanted = default_callbacks.FIT_DEFAULTS if subcommand in (None, "fit") else ()
+        trainer.callbacks.extend(default_callbacks.missing(trainer.callbacks, wanted))  # type: ignore[attr-defined]
         # no secret in a checkpoint's hyperparameters; the run's one record writer, after all others
         trainer.callbacks.extend([RedactCheckpointSecrets(), RecordWriter()])  # type: ignore[attr-defined]
         return trainer

@@ -5,7 +5,9 @@ shows. Each entry names where it comes from and why it is noise here:
 
 * Lightning's "The `srun` command is available on your system but is not used": printed on any machine
   with SLURM installed, also on a login node or inside our own launchers, which already chose.
-* Lightning's "💡 Tip: ... litlogger" advertisement after the first fit.
+* Lightning's "💡 Tip: ... litlogger" and "... litmodels" advertisements (after a fit, on predict).
+* Lightning's "dirpath has changed" when validate/test/predict load a checkpoint written elsewhere: the
+  checkpoint is read, never written, outside ``fit``.
 * torch's "`isinstance(treespec, LeafSpec)` is deprecated", triggered inside Lightning, not user code.
 * LightningCLI's "args parameter is intended to run from within Python": the CLI is given ``args`` on
   purpose (tune trials, benchmark points) while ``sys.argv`` holds the launcher's command line.
@@ -29,9 +31,12 @@ WARNINGS = (
     r"torch.distributed.nn.functional.all_gather is deprecated",
 )
 #: warnings that are noise outside ``fit`` only (the callbacks that wrote a checkpoint matter for resuming)
-NOT_FITTING = (r"callbacks used to create the checkpoint need to be provided",)
+NOT_FITTING = (
+    r"callbacks used to create the checkpoint need to be provided",
+    r"dirpath has changed",
+)
 #: substrings of log records dropped from Lightning's rank-zero logger
-LOG_LINES = ("litlogger",)
+LOG_LINES = ("litlogger", "litmodels")
 _INSTALLED = False
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from itwinai_lightning import launchers as table
 
 LAUNCHERS = table.NAMES
-#: Callbacks every grid point gets (skipped, with a warning, when not importable in this install).
+#: Callbacks every grid point gets unless its config has one of the class (``--default_callbacks``;
+#: skipped, with a warning, when not importable in this install).
 DEFAULT_CALLBACKS = (
     "itwinai_lightning.callbacks.timing.TimingMonitor",
     "itwinai_lightning.callbacks.device_monitor.GPUMonitor",
@@ -56,15 +57,17 @@ def fit_args(
     mode: str = "fit",
 ) -> list[str]:
     """``fit`` (or ``predict``) arguments for this grid point: the user's, then ours (later flags win)."""
-    args = [mode, *lightning_argv]
+    # predict measures the loop, whatever the weights: the module's own unless the user names a checkpoint
+    # (placed first, so a --ckpt_path in the user's arguments or config files wins)
+    args = [mode, *(["--ckpt_path", "module"] if mode == "predict" else []), *lightning_argv]
     args += ["--trainer.strategy", point.strategy]
     args += ["--trainer.devices", str(devices), "--trainer.num_nodes", str(num_nodes)]
     if accelerator:
         args += ["--trainer.accelerator", accelerator]
     if per_worker_batch is not None:
         args += [f"--{batch_key}", str(per_worker_batch)]
-    for cb in callbacks:
-        args.append(f"--trainer.callbacks+={cb}")
+    if callbacks:  # added only where the config has none of that class (its own TimingMonitor is kept)
+        args.append(f"--default_callbacks=[{', '.join(callbacks)}]")
     if mode == "predict":
         args += [f"--trainer.callbacks+={PREDICT_WRITER}", "--trainer.callbacks.output_dir"]
         args += [f"{run_dir}/predictions", "--trainer.callbacks.overwrite", "true"]

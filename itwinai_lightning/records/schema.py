@@ -97,6 +97,15 @@ class Summary(TypedDict, total=False):
     gpu_mem_used_max_gb: float
 
 
+class Checkpoints(TypedDict, total=False):
+    """The checkpoints this run wrote and keeps (paths relative to ``run_dir`` where below it)."""
+
+    best: str | None  # the best of a ModelCheckpoint that monitors a metric
+    last: str | None  # the newest (``last.ckpt``, or a monitor-less callback's latest)
+    monitor: str | None  # the metric ``best`` is best in
+    files: list[str]  # every checkpoint file of this run still on disk, oldest first
+
+
 class RunRecord(TypedDict, total=False):
     """``run_record.json``. Written by one :class:`~itwinai_lightning.records.recorder.Recorder` per run.
 
@@ -131,4 +140,5 @@ class RunRecord(TypedDict, total=False):
     parameters: int | None
     epochs: list[EpochEntry]
     summary: Summary
+    checkpoints: Checkpoints  # fit: what this run wrote (``--ckpt_path RUN_DIR`` and the summary read it)
     sections: dict[str, dict[str, Any]]

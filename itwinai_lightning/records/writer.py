@@ -99,7 +99,17 @@ class RecordWriter(Callback):
             for recorder in (getattr(trainer, RECORDERS_ATTR, None) or {}).values():
                 recorder.flush()
 
+    def _checkpoints(self, trainer: pl.Trainer) -> None:
+        """The checkpoints this fit wrote (rank 0 saves them; the callbacks' paths are broadcast)."""
+        if trainer.global_rank == 0 and stage_of(trainer) == "fit":
+            from itwinai_lightning.runs.written import written_checkpoints
+
+            written = written_checkpoints(trainer)
+            if written:
+                recorder_of(trainer).contribute(fields={"checkpoints": written})
+
     def _end(self, trainer: pl.Trainer, exception: BaseException | None = None) -> None:
+        self._checkpoints(trainer)
         fields = end_fields(exception)
         if fields is not None and trainer.global_rank == 0:
             recorder = recorder_of(trainer)
@@ -114,6 +124,7 @@ class RecordWriter(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._checkpoints(trainer)
         self._flush(trainer)
 
     @override

@@ -30,19 +30,19 @@ WRITER = "itwinai_lightning.inference.ShardedPredictionWriter"
 
 
 def for_predict(config: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], bool]:
-    """A predict job's config: its checkpoint checked (a file that exists, or a registry URI) and made
-    absolute, and a :class:`ShardedPredictionWriter` added when none is configured (``True`` then)."""
+    """A predict job's config: its ``--ckpt_path`` resolved now (:mod:`itwinai_lightning.runs.ckpt_path`),
+    a file made absolute, and a :class:`ShardedPredictionWriter` added when none is configured (``True`` then)."""
+    from itwinai_lightning.runs.ckpt_path import MODULE_WEIGHTS, resolve
+
     out = dict(config)
-    ckpt = out.get("ckpt_path")
-    if not ckpt:
-        raise UserError(
-            "slurm.command predict needs --ckpt_path: a checkpoint file or models:/<name>/<version>"
-        )
-    if not str(ckpt).startswith("models:/"):
-        path = Path(str(ckpt)).expanduser().resolve()
-        if not path.exists():
-            raise UserError(f"ckpt_path {ckpt}: no such checkpoint; give a file (or directory) that exists")
-        out["ckpt_path"] = str(path)
+    root = (out.get("trainer") or {}).get("default_root_dir")
+    choice = resolve(out.get("ckpt_path"), "predict", root)  # the job gets exactly this checkpoint
+    if choice.note:
+        print(f"itwinai-lightning: {choice.note}", flush=True)
+    if choice.path is None:
+        out["ckpt_path"] = MODULE_WEIGHTS
+    elif not choice.path.startswith("models:/"):
+        out["ckpt_path"] = str(Path(choice.path).expanduser().resolve())
     trainer = dict(out.get("trainer") or {})
     callbacks = list(trainer.get("callbacks") or [])
     has_writer = any(

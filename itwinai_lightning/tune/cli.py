@@ -16,6 +16,7 @@ from typing import Any
 
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.sections import config_paths, split_section
+from itwinai_lightning.tune.guard_marker import check_aborted, replace_aborted
 from itwinai_lightning.tune.search_space import Distribution, override_args
 from itwinai_lightning.tune.settings import DEFAULTS, TuneSettings, parse_settings
 
@@ -85,6 +86,7 @@ def prepare(argv: list[str]) -> tuple[TuneSettings, list[str], int, dict[str, An
         settings = parse_settings(values)
         refuse_to_overwrite(settings)
         max_epochs, base_trainer, loggers = _parse_base(_absolute_configs(scratch_argv), settings.space)
+    replace_aborted(settings.experiment_dir)
     settings.experiment_dir.mkdir(parents=True, exist_ok=True)
     # keep the config copies without the tune: section next to the results (resume needs them)
     copies = settings.experiment_dir / "configs"
@@ -97,8 +99,13 @@ SWEEP_MARKERS = ("results.csv", "best.yaml", "tuner.pkl")
 
 
 def refuse_to_overwrite(settings: TuneSettings) -> None:
-    """A new sweep into the directory of an earlier one would replace its results: say so instead."""
-    if settings.resume or not settings.experiment_dir.is_dir():
+    """A new sweep into the directory of an earlier one would replace its results: say so instead.
+
+    A sweep stopped on a user error is the exception: the corrected command replaces it (and resuming it
+    is refused), see :mod:`itwinai_lightning.tune.guard_marker`."""
+    if not settings.experiment_dir.is_dir() or check_aborted(settings.experiment_dir, settings.resume):
+        return
+    if settings.resume:
         return
     found = [name for name in SWEEP_MARKERS if (settings.experiment_dir / name).exists()]
     if found:

@@ -20,6 +20,7 @@ from typing import Any
 
 from itwinai_lightning.errors import require
 from itwinai_lightning.strategies.ray import init_ray
+from itwinai_lightning.tune.guard_marker import mark_aborted
 from itwinai_lightning.tune.search_space import to_param_space
 from itwinai_lightning.tune.settings import TuneSettings
 
@@ -127,7 +128,7 @@ def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int, tra
         print(f"tune: resuming the sweep in {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         grid = tuner.fit()
-        guard.check()
+        stop_on_user_error(guard, settings)
         return grid
     run_config = tune.RunConfig(
         name=settings.name,
@@ -156,5 +157,24 @@ def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int, tra
         run_config=run_config,
     )
     grid = tuner.fit()
-    guard.check()
+    stop_on_user_error(guard, settings)
     return grid
+
+
+def stop_on_user_error(guard: Any, settings: TuneSettings) -> None:
+    """A sweep stopped on a user error: mark its directory aborted, stop Ray, then raise the one line.
+
+    Ray is shut down *before* the line is printed: its log monitor forwards the trial workers' output
+    (their teardown tracebacks too) to this terminal until then, and the user's line must be the last one.
+    The marker lets the corrected command replace this sweep and refuses to resume it.
+    """
+    from itwinai_lightning.errors import UserError
+
+    try:
+        guard.check()
+    except UserError as err:
+        mark_aborted(settings.experiment_dir, str(err))
+        import ray
+
+        ray.shutdown()
+        raise

@@ -145,6 +145,20 @@ def print_summary(rows: list[TrialRow], settings: TuneSettings, best: TrialRow |
         params = ", ".join(f"{k}={v}" for k, v in best.params.items())
         print(f"tune: best trial {best.trial_id}: {settings.metric}={best.metric:.6g} with {params}")
         print(f"tune: best config: {settings.experiment_dir / 'best.yaml'}")
+        note = fewer_epochs_note(rows, best)
+        if note:
+            print(f"tune: note: {note}")
+
+
+def fewer_epochs_note(rows: list[TrialRow], best: TrialRow) -> str | None:
+    """Said when the best trial trained fewer epochs than another (its metric is from earlier training)."""
+    longest = max((r.epochs for r in rows if r.status != "failed"), default=best.epochs)
+    if best.epochs >= longest:
+        return None
+    return (
+        f"the best trial {best.trial_id} trained {best.epochs} epoch(s), others up to {longest}: "
+        "its metric is from a shorter training, compare with care"
+    )
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

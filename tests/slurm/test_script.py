@@ -174,7 +174,7 @@ def test_generic_cpu_job_test_only_through_the_cli(tmp_path: Path, slurm_env: di
             "books GPU nodes (4 GPUs each) but trainer.accelerator is 'cpu'",
         ),
         (["--slurm.preset", "generic", "--slurm.gpus_per_node", "2"], "--slurm.preset generic for CPU nodes"),
-        (["--slurm.command", "predict"], "slurm.command predict needs --ckpt_path"),
+        (["--slurm.command", "predict"], "predict: no --ckpt_path, so the model would run with its initial"),
         (["--slurm.command", "predict", "--ckpt_path", "/no/such.ckpt"], "ckpt_path /no/such.ckpt: no such"),
         (["--slurm.command", "predict", "--slurm.requeue", "true"], "set it false for predict"),
     ],

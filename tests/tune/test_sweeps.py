@@ -285,8 +285,28 @@ def test_a_metric_the_model_never_logs_stops_the_sweep_in_one_line(
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "tune.metric 'val_los' is not logged by the model (did you mean 'val_loss'?)" in errors[0]
     assert "val_psnr" in errors[0]  # what the model does log
+    # the line is the last thing said: Ray (and its workers' teardown output) is stopped before it
+    assert proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr[-3000:]
     assert not (out / "sweep" / "results.csv").exists()
     assert time.monotonic() - start < 240  # stopped after the first epoch, not after 4 trials
+
+    # the suggested continuation is refused in one line: the aborted sweep never measured its metric
+    resumed = run_tune(search, tune_env(python_env), "--tune.resume", "true")
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    (line,) = resumed.stderr.strip().splitlines()
+    assert "was stopped on a user error" in line and "without --tune.resume" in line
+
+    # the corrected command is not blocked by the aborted sweep: it replaces it, and says so
+    corrected = run_tune(
+        search, tune_env(python_env), "--tune.metric", "val_loss", "--tune.num_samples", "1",
+        "--trainer.max_epochs", "1",
+    )  # fmt: skip
+    assert corrected.returncode == 0, corrected.stderr[-3000:]
+    assert "replacing the sweep" in corrected.stderr and "stopped on a user error" in corrected.stderr
+    rows = read_csv(out / "sweep" / "results.csv")
+    assert len(rows) == 1 and rows[0]["status"] == "completed" and int(rows[0]["epochs"]) == 1
+    assert math.isfinite(float(rows[0]["val_loss"]))
+    assert not (out / "sweep" / "ABORTED").exists()
 
 
 def test_a_second_sweep_with_the_same_name_is_refused_unless_resuming(
