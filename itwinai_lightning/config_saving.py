@@ -14,12 +14,21 @@ from itwinai_lightning import placement, records
 from itwinai_lightning.secrets import redact
 
 
+def stage_file(name: str, stage: str) -> str:
+    """``config.yaml`` for fit, ``config.<stage>.yaml`` for validate/test/predict."""
+    if stage == "fit":
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.{stage}.{suffix}" if dot else f"{name}.{stage}"
+
+
 class RecordingSaveConfigCallback(SaveConfigCallback):
     """Writes ``<run_dir>/config.yaml`` (redacted) and the RunRecord's ``config`` section, on rank 0.
 
     At setup every rank reports its host and launch context (:mod:`itwinai_lightning.placement`), so the
     record's ``hostnames``, ``num_nodes``, ``devices_per_node`` and ``launcher`` are what really ran.
-    The record of a ``validate``/``test``/``predict`` run is its own file (``run_record.<stage>.json``).
+    The config and record of a ``validate``/``test``/``predict`` run are files of their own
+    (``config.<stage>.yaml``, ``run_record.<stage>.json``): they never replace the fit's.
 
     Unlike Lightning's, it never writes secrets to disk and does not depend on a logger's ``log_dir``:
     the run directory is ``trainer.default_root_dir``.
@@ -41,8 +50,13 @@ class RecordingSaveConfigCallback(SaveConfigCallback):
 
     @override
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from itwinai_lightning.records.writer import stage_of
+
+        stage = stage_of(trainer)  # Lightning passes an enum member here
         config = self.resolved_config()
         run_dir = records.run_dir_of(trainer)
         run_dir.mkdir(parents=True, exist_ok=True)
-        Path(run_dir, self.config_filename).write_text(yaml.safe_dump(config, sort_keys=False))
+        Path(run_dir, stage_file(self.config_filename, stage)).write_text(
+            yaml.safe_dump(config, sort_keys=False)
+        )
         records.contribute(trainer, fields={"config": config, "stage": stage})

@@ -28,7 +28,12 @@ from itwinai_lightning.errors import UserError, collecting
 
 
 class ItwinaiParser(LightningArgumentParser):
-    """A parser whose errors are one-line :class:`UserError` s."""
+    """A parser whose errors are one-line :class:`UserError` s, and that takes no abbreviated option
+    (``--trainer.max_epoch`` is refused with a did-you-mean instead of being read as ``max_epochs``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         from itwinai_lightning.cli import _condense
@@ -48,6 +53,17 @@ def user_error_in(err: BaseException, created: Sequence[UserError] = ()) -> User
         seen.add(id(node))
         node = node.__cause__ or node.__context__
     return next((e for e in reversed(created) if str(e) and str(e) in str(err)), None)
+
+
+def _require_step(model: Any, step: str, stage: str) -> None:
+    """``validate``/``test`` on a module that does not define the stage's step: one line, before the run."""
+    from lightning.pytorch import LightningModule
+
+    if getattr(type(model), step, None) is getattr(LightningModule, step):
+        raise UserError(
+            f"{stage}: {type(model).__name__} defines no {step}(); add one to the module, or run "
+            f"{'validate' if stage == 'test' else 'fit'} instead"
+        )
 
 
 def _say(note: str | None) -> None:
@@ -109,6 +125,12 @@ class ItwinaiCLI(LightningCLI):
         _say(f"ckpt_path {uri}: {how} {path}")
         section["ckpt_path"] = str(path)
 
+    def before_validate(self) -> None:
+        _require_step(self.model, "validation_step", "validate")
+
+    def before_test(self) -> None:
+        _require_step(self.model, "test_step", "test")
+
     def instantiate_classes(self) -> None:
         with collecting() as created:
             try:
@@ -125,7 +147,6 @@ class ItwinaiCLI(LightningCLI):
         from itwinai_lightning.callbacks.redact import RedactCheckpointSecrets
         from itwinai_lightning.cli import _trainer_error
         from itwinai_lightning.records.writer import RecordWriter
-
         from itwinai_lightning.runs import default_callbacks
 
         try:

@@ -89,8 +89,20 @@ def hint(message: str, configs: Sequence[Mapping[str, Any]] = (), args: Sequence
         module = importlib.import_module(match.group(2))
         found = closest(match.group(3), [n for n in dir(module) if n[:1].isupper()])
         guess = f"{match.group(2)}.{found}" if found else None
-    elif match := re.search(r"Expected a path but (\w+) either not accessible or invalid", message):
-        guess = closest(match.group(1), class_names())
+    elif match := re.search(r"No module named '([\w.]+)'", message):
+        return _not_on_path(match.group(1))
+    elif match := re.search(r"Expected a path but ([\w.]+) either not accessible or invalid", message):
+        path = match.group(1)
+        if "." in path:  # a class path given on the command line: the closest member of its module
+            module_name, _, name = path.rpartition(".")
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                return _not_on_path(module_name.split(".")[0])
+            found = closest(name, [n for n in dir(module) if n[:1].isupper()])
+            guess = f"{module_name}.{found}" if found else None
+        else:
+            guess = closest(path, class_names())
     elif match := re.search(r"invalid strategy name: `strategy='([\w-]+)'`", message):
         from lightning.pytorch.strategies import StrategyRegistry
 
@@ -103,3 +115,13 @@ def hint(message: str, configs: Sequence[Mapping[str, Any]] = (), args: Sequence
     elif match := re.search(r"(?:does not accept option|unrecognized arguments:) '?-*([\w.]+)", message):
         guess = closest(match.group(1), key_candidates(match.group(1), configs, args))
     return f" (did you mean '{guess}'?)" if guess else ""
+
+
+def _not_on_path(module: str) -> str:
+    """``; run with PYTHONPATH=. ...`` when the missing module is a file in the working directory."""
+    from pathlib import Path
+
+    top = module.split(".")[0]
+    if Path(f"{top}.py").is_file() or Path(top, "__init__.py").is_file():
+        return f"; {top} is in the working directory but not importable: run with PYTHONPATH=."
+    return ""

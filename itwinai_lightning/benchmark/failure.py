@@ -4,8 +4,9 @@ Three shapes of stderr are understood:
 
 * our own one-line error (``itwinai-lightning: error: ...``) wins;
 * torchrun's ``ChildFailedError`` summary: the wrapper line says nothing, so the *root-cause* rank's own
-  exception (the ``[rankN]: XxxError: ...`` line torchrun prefixes) is returned, else its exit code or
-  signal (``rank 1 exited with exitcode -11 (SIGSEGV)``);
+  exception (the ``[rankN]: XxxError: ...`` line torchrun prefixes; an exception raised before the process
+  group existed has no prefix: the last one printed before torchrun's own traceback), else its exit code
+  or signal (``rank 1 exited with exitcode -11 (SIGSEGV)``);
 * a plain Python traceback: its last exception line.
 """
 
@@ -38,6 +39,13 @@ def _torchrun_root_cause(lines: list[str], text: str) -> str | None:
         prefixed = _RANK_PREFIX.match(line)
         if prefixed and (rank is None or prefixed.group(1) == rank) and _is_exception_line(prefixed.group(2)):
             return f"rank {prefixed.group(1)}: {prefixed.group(2).strip()}"
+    # an exception raised before the process group existed carries no [rankN] prefix: the last exception
+    # line the ranks printed before torchrun's own ChildFailedError traceback is the root cause
+    agent = next((i for i, ln in enumerate(lines) if "ChildFailedError" in ln), len(lines))
+    agent = max((i for i in range(agent) if lines[i].startswith("Traceback")), default=agent)
+    for line in reversed(lines[:agent]):
+        if _is_exception_line(line) and not _RANK_PREFIX.match(line):
+            return f"rank {rank}: {line.strip()}" if rank is not None else line.strip()
     code = _EXITCODE.search(block)
     if code is None:
         return f"rank {rank} failed (torchrun ChildFailedError, no exit code in its summary)"

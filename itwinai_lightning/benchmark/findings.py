@@ -33,12 +33,42 @@ def _lowest(rows: Sequence[Row], figure: str) -> Row | None:
     return min(having, key=lambda r: (getattr(r, figure), r.workers)) if having else None
 
 
+#: efficiency above this (percent) is reported as suspect, not as scaling well
+SUPERLINEAR_PCT = 105.0
+#: with one repetition there is no spread: epoch times closer than this (percent) are not told apart
+SINGLE_RUN_NOISE_PCT = 10.0
+
+
+def within_noise(best: Row, other: Row) -> bool:
+    """Whether ``other``'s epoch time cannot be told from ``best``'s: their repetitions' ranges overlap, or
+    (one repetition, no spread) it is within :data:`SINGLE_RUN_NOISE_PCT` of it."""
+    if best.epoch_time_s is None or other.epoch_time_s is None:
+        return False
+    if min(best.repetitions, other.repetitions) >= 2 and best.epoch_time_max_s and other.epoch_time_min_s:
+        return other.epoch_time_min_s <= best.epoch_time_max_s
+    return other.epoch_time_s <= best.epoch_time_s * (1 + SINGLE_RUN_NOISE_PCT / 100)
+
+
+def _fastest(rows: Sequence[Row]) -> dict[str, Any] | None:
+    """The fastest configuration, or the ones the noise cannot tell apart (``tied``: no winner named)."""
+    best = _lowest(rows, "epoch_time_s")
+    if best is None:
+        return None
+    tied = [r for r in rows if r is not best and within_noise(best, r)]
+    return {
+        **_configuration(best),
+        "epoch_time_s": best.epoch_time_s,
+        "single_repetition": min(r.repetitions for r in rows if r.epoch_time_s is not None) < 2,
+        "tied": [{**_configuration(r), "epoch_time_s": r.epoch_time_s} for r in tied],
+    }
+
+
 def recommend(rows: Sequence[Row], threshold_pct: float = 70.0, runs: Sequence[Run] = ()) -> dict[str, Any]:
-    """Fastest configuration, least energy per sample, fastest to the accuracy target (with ``runs``), and
-    where efficiency first drops below threshold."""
+    """Fastest configuration (or those the noise cannot separate), least energy per sample, fastest to the
+    accuracy target (with ``runs``), and where efficiency first drops below threshold (or rises above
+    100 %, which is never good news: the baseline was slow or the work differs)."""
     out: dict[str, Any] = {"threshold_pct": threshold_pct, "fastest": None, "least_energy": None}
-    if best := _lowest(rows, "epoch_time_s"):
-        out["fastest"] = {**_configuration(best), "epoch_time_s": best.epoch_time_s}
+    out["fastest"] = _fastest(rows)
     if best := _lowest(rows, "energy_per_sample_wh"):
         out["least_energy"] = {**_configuration(best), "energy_per_sample_wh": best.energy_per_sample_wh}
     target = accuracy_target(runs) if runs else None
@@ -64,6 +94,12 @@ def recommend(rows: Sequence[Row], threshold_pct: float = 70.0, runs: Sequence[R
                 "below_at_workers": below.workers if below else None,
                 "efficiency_pct": below.efficiency_pct if below else None,
                 "max_measured": max((r.workers for r in mine), default=None),
+                # above 100 %: N workers more than N times faster than the baseline -- a suspect baseline
+                "superlinear_at": [
+                    {"workers": r.workers, "efficiency_pct": r.efficiency_pct}
+                    for r in mine
+                    if r.efficiency_pct is not None and r.efficiency_pct > SUPERLINEAR_PCT
+                ],
                 # worker counts whose repetitions fall on both sides of the threshold: the verdict could flip
                 "uncertain_at": [
                     {"workers": r.workers, "low_pct": band[0], "high_pct": band[1]}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,21 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, A
             writer.writerow({k: ("" if row[k] is None else row[k]) for k in columns})
 
 
+def _fastest_line(fastest: Mapping[str, Any] | None, name: Callable[[Mapping[str, Any]], str]) -> str:
+    """The fastest configuration, or no winner when the noise cannot tell the best ones apart."""
+    if not fastest:
+        return "Fastest: no run completed."
+    spread = " (one repetition: no spread measured)" if fastest.get("single_repetition") else ""
+    tied = fastest.get("tied") or []
+    if tied:
+        names = ", ".join(f"{name(t)} ({t['epoch_time_s']:.3g} s)" for t in tied)
+        return (
+            f"Fastest: no clear winner{spread}: {name(fastest)} ({fastest['epoch_time_s']:.3g} s per epoch) "
+            f"cannot be told apart from {names}; rerun with more repetitions."
+        )
+    return f"Fastest: {name(fastest)} ({fastest['epoch_time_s']:.3g} s per epoch){spread}."
+
+
 def recommendation_lines(rec: Mapping[str, Any], rows: Sequence[Row]) -> list[str]:
     """The recommendation as short sentences (used in the HTML page and printed by the CLI)."""
     all_series = sorted({r.series for r in rows})
@@ -93,12 +108,7 @@ def recommendation_lines(rec: Mapping[str, Any], rows: Sequence[Row]) -> list[st
         return f"{label} with {d['workers']} workers"
 
     lines = []
-    fastest = rec.get("fastest")
-    lines.append(
-        f"Fastest: {name(fastest)} ({fastest['epoch_time_s']:.3g} s per epoch)."
-        if fastest
-        else "Fastest: no run completed."
-    )
+    lines.append(_fastest_line(rec.get("fastest"), name))
     least = rec.get("least_energy")
     lines.append(
         f"Least energy per sample: {name(least)} ({least['energy_per_sample_wh'] * 1000:.3g} mWh per sample)."
@@ -119,6 +129,15 @@ def recommendation_lines(rec: Mapping[str, Any], rows: Sequence[Row]) -> list[st
             lines.append(
                 f"{label}: efficiency drops below {threshold:g} % at {drop['below_at_workers']} workers "
                 f"({drop['efficiency_pct']:.0f} %)."
+            )
+        elif drop.get("superlinear_at"):
+            spans = ", ".join(
+                f"{s['efficiency_pct']:.0f} % at {s['workers']}" for s in drop["superlinear_at"]
+            )
+            lines.append(
+                f"{label}: efficiency above 100 % ({spans} workers) is not good scaling: the 1-worker "
+                "baseline was slower than it should be (threads, warm-up, noise) or the work differs; "
+                "check the baseline before trusting these figures."
             )
         elif drop["max_measured"] is not None:
             lines.append(

@@ -121,6 +121,17 @@ def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def threads_per_process(env: dict[str, str], max_workers: int) -> int:
+    """The intra-op threads every point's processes run with: ``OMP_NUM_THREADS`` when the user set it,
+    else this node's cores over the grid's largest worker count. One value for every point, so the 1-worker
+    baseline is the same configuration as the scaled points (torchrun, by contrast, sets 1 thread only
+    when it starts more than one process, which makes efficiency look above 100 %)."""
+    given = env.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, (os.cpu_count() or 1) // max(1, max_workers))
+
+
 def available_callbacks(paths: Sequence[str], warn: TextIO) -> list[str]:
     """The callback class paths whose module exists in this install (warn about the others once)."""
     out = []
@@ -211,6 +222,8 @@ class GridRunner:
             wanted.append(launchers.PROFILE_CALLBACK)
         self.callbacks = available_callbacks(wanted, self.stream)
         self.env = child_env()
+        self.threads = threads_per_process(self.env, max(settings.workers))
+        self.env["OMP_NUM_THREADS"] = str(self.threads)
 
     def points(self) -> list[GridPoint]:
         """Repetition by repetition: the whole grid once, then again. A slow drift of the machine's load
@@ -258,6 +271,7 @@ class GridRunner:
                 "scaling": self.settings.scaling,
                 "per_worker_batch_size": per_worker,
                 "warmup_epochs": self.settings.warmup_epochs,
+                "threads_per_process": self.threads,
                 "command": shlex.join(redact_argv(command)),
                 "inputs": self.inputs(point, run_dir),
             },
@@ -266,7 +280,10 @@ class GridRunner:
     def inputs(self, point: GridPoint, run_dir: Path) -> dict[str, Any]:
         """What this point runs (argv, config digests, launcher, versions): the reuse test compares it."""
         argv = redact_argv(self.fit_args(point, run_dir))
-        return point_inputs(argv, self.settings.launcher, self.settings.launcher_args)
+        return {
+            **point_inputs(argv, self.settings.launcher, self.settings.launcher_args),
+            "threads_per_process": self.threads,
+        }
 
     def reusable(self, point: GridPoint, run_dir: Path) -> tuple[bool, str | None]:
         """(completed and same inputs, the difference that forbids reuse)."""

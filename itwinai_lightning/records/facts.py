@@ -55,6 +55,7 @@ def describe_trainer(trainer: pl.Trainer) -> dict[str, Any]:
                 **_strategy_backend_version(name),
             },
             "cpu_model": cpu_model(),
+            "threads_per_process": torch.get_num_threads(),  # rank 0's intra-op threads
             "parameters": _parameters(trainer),
         }
         setattr(trainer, FACTS_ATTR, facts)

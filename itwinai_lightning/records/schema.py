@@ -137,6 +137,7 @@ class RunRecord(TypedDict, total=False):
     ranks: list[dict[str, Any]]
     versions: dict[str, str]  # python, torch, lightning, itwinai_lightning, cuda, the strategy's backend
     cpu_model: str
+    threads_per_process: int  # torch's intra-op threads of rank 0 (``OMP_NUM_THREADS``)
     parameters: int | None
     epochs: list[EpochEntry]
     summary: Summary

@@ -4,7 +4,7 @@
 
     python -m itwinai_lightning slurm --config run.yaml --slurm.preset juwels --slurm.nodes 2 \
         [--slurm.submit true]
-    python -m itwinai_lightning slurm latest-checkpoint RUN_DIR     # used by the job script to resume
+    python -m itwinai_lightning slurm latest-checkpoint RUN_DIR --since MARKER  # the job script's resume
 
 Writes ``<job_dir>/config.yaml`` (the fully resolved LightningCLI config the job runs) and
 ``<job_dir>/job.sbatch``; prints the script path, and with ``slurm.submit`` the job id.
@@ -28,16 +28,24 @@ if TYPE_CHECKING:
 USAGE = (
     "Render an sbatch script that runs 'fit' (or 'tune', 'predict': --slurm.command) on the resolved config, "
     "preemption-safe (checkpoint, requeue, resume); --slurm.submit true submits it. "
-    "'itwinai-lightning slurm latest-checkpoint RUN_DIR' prints the checkpoint a resumed job starts from."
+    "'itwinai-lightning slurm latest-checkpoint RUN_DIR --since MARKER' prints the checkpoint a resumed job "
+    "starts from (written after MARKER, by this job)."
 )
 
 
 def _latest_checkpoint(argv: list[str]) -> int:
     from itwinai_lightning.slurm.resume import latest_checkpoint
 
-    if len(argv) != 1:
-        raise UserError("usage: itwinai-lightning slurm latest-checkpoint RUN_DIR")
-    found = latest_checkpoint(argv[0])
+    usage = "usage: itwinai-lightning slurm latest-checkpoint RUN_DIR [--since MARKER]"
+    if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "--since"):
+        raise UserError(usage)
+    since = None
+    if len(argv) == 3:
+        marker = Path(argv[2])
+        if not marker.exists():
+            return 0  # nothing this job wrote yet
+        since = marker.stat().st_mtime
+    found = latest_checkpoint(argv[0], since)
     if found is not None:
         print(found)
     return 0

@@ -31,7 +31,8 @@ WRITER = "itwinai_lightning.inference.ShardedPredictionWriter"
 
 def for_predict(config: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], bool]:
     """A predict job's config: its ``--ckpt_path`` resolved now (:mod:`itwinai_lightning.runs.ckpt_path`),
-    a file made absolute, and a :class:`ShardedPredictionWriter` added when none is configured (``True`` then)."""
+    a file made absolute, and a :class:`ShardedPredictionWriter` added when none is configured (``True``
+    then)."""
     from itwinai_lightning.runs.ckpt_path import MODULE_WEIGHTS, resolve
 
     out = dict(config)

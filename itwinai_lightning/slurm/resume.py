@@ -1,8 +1,11 @@
-"""Find the checkpoint a (re)started job resumes from: the newest ``*.ckpt`` under the run directory.
+"""Find the checkpoint a (re)started job resumes from: the newest ``*.ckpt`` *this job* wrote.
 
 Kept free of torch/Lightning imports: the job script calls it before launching the ranks
-(``python -m itwinai_lightning slurm latest-checkpoint RUN_DIR``) and passes the result as ``--ckpt_path``.
-No checkpoint (first start) prints nothing, and the run starts from scratch.
+(``python -m itwinai_lightning slurm latest-checkpoint RUN_DIR --since MARKER``) and passes the result as
+``--ckpt_path``. The job creates ``MARKER`` (``RUN_DIR/.job-$SLURM_JOB_ID``) on its first start; only
+checkpoints written after it count, so a job never resumes from an unrelated earlier run's checkpoint
+that sits in the same directory (a laptop test, another job). No checkpoint (first start) prints nothing,
+and the run starts from scratch (or from the ``--ckpt_path`` the user named).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from pathlib import Path
 PARTIAL_SUFFIX = ".partial"
 
 
-def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
-    """The most recently modified ``*.ckpt`` (file, or DeepSpeed directory) below ``run_dir``, or None.
+def latest_checkpoint(run_dir: str | os.PathLike[str], since: float | None = None) -> Path | None:
+    """The most recently modified ``*.ckpt`` (file, or DeepSpeed directory) below ``run_dir``, or None;
+    with ``since`` (a time stamp), only those modified after it.
 
     Every checkpoint under a run directory belongs to that run (epoch-end ``last.ckpt``, top-k, and the
     requeue checkpoint), so the newest one is the furthest the run got. Half-written files (``.partial``)
@@ -36,6 +40,8 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
         if any(parent.suffix == ".ckpt" for parent in path.relative_to(root).parents if parent != Path(".")):
             continue
         key = (path.stat().st_mtime, str(path))
+        if since is not None and key[0] <= since:
+            continue
         if best is None or key > best:
             best = key
     return Path(best[1]) if best else None

@@ -6,7 +6,8 @@ The script has four parts, all from data (no site-specific shell functions):
    output paths, the preemption signal (``--signal=USR1@N``, delivered to the job *steps*, i.e. to every
    training rank) and ``--requeue``, plus any extra directives of the preset/config;
 2. environment set-up: ``module`` lines, a venv or conda environment, exported variables, extra lines;
-3. resume: the newest checkpoint in the run dir (if any) becomes ``--ckpt_path``;
+3. resume: the newest checkpoint this job wrote (if any) becomes ``--ckpt_path``; an earlier run's
+   checkpoints in the same run dir are never resumed from;
 4. launch: ``srun`` (DDP, DeepSpeed, Horovod), ``srun`` + torchrun per node, or a Ray cluster for ``tune``;
    then, when the run left a requeue request, ``scontrol requeue $SLURM_JOB_ID`` from the batch shell.
 """
@@ -22,6 +23,9 @@ from itwinai_lightning.slurm.options import SlurmOptions
 #: Environment variable through which the script tells the requeue callback where to leave its request.
 REQUEUE_FLAG_ENV = "ITWINAI_REQUEUE_FLAG"
 REQUEUE_FLAG_NAME = ".requeue"
+#: Marker a job leaves in its run dir on its first start (``<prefix><job id>``): it resumes only from
+#: checkpoints newer than it.
+JOB_MARKER_PREFIX = ".job-"
 #: The job's Ray token file (mode 600) in the job directory.
 RAY_TOKEN_NAME = "ray-auth-token"
 
@@ -72,20 +76,52 @@ def _directives(opts: SlurmOptions, job: JobLayout, job_name: str) -> list[str]:
     return lines
 
 
+def _home(path: str) -> str:
+    """A path for the compute node's shell: ``~`` becomes ``$HOME`` there (not the render machine's home);
+    the rest is quoted."""
+    if path == "~" or path.startswith("~/"):
+        rest = path[2:]
+        return '"$HOME"' + (f"/{_q(rest)}" if rest else "")
+    return _q(path)
+
+
+def _or_stop(command: str, what: str, fix: str) -> str:
+    """``command``, and when it fails: one line naming it and the fix, and the job ends (exit 1)."""
+    said = f"itwinai-lightning: {what} failed on $(hostname); {fix}".replace('"', '\\"')
+    return f'{command} || {{ echo "{said}" >&2; exit 1; }}'
+
+
 def _environment(opts: SlurmOptions) -> list[str]:
-    lines = ["# --- environment (preset + config)"]
+    lines = ["# --- environment (preset + config); a step that fails ends the job with one line"]
     if opts.module_purge:
         lines.append("module purge")
     if opts.modules:
-        lines.append("module load " + " ".join(_q(m) for m in opts.modules))
+        names = " ".join(_q(m) for m in opts.modules)
+        lines.append(_or_stop(f"module load {names}", f"'module load {names}'", "check slurm.modules"))
     if opts.venv:
-        lines.append(f"source {_q(Path(opts.venv).expanduser() / 'bin' / 'activate')}")
+        venv = str(opts.venv).rstrip("/")
+        lines.append(
+            _or_stop(f"source {_home(venv + '/bin/activate')}", f"activating {venv}", "check slurm.venv")
+        )
     if opts.conda:
+        lines.append(
+            _or_stop(
+                "command -v conda >/dev/null",
+                "finding conda",
+                "load it first (slurm.modules, e.g. Miniconda3, or a slurm.setup line)",
+            )
+        )
         lines.append('eval "$(conda shell.bash hook)"')
-        lines.append(f"conda activate {_q(opts.conda)}")
+        lines.append(
+            _or_stop(
+                f"conda activate {_q(opts.conda)}", f"'conda activate {opts.conda}'", "check slurm.conda"
+            )
+        )
     for key, value in (opts.env or {}).items():
         # values may use shell variables (${SLURM_JOB_ID}): double quotes keep them expanding
         text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+        if text == "~" or text.startswith("~/"):  # the compute node's home, not the render machine's
+            text = "$HOME" + text[1:]
         lines.append(f'export {key}="{text}"')
     lines.append('export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"')
     lines.extend(str(line) for line in opts.setup or [])
@@ -137,12 +173,16 @@ def _launch_lines(opts: SlurmOptions, job: JobLayout, command: str) -> list[str]
 def _launch_fit(opts: SlurmOptions, job: JobLayout) -> list[str]:
     flag = job.run_dir / REQUEUE_FLAG_NAME
     lines = [
-        "# --- resume: the newest checkpoint in the run dir; none on the first start",
+        "# --- resume: the newest checkpoint THIS job wrote (after its marker); none on the first start,",
+        "# whatever an earlier run left in the run dir",
         f"RUN_DIR={_q(job.run_dir)}",
         f"CONFIG={_q(job.config_path)}",
         f"export {REQUEUE_FLAG_ENV}={_q(flag)}",
         f'rm -f "${REQUEUE_FLAG_ENV}"',
-        'CKPT="$("${PY[@]}" -m itwinai_lightning slurm latest-checkpoint "$RUN_DIR")"',
+        'mkdir -p "$RUN_DIR"',
+        f'JOB_MARKER="$RUN_DIR/{JOB_MARKER_PREFIX}$SLURM_JOB_ID"',
+        '[ -e "$JOB_MARKER" ] || touch "$JOB_MARKER"',
+        'CKPT="$("${PY[@]}" -m itwinai_lightning slurm latest-checkpoint "$RUN_DIR" --since "$JOB_MARKER")"',
         "RESUME=()",
         'if [ -n "$CKPT" ]; then RESUME=(--ckpt_path "$CKPT"); fi',
         'echo "itwinai-lightning: job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}'

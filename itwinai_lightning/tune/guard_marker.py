@@ -35,7 +35,8 @@ def check_aborted(experiment_dir: Path, resume: bool) -> bool:
         return False
     if resume:
         raise UserError(
-            f"tune: the sweep in {experiment_dir} was stopped on a user error ({reason.splitlines()[0][:160]}); "
+            f"tune: the sweep in {experiment_dir} was stopped on a user error "
+            f"({reason.splitlines()[0][:160]}); "
             "there is nothing to resume: run the corrected command without --tune.resume"
         )
     return True
@@ -46,4 +47,6 @@ def replace_aborted(experiment_dir: Path) -> None:
     if aborted_reason(experiment_dir) is None:
         return
     shutil.rmtree(experiment_dir)
-    print(f"tune: replacing the sweep in {experiment_dir}, which was stopped on a user error", file=sys.stderr)
+    print(
+        f"tune: replacing the sweep in {experiment_dir}, which was stopped on a user error", file=sys.stderr
+    )

@@ -110,6 +110,8 @@ def test_points_complete_with_real_records(grids: dict[str, object]) -> None:
                 assert rec["global_batch_size"] == 16  # strong scaling: 16 = 16/N per worker x N
                 bench = rec["sections"]["benchmark"]  # type: ignore[index]
                 assert bench["per_worker_batch_size"] == 16 // n
+                # every point, the 1-worker baseline too, with the same threads per process (2 cores / 2)
+                assert bench["threads_per_process"] == rec["threads_per_process"] == 1
                 assert rec["config"]["data"]["init_args"]["batch_size"] == 16 // n  # type: ignore[index]
                 epochs = rec["epochs"]
                 assert isinstance(epochs, list) and len(epochs) == 1 and epochs[0]["wall_time_s"] > 0

@@ -78,6 +78,8 @@ def test_error_line_and_redaction() -> None:
 FAILING_RANK = """
 import os, signal, sys
 import torch.distributed as dist
+if sys.argv[1] == "early" and os.environ["RANK"] == "0":
+    raise ValueError("Found more than one stateful callback")  # before any process group: no prefix
 dist.init_process_group("gloo")
 if dist.get_rank() == 1:
     if sys.argv[1] == "raise":
@@ -92,6 +94,7 @@ dist.barrier()
     [
         ("raise", "rank 1: RuntimeError: boom on rank 1"),
         ("segv", "rank 1 exited with exitcode -11 (SIGSEGV)"),
+        ("early", "rank 0: ValueError: Found more than one stateful callback"),
     ],
 )
 def test_error_line_finds_the_root_cause_under_real_torchrun(tmp_path: Path, how: str, expected: str) -> None:

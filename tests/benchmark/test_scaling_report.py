@@ -12,8 +12,11 @@ import pytest
 
 from itwinai_lightning import records
 from itwinai_lightning.benchmark import report, scaling, synthetic
+from itwinai_lightning.benchmark.findings import recommend
 from itwinai_lightning.benchmark.plots import PLOTS
+from itwinai_lightning.benchmark.report import recommendation_lines
 from itwinai_lightning.benchmark.settings import parse
+from itwinai_lightning.benchmark.table import Row
 from itwinai_lightning.errors import UserError
 
 LAW_DDP = (120.0, 4.0, 3.0)  # compute a [s], communication b [s per log2 level], serial c [s]
@@ -271,3 +274,32 @@ def test_benchmark_help_lists_every_option_with_type_default_and_meaning(python_
         assert f"--benchmark.{key}" in text, key
     assert "process counts, the other axis. (type: list[int], default: [1, 2])" in " ".join(text.split())
     assert "--config" in text
+
+
+def _row(workers: int, epoch_s: float, reps: int = 1, spread: float = 0.0, eff: float | None = None) -> Row:
+    return Row("hpc_ddp", "local", "weak", workers, reps, 0, epoch_s, epoch_s - spread, epoch_s + spread,
+               efficiency_pct=eff)  # fmt: skip
+
+
+def test_one_repetition_names_no_winner_inside_the_noise() -> None:
+    rows = [_row(1, 2.10), _row(2, 1.98)]
+    rec = recommend(rows)
+    assert rec["fastest"]["single_repetition"] and [t["workers"] for t in rec["fastest"]["tied"]] == [1]
+    (line,) = [ln for ln in recommendation_lines(rec, rows) if ln.startswith("Fastest:")]
+    assert line.startswith("Fastest: no clear winner (one repetition: no spread measured)")
+    assert "1.98 s" in line and "2.1 s" in line and "more repetitions" in line
+    # far apart, one repetition: a winner, and the missing spread is said
+    rows = [_row(1, 4.0), _row(2, 1.98)]
+    (line,) = [ln for ln in recommendation_lines(recommend(rows), rows) if ln.startswith("Fastest:")]
+    assert line == "Fastest: hpc_ddp with 2 workers (1.98 s per epoch) (one repetition: no spread measured)."
+    # repetitions whose ranges overlap are a tie too; disjoint ranges name the winner
+    assert recommend([_row(1, 2.1, 3, 0.2), _row(2, 2.0, 3, 0.2)])["fastest"]["tied"]
+    assert not recommend([_row(1, 2.1, 3, 0.01), _row(2, 2.0, 3, 0.01)])["fastest"]["tied"]
+
+
+def test_efficiency_above_100_percent_is_never_summarised_as_good() -> None:
+    rows = [_row(1, 4.0, eff=100.0), _row(2, 1.46, eff=137.0), _row(4, 0.53, eff=189.0)]
+    lines = recommendation_lines(recommend(rows, 70.0), rows)
+    assert not any("stays above" in ln for ln in lines)
+    (line,) = [ln for ln in lines if "above 100 %" in ln]
+    assert "137 % at 2, 189 % at 4 workers" in line and "baseline" in line

@@ -305,6 +305,10 @@ def test_tune_examples_sweep(tmp_path: Path, python_env: dict[str, str], ray_tmp
 
 
 def test_benchmark_example_grid(tmp_path: Path, python_env: dict[str, str]) -> None:
+    """benchmark.yaml composed with monitoring.yaml: the config's own TimingMonitor and GPUMonitor are kept
+    (not duplicated: Lightning refuses two stateful callbacks of one type) and every point completes."""
+    for module, extra in (("mlflow", "mlflow"), ("wandb", "wandb"), ("yprov4ml", "prov")):
+        require_module(module, f'pip install "itwinai-lightning[{extra}]"')
     out = tmp_path / "bench"
     _run(
         [
@@ -314,6 +318,8 @@ def test_benchmark_example_grid(tmp_path: Path, python_env: dict[str, str]) -> N
             QUICK,
             "--config",
             str(GALLERY / "benchmark.yaml"),
+            "--config",
+            str(GALLERY / "monitoring.yaml"),
             *SMALL,
             "--trainer.max_epochs",
             "2",
@@ -330,6 +336,13 @@ def test_benchmark_example_grid(tmp_path: Path, python_env: dict[str, str]) -> N
     )
     assert (out / "report.html").exists()
     assert {p.parent.name for p in out.rglob("run_record.json")} == {"hpc_ddp-w1-r0", "hpc_ddp-w2-r0"}
+    for rec in (records.load(p.parent) for p in out.rglob("run_record.json")):
+        assert rec["status"] == "completed", rec.get("error")
+        callbacks = [str(c["class_path"]).rsplit(".", 1)[-1] for c in rec["config"]["trainer"]["callbacks"]]
+        assert callbacks.count("TimingMonitor") == 1 and callbacks.count("GPUMonitor") == 1, callbacks
+        gpu = next(c for c in rec["config"]["trainer"]["callbacks"] if c["class_path"].endswith("GPUMonitor"))
+        assert gpu["init_args"]["interval_s"] == 0.5  # monitoring.yaml's own options
+        assert rec["summary"]["samples_per_s"] > 0 and rec["summary"]["monitor"] == "val_loss"
 
 
 @pytest.mark.parametrize("preset", ["juwels_booster", "lumi_g", "vega"])

@@ -37,6 +37,13 @@ def _error(*args: str) -> str:
         (["--data.init_args.batch_siz", "3"], "batch_size"),
         (["--trainer.callbacks+=TimingMonitr"], "TimingMonitor"),
         (["--trainer.strategy", "hpc_dpp"], "hpc_ddp"),
+        # a class path on the command line gets the same suggestion as in YAML
+        (
+            ["--model", "itwinai_lightning.demo.SpectrogramDenoisr"],
+            "itwinai_lightning.demo.SpectrogramDenoiser",
+        ),
+        # an abbreviated option is refused, not silently taken as a prefix of max_epochs
+        (["--trainer.max_epoch", "1"], "trainer.max_epochs"),
     ],
 )
 def test_a_typo_gets_one_line_with_a_suggestion(args: list[str], suggestion: str) -> None:
@@ -83,3 +90,27 @@ def test_a_constructor_user_error_that_jsonargparse_wraps_is_the_one_line() -> N
     assert created == [original]  # no chain: jsonargparse raises a new error outside the except block
     assert user_error_in(wrapped, created) is original
     assert user_error_in(ValueError("something else"), created) is None
+
+
+def test_a_model_file_in_the_working_directory_says_pythonpath(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mlp.py").write_text("X = 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    line = _error("--model", "mlp.MLP")
+    assert "mlp is in the working directory but not importable: run with PYTHONPATH=." in line
+
+
+def test_test_on_a_module_without_test_step_is_one_line(tmp_path: Path) -> None:
+    err = io.StringIO()
+    args = ["test", "--config", QUICK, "--ckpt_path", "module", "--model",
+            "tests.foundation.weights.NoTestStep", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    (line,) = [ln for ln in err.getvalue().splitlines() if ln.startswith("itwinai-lightning:")]
+    assert line == (
+        "itwinai-lightning: error: test: NoTestStep defines no test_step(); add one to the module, "
+        "or run validate instead"
+    )

@@ -10,6 +10,7 @@ import torch
 from typing_extensions import override
 
 from itwinai_lightning.cluster import detect
+from itwinai_lightning.demo import SpectrogramDenoiser
 from itwinai_lightning.strategies.weights import gathered_state_dict
 
 
@@ -71,3 +72,9 @@ class SignalRank(pl.Callback):
 
             self.marker.write_text(f"{time.time()}\n{os.getpid()}\n")
             os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class NoTestStep(SpectrogramDenoiser):
+    """The demo model without a ``test_step`` (as many users' modules are)."""
+
+    test_step = pl.LightningModule.test_step

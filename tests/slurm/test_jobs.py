@@ -56,7 +56,12 @@ def _wait(slurm_cluster: object, job_id: str, timeout: float = 240) -> str:
 
 
 def test_two_task_ddp_fit_job(tmp_path: Path, slurm_env: dict[str, str], slurm_cluster: object) -> None:
+    """Submitted into a root that already holds an earlier run's checkpoint: the job never resumes from
+    it (it trains from step 0 to a fresh run's step count) and names its own checkpoints."""
     run_dir = tmp_path / "run"
+    earlier = run_dir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    earlier.parent.mkdir(parents=True)
+    torch.save({"epoch": 1, "global_step": STEPS_PER_EPOCH, "state_dict": {}}, earlier)  # a laptop test's
     job_id = _render_and_submit(run_dir, slurm_env, "--trainer.max_epochs", "2")
     assert _wait(slurm_cluster, job_id) == "COMPLETED", (run_dir / "slurm").glob("*.err")
     fields = _job_fields(slurm_env, job_id)
@@ -67,11 +72,13 @@ def test_two_task_ddp_fit_job(tmp_path: Path, slurm_env: dict[str, str], slurm_c
     record = records.load(run_dir)
     assert (record["world_size"], record["num_nodes"], record["launcher"]) == (2, 1, "srun")
     assert record["config"]["trainer"]["max_epochs"] == 2
-    last = next(run_dir.rglob("last.ckpt"))
+    last = run_dir / record["checkpoints"]["last"]
+    assert last != earlier and last.parent.parent.name == "version_1"  # its own folder, beside the old one
     state = torch.load(last, map_location="cpu", weights_only=False)
-    assert state["global_step"] == 2 * STEPS_PER_EPOCH
+    assert state["global_step"] == 2 * STEPS_PER_EPOCH  # from step 0, as a fresh run
     assert [s for s, _ in _val_losses(run_dir)] == [STEPS_PER_EPOCH - 1, 2 * STEPS_PER_EPOCH - 1]
     assert "requeues" not in record["sections"].get("slurm", {})
+    assert (run_dir / f".job-{job_id}").is_file()  # the marker its requeues resume after
 
 
 def test_predict_job_writes_every_prediction_once(
