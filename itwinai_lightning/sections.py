@@ -38,6 +38,26 @@ def config_paths(argv: Sequence[str]) -> list[str]:
     return [path for _, path, _ in config_positions(argv)]
 
 
+def value_of(argv: Sequence[str], dotted: str) -> Any:
+    """The value of ``dotted`` (e.g. ``trainer.default_root_dir``) that a command line's ``--config`` files
+    and ``--dotted`` flags give, later wins; ``None`` when none gives it. For callers that need one key
+    before (or without) building the LightningCLI."""
+    files = {at: path for at, path, _ in config_positions(argv)}
+    flag = f"--{dotted}"
+    found: Any = None
+    for i, arg in enumerate(argv):
+        if i in files:
+            node: Any = load_yaml_file(files[i])
+            for part in dotted.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            found = node if node is not None else found
+        elif arg == flag and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith(f"{flag}="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
 def load_yaml_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; errors name the file (and line) and say what is wrong."""
     p = Path(path)

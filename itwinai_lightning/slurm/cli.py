@@ -121,6 +121,15 @@ def check_site(opts: SlurmOptions, accelerator: str) -> list[str]:
     return warnings
 
 
+def _check_sweep_is_free(tune_section: dict[str, object], run_dir: Path) -> None:
+    """Before a tune job is written or queued: its sweep directory must not hold a sweep it would refuse
+    (the job would queue, start, and only then fail)."""
+    from itwinai_lightning.tune.cli import refuse_to_overwrite
+    from itwinai_lightning.tune.settings import DEFAULTS, parse_settings
+
+    refuse_to_overwrite(parse_settings({**DEFAULTS, **tune_section}, str(run_dir)))
+
+
 def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     """Render the job files; return ``(script_path, config_path, options_as_dict)``."""
     from dataclasses import asdict
@@ -185,6 +194,7 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     )
     if opts.command == "tune":  # trials start fresh: 'tune' accepts none of fit's own arguments
         config = jobcfg.without_fit_arguments(config)
+        _check_sweep_is_free(tune_section, run_dir)
     if opts.command == "predict":
         config, added = jobcfg.for_predict(config, run_dir)
         if added:

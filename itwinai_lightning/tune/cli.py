@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.sections import config_paths, split_section
+from itwinai_lightning.sections import config_paths, split_section, value_of
 from itwinai_lightning.tune.guard_marker import check_aborted, replace_aborted
 from itwinai_lightning.tune.search_space import Distribution, override_args
 from itwinai_lightning.tune.settings import DEFAULTS, TuneSettings, parse_settings
@@ -83,7 +83,7 @@ def prepare(argv: list[str]) -> tuple[TuneSettings, list[str], int, dict[str, An
     written until all of it passed, and an existing sweep is never overwritten."""
     with tempfile.TemporaryDirectory(prefix="itwinai-tune-") as scratch:
         values, scratch_argv = split_section(argv, "tune", DEFAULTS, workdir=scratch)
-        settings = parse_settings(values)
+        settings = parse_settings(values, value_of(scratch_argv, "trainer.default_root_dir"))
         refuse_to_overwrite(settings)
         max_epochs, base_trainer, loggers = _parse_base(_absolute_configs(scratch_argv), settings.space)
     replace_aborted(settings.experiment_dir)

@@ -17,7 +17,9 @@ cpus_per_worker            CPUs reserved per trial process / per DDP worker
 gpus_per_worker            GPUs reserved per trial process / per DDP worker
 max_failures               retries of a crashing trial before it is reported as failed
 keep_checkpoints           checkpoints kept per trial (the latest is used for resume/PBT)
-output_dir, name           results go to ``<output_dir>/<name>/``: results.csv, best.yaml, trials/
+output_dir, name           results go to ``<output_dir>/<name>/``: results.csv, best.yaml, trials/;
+                           output_dir defaults to ``<trainer.default_root_dir>/tune`` (the base run's
+                           directory, ``runs/tune`` without one), not the directory tune was started in
 resume                     continue an interrupted sweep found in ``<output_dir>/<name>``
 seed                       seed for the search algorithm's sampling (``null``: random)
 ray                        ``{address: null, num_cpus: null, temp_dir: null}``; address ``auto`` or
@@ -56,7 +58,8 @@ class TuneSection:
         gpus_per_worker: GPUs reserved per trial process / per DDP worker.
         max_failures: retries of a crashing trial before it is reported as failed.
         keep_checkpoints: checkpoints kept per trial (the latest is used for resume and PBT).
-        output_dir: results go to <output_dir>/<name>/: results.csv, best.yaml, trials/.
+        output_dir: results go to <output_dir>/<name>/: results.csv, best.yaml, trials/ (default:
+            <trainer.default_root_dir>/tune, under the base config's run directory).
         name: the sweep's name; an existing sweep of that name is never overwritten.
         resume: continue the interrupted sweep in <output_dir>/<name>.
         seed: seed of the search algorithm's sampling (null: random).
@@ -76,7 +79,7 @@ class TuneSection:
     gpus_per_worker: float = 0.0
     max_failures: int = 0
     keep_checkpoints: int = 2
-    output_dir: str = "tune_runs"
+    output_dir: str | None = None
     name: str = "sweep"
     resume: bool = False
     seed: int | None = None
@@ -160,8 +163,10 @@ def _number(values: dict[str, Any], key: str, allow_none: bool = False) -> float
     return float(value)
 
 
-def parse_settings(values: dict[str, Any]) -> TuneSettings:
-    """Check every ``tune.*`` option; the first problem raises :class:`UserError` naming the key."""
+def parse_settings(values: dict[str, Any], root_dir: str | None = None) -> TuneSettings:
+    """Check every ``tune.*`` option; the first problem raises :class:`UserError` naming the key.
+
+    ``root_dir``: the base config's ``trainer.default_root_dir``; the default ``output_dir`` is under it."""
     check_known_keys(values, list(DEFAULTS), "tune")
     space = parse_search_space(values["search_space"])
     if values["mode"] not in ("min", "max"):
@@ -202,7 +207,9 @@ def parse_settings(values: dict[str, Any]) -> TuneSettings:
         gpus_per_worker=_number(values, "gpus_per_worker") or 0.0,
         max_failures=_positive_int(values, "max_failures", minimum=0),
         keep_checkpoints=_positive_int(values, "keep_checkpoints"),
-        output_dir=Path(str(values["output_dir"])).expanduser().resolve(),
+        output_dir=Path(str(values["output_dir"] or Path(root_dir or "runs") / "tune"))
+        .expanduser()
+        .resolve(),
         name=str(values["name"]),
         resume=bool(values["resume"]),
         seed=seed,

@@ -16,6 +16,7 @@ from itwinai_lightning.slurm.cli import build, main
 from itwinai_lightning.slurm.options import available_presets
 from tests.slurm.conftest import QUICKSTART, REPO, TINY
 
+SPACE = {"model.init_args.lr": {"loguniform": [1.0e-4, 1.0e-1]}}
 GPU = ["--config", str(QUICKSTART), "--trainer.accelerator", "gpu", "--trainer.strategy", "hpc_ddp"]
 
 #: preset -> (devices per node, cpus per task, expected lines)
@@ -101,7 +102,7 @@ def test_generic_variants_torchrun_horovod_container_venv(tmp_path: Path) -> Non
 
 def test_tune_runs_a_ray_cluster_in_the_allocation(tmp_path: Path) -> None:
     cfg = tmp_path / "tune.yaml"
-    cfg.write_text(yaml.safe_dump({"tune": {"num_samples": 8, "metric": "val_loss"}}))
+    cfg.write_text(yaml.safe_dump({"tune": {"num_samples": 8, "metric": "val_loss", "search_space": SPACE}}))
     text, config, script = _render(
         tmp_path, *GPU, "--trainer.devices", "4", "--config", str(cfg),
         "--slurm.preset", "juwels", "--slurm.nodes", "2", "--slurm.command", "tune",
@@ -110,8 +111,44 @@ def test_tune_runs_a_ray_cluster_in_the_allocation(tmp_path: Path) -> None:
     assert "#SBATCH --gpus-per-node=4" in text
     assert "ray start --head" in text and 'ray start --address "$RAY_ADDRESS"' in text
     assert '"${PY[@]}" -m itwinai_lightning tune --config "$CONFIG"' in text
-    assert config["tune"] == {"num_samples": 8, "metric": "val_loss"}
+    assert config["tune"] == {"num_samples": 8, "metric": "val_loss", "search_space": SPACE}
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+def test_a_tune_job_into_a_used_sweep_directory_is_refused_before_it_queues(tmp_path: Path) -> None:
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text(yaml.safe_dump({"tune": {"search_space": SPACE}}))
+    sweep = tmp_path / "run" / "tune" / "sweep"  # the default: <trainer.default_root_dir>/tune/<name>
+    sweep.mkdir(parents=True)
+    (sweep / "results.csv").write_text("trial_id,val_loss\n")
+    with pytest.raises(UserError, match=re.escape(f"tune: {sweep} already holds a sweep (results.csv)")):
+        _render(tmp_path, *GPU, "--config", str(cfg), "--slurm.preset", "juwels", "--slurm.command", "tune",
+                "--trainer.devices", "4")  # fmt: skip
+    assert not (tmp_path / "run" / "slurm").exists()  # nothing written
+    # a new name is free
+    _text, config, _ = _render(
+        tmp_path, *GPU, "--config", str(cfg), "--slurm.preset", "juwels", "--slurm.command", "tune",
+        "--trainer.devices", "4", "--tune.name", "second",
+    )  # fmt: skip
+    assert config["tune"] == {"search_space": SPACE, "name": "second"}
+
+
+def test_environment_steps_stop_the_job_in_one_line_and_home_is_the_nodes(tmp_path: Path) -> None:
+    text, _, _script = _render(
+        tmp_path, *TINY, "--slurm.venv", "~/envs/itl", "--slurm.modules", "[Python]",
+        "--slurm.env", "{DATA: ~/data}",
+    )  # fmt: skip
+    assert 'source "$HOME"/envs/itl/bin/activate || {' in text  # the compute node's home, not this one's
+    assert 'export DATA="$HOME/data"' in text and str(Path.home()) not in text.split("# --- resume")[0]
+    assert "module load Python || {" in text
+    # run the environment part with a module command that fails: one line on stderr, exit 1, no launch
+    part = text.split("# --- resume")[0]
+    fake = tmp_path / "env.sh"
+    fake.write_text("module() { return 1; }\n" + part.split("\n", 1)[1] + "\necho LAUNCHED\n")
+    done = subprocess.run(["bash", str(fake)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "LAUNCHED" not in done.stdout
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("itwinai-lightning: 'module load Python' failed on ") and "slurm.modules" in line
 
 
 def test_user_preset_from_a_path(tmp_path: Path) -> None:
