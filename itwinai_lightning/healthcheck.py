@@ -31,6 +31,11 @@ from typing import Any
 
 from itwinai_lightning.cluster import ClusterInfo, default_backend, detect
 
+#: what a one-rank check says instead of a bandwidth table
+ONE_RANK = (
+    "one rank: nothing to measure between ranks; run the check under the job's launcher with 2 or more "
+    "ranks (torchrun --nproc_per_node 2, srun -N 2, mpirun -np 2)"
+)
 #: message sizes of the bandwidth test, bytes
 SIZES = (8, 64 * 1024, 1024 * 1024, 8 * 1024 * 1024)
 _JOINED = "itl-joined/"
@@ -85,10 +90,13 @@ def _join(info: ClusterInfo, timeout: float, report: Report) -> Any:
     from itwinai_lightning.strategies.environment import derived_port, main_address_for
 
     host, port = main_address_for(info), derived_port(info)
+    # torchrun's agent already serves a store on MASTER_PORT: rank 0 joins it as a client instead of
+    # failing to bind there (c10d's "[E...] failed to bind" line)
+    serves = info.rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true"
     t0 = time.time()
     try:
         store = dist.TCPStore(
-            host, port, info.world_size, info.rank == 0, timedelta(seconds=timeout), wait_for_workers=False
+            host, port, info.world_size, serves, timedelta(seconds=timeout), wait_for_workers=False
         )
     except (RuntimeError, OSError) as err:
         report.error = f"rank {info.rank} on {platform.node()}: rank 0 at {host}:{port} not reachable ({err})"
@@ -165,7 +173,10 @@ def run_check(timeout: float) -> Report:
         dist.all_gather_object(names, platform.node())
         report.allgather_ok = info.rank != 0 or [str(n) for n in names] == report.hosts
         report.hosts = [str(n) for n in names]
-        factor = 2 * (world - 1) / world if world > 1 else 1.0
+        if world == 1:  # one rank: nothing travels between ranks, no bandwidth to measure
+            report.ok = report.allreduce_ok and report.allgather_ok
+            return report
+        factor = 2 * (world - 1) / world
         rounds = []
         for size in SIZES:
             median = _bench(dist, torch, device, size, 20 if size <= 1024 * 1024 else 5)
@@ -204,6 +215,10 @@ def render(report: Report) -> str:
         return "\n".join(lines)
     verdict = {True: "ok", False: "WRONG"}
     lines.append(f"all-reduce {verdict[report.allreduce_ok]}, all-gather {verdict[report.allgather_ok]}")
+    if report.world_size == 1:
+        lines.append(ONE_RANK)
+        lines.append("OK" if report.ok else "FAILED")
+        return "\n".join(lines)
     lines.append(f"  {'bytes':>10}  {'latency':>12}  {'bus bandwidth':>14}")
     for s in report.sizes:
         lines.append(f"  {s.bytes:>10}  {s.latency_us:>9.1f} us  {s.busbw_gbps:>9.3f} GB/s")

@@ -15,11 +15,15 @@ shows. Each entry names where it comes from and why it is noise here:
   function when it is imported; nothing the user wrote or can change.
 * torch's "torch.distributed.nn.functional.all_gather is deprecated", raised inside Lightning's
   ``all_gather`` on every rank.
+* Kineto's ``USDT: ... profiler_start`` / ``profiler_stop`` lines on every torch-profiler window (once
+  Lightning is imported, Kineto logs at its USDT level): ``KINETO_LOG_LEVEL`` defaults to 6 (above USDT)
+  unless the user set it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 #: (regular expression of the warning's message, the module that warns)
@@ -37,13 +41,25 @@ NOT_FITTING = (
 )
 #: substrings of log records dropped from Lightning's rank-zero logger
 LOG_LINES = ("litlogger", "litmodels")
+#: Kineto's log level above its USDT level (5): its per-window start/stop lines are not shown
+KINETO_QUIET_LEVEL = "6"
 _INSTALLED = False
 
 
+#: Lightning's "`weights_only` was not set, defaulting to `False`" on every checkpoint load (a trial's
+#: resume, predict): the checkpoint is the user's own, nothing to decide
+CHECKPOINT_LOG_LINES = ("`weights_only` was not set",)
+CHECKPOINT_LOGGER = "lightning.pytorch.trainer.connectors.checkpoint_connector"
+
+
 class _DropLines(logging.Filter):
+    def __init__(self, lines: tuple[str, ...] = LOG_LINES) -> None:
+        super().__init__()
+        self.lines = lines
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(text in message for text in LOG_LINES)
+        return not any(text in message for text in self.lines)
 
 
 def install() -> None:
@@ -52,10 +68,12 @@ def install() -> None:
     if _INSTALLED:
         return
     _INSTALLED = True
+    os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET_LEVEL)
     for pattern in WARNINGS:
         warnings.filterwarnings("ignore", message=f".*{pattern}")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropLines())
+    logging.getLogger(CHECKPOINT_LOGGER).addFilter(_DropLines(CHECKPOINT_LOG_LINES))
 
 
 def not_fitting() -> None:

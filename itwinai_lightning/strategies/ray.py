@@ -66,6 +66,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: 
     Ray itself replaces a loopback node address by the host's reachable IP (``resolve_ip_for_localhost``),
     so a local Ray listens on the host address; with the dashboard off no HTTP server is started.
     """
+    import sys
+
+    if not sys.stderr.isatty():  # workers' lines forwarded into a file or pipe: no ANSI colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # its "[repeated Nx]" suffix is always coloured
     import ray
 
     if ray.is_initialized():

@@ -113,8 +113,21 @@ def ddp_resources(settings: TuneSettings) -> Any:
     )
 
 
+#: Ray Tune settings that keep its noise out of the user's terminal (set unless the user set them):
+#: no auto-added TensorBoard logger (see ``run_sweep``), no "snapshotting ... may become a bottleneck"
+#: warning for the tiny checkpoints every trial epoch writes
+QUIET_TUNE_ENV = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
 def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int, tracking: Any = None) -> Any:
     """Start (or resume) the sweep and block until it ends; returns Ray's ``ResultGrid``."""
+    import os
+
+    for key, value in QUIET_TUNE_ENV.items():
+        os.environ.setdefault(key, value)
     init_ray(settings.ray["address"], settings.ray["num_cpus"], settings.ray["temp_dir"])
     from ray import tune
 
@@ -130,7 +143,12 @@ def run_sweep(settings: TuneSettings, base_argv: list[str], max_epochs: int, tra
         grid = tuner.fit()
         stop_on_user_error(guard, settings)
         return grid
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     run_config = tune.RunConfig(
+        # Ray's own per-trial result files (ResultGrid reads them); no TensorBoard copy in Ray's temp dir,
+        # whose "tensorboard --logdir /tmp/ray/..." hint would point away from the run's own logs
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
         name=settings.name,
         storage_path=str(settings.output_dir),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),

@@ -138,7 +138,7 @@ def test_monitoring_adds_callbacks_and_fans_out_to_all_five_backends(
 def test_profiling_example_records_both_profilers(tmp_path: Path, python_env: dict[str, str]) -> None:
     require(shutil.which("py-spy") is not None, "py-spy", "pip install py-spy")
     run_dir = tmp_path / "run"
-    _run(
+    proc = _run(
         [
             *ITL,
             "fit",
@@ -158,6 +158,8 @@ def test_profiling_example_records_both_profilers(tmp_path: Path, python_env: di
     sections = records.load(run_dir)["sections"]
     assert sum(sections["torch_profiler"]["fractions"].values()) == pytest.approx(1.0, abs=0.01)
     assert sections["pyspy"]["samples"] > 0
+    assert "USDT" not in proc.stderr and "profiler_start" not in proc.stderr  # Kineto's per-window lines
+    assert "profiling: profiling/ (pyspy, torch_profiler)" in proc.stdout  # the summary names them
 
 
 def test_my_model_template_trains_from_a_copied_gallery(tmp_path: Path, python_env: dict[str, str]) -> None:
@@ -295,7 +297,13 @@ def test_tune_examples_sweep(tmp_path: Path, python_env: dict[str, str], ray_tmp
     ]
     if name != "tune_asha":  # the ASHA example searches the batch size; the others keep the quickstart's
         small += ["--data.batch_size", "16"]
-    _run([*ITL, "tune", "--config", QUICK, "--config", str(GALLERY / f"{name}.yaml"), *small], env, tmp_path)
+    proc = _run(
+        [*ITL, "tune", "--config", QUICK, "--config", str(GALLERY / f"{name}.yaml"), *small], env, tmp_path
+    )
+    said = proc.stdout + proc.stderr
+    assert "\x1b[" not in said  # no ANSI colour codes in what is captured to a file
+    for noise in ("snapshotting has been triggered", "`weights_only` was not set", "tensorboard --logdir"):
+        assert noise not in said, noise
     section = yaml.safe_load((GALLERY / f"{name}.yaml").read_text())["tune"]
     sweep = tmp_path / "out" / section["name"]
     rows = (sweep / "results.csv").read_text().splitlines()

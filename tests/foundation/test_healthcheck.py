@@ -10,21 +10,34 @@ import sys
 import pytest
 import torch
 
-from itwinai_lightning.healthcheck import SIZES
+from itwinai_lightning.healthcheck import ONE_RANK, SIZES
 
 
-def test_single_process_check_reports_real_figures(python_env: dict[str, str]) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "itwinai_lightning", "env", "--check", "--json", "--timeout", "20"],
-        env=python_env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+def test_one_rank_says_there_is_nothing_to_measure(python_env: dict[str, str]) -> None:
+    cmd = [sys.executable, "-m", "itwinai_lightning", "env", "--check", "--timeout", "20"]
+    proc = subprocess.run([*cmd, "--json"], env=python_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] and report["world_size"] == 1 and report["launcher"] == "local"
     assert report["allreduce_ok"] and report["allgather_ok"] and report["missing"] == []
+    assert report["sizes"] == []  # no bandwidth of one rank talking to itself
+    text = subprocess.run(cmd, env=python_env, capture_output=True, text=True, timeout=120).stdout
+    assert ONE_RANK in text and "GB/s" not in text and text.strip().endswith("OK")
+
+
+def test_two_ranks_under_torchrun_report_real_figures_quietly(python_env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "itwinai_lightning", "env", "--check", "--json", "--timeout", "30"],
+        env=python_env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["ok"] and report["world_size"] == 2 and report["launcher"] == "torchrun"
     assert [s["bytes"] for s in report["sizes"]] == list(SIZES)
-    assert all(s["latency_us"] > 0 for s in report["sizes"])
-    assert report["slowest"].startswith("rank 0 on ")
+    assert all(s["latency_us"] > 0 for s in report["sizes"]) and report["sizes"][-1]["busbw_gbps"] > 0
+    assert report["slowest"].startswith("rank ")
+    assert "failed to bind" not in proc.stderr  # rank 0 joins torchrun's own store
 
 
 def test_check_rejects_a_bad_timeout(python_env: dict[str, str]) -> None:
