@@ -10,6 +10,7 @@ The gallery is package data (``itwinai_lightning/examples``; ``configs/`` in a c
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -29,16 +30,39 @@ def examples() -> list[Path]:
 
 
 def summary(path: Path) -> str:
-    """The first comment line of a YAML file, or the first docstring line of a Python file."""
+    """The first sentence of a YAML file's header comment, or of a Python file's docstring (whole, even
+    when it spans lines)."""
+    words: list[str] = []
     for line in path.read_text().splitlines():
-        text = line.strip().lstrip("#").strip().strip('"')
-        if text:
-            return text
-    return ""
+        text = line.strip()
+        if path.suffix == ".py":
+            text = text.strip('"').strip()
+        elif not text.startswith("#"):
+            break
+        text = text.lstrip("#").strip()
+        if not text or (words and line.lstrip("#").startswith("  ")):  # a blank line or an indented command
+            if words:
+                break
+            continue
+        words.append(text)
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z])", " ".join(words), maxsplit=1)[0]
+
+
+#: how the headers refer to the gallery in a clone; a copy has the files side by side
+CLONE_PREFIX = "configs/"
+
+
+def _as_copied(text: str) -> str:
+    """The file's text with its header commands written for the copy's folder (``--config quickstart.yaml``,
+    not ``--config configs/quickstart.yaml``); only comment lines change."""
+    lines = text.splitlines(keepends=True)
+    return "".join(ln.replace(CLONE_PREFIX, "") if ln.lstrip().startswith("#") else ln for ln in lines)
 
 
 def copy_to(target: Path, force: bool = False) -> list[Path]:
-    """Copy every example into ``target``; refuse (before copying anything) to overwrite without ``force``."""
+    """Copy every example into ``target``; refuse (before copying anything) to overwrite without ``force``.
+
+    The copies' header comments name the files as they lie there (see :func:`_as_copied`)."""
     files = examples()
     clashes = [target / p.name for p in files if (target / p.name).exists()]
     if clashes and not force:
@@ -47,7 +71,13 @@ def copy_to(target: Path, force: bool = False) -> list[Path]:
             "overwritten); choose another --to directory or pass --force"
         )
     target.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.copy2(p, target / p.name)) for p in files]
+    copied = []
+    for path in files:
+        out = target / path.name
+        out.write_text(_as_copied(path.read_text()))
+        shutil.copystat(path, out)
+        copied.append(out)
+    return copied
 
 
 def main(argv: list[str]) -> int:

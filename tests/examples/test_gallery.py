@@ -71,8 +71,22 @@ def test_the_docs_name_only_gallery_files_that_exist() -> None:
 def test_examples_lists_copies_and_never_overwrites(tmp_path: Path, python_env: dict[str, str]) -> None:
     listing = _run([*ITL, "examples"], python_env, tmp_path).stdout
     assert all(p.name in listing for p in gallery.examples())
+    for line in listing.splitlines()[: len(gallery.examples())]:  # each description is whole sentences
+        assert line.rstrip().endswith((".", ")")), line
     _run([*ITL, "examples", "--to", "mine"], python_env, tmp_path)
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == sorted(p.name for p in gallery.examples())
+    # the copies' headers name the files as they lie in the copy, and run from there as written
+    header = (tmp_path / "mine" / "tune_asha.yaml").read_text().splitlines()[1]
+    assert "--config quickstart.yaml --config tune_asha.yaml" in header and "configs/" not in header
+    assert not [
+        p.name for p in (tmp_path / "mine").iterdir() if "# " in p.read_text() and "configs/" in p.read_text()
+    ]
+    body = [
+        ln for ln in (tmp_path / "mine" / "predict.yaml").read_text().splitlines() if not ln.startswith("#")
+    ]
+    assert body == [
+        ln for ln in (GALLERY / "predict.yaml").read_text().splitlines() if not ln.startswith("#")
+    ]
     (tmp_path / "mine" / "quickstart.yaml").write_text("# my edits\n")
     again = subprocess.run(
         [*ITL, "examples", "--to", "mine"],
