@@ -173,3 +173,21 @@ def test_written_checkpoints_come_from_the_callbacks_not_the_folder(tmp_path: Pa
     written = written_checkpoints(trainer)
     assert sorted(written["files"]) == ["ck/a.ckpt", "ck/last.ckpt"]  # old.ckpt is another run's
     assert (written["best"], written["last"], written["monitor"]) == ("ck/a.ckpt", "ck/last.ckpt", "val_loss")
+
+
+def test_a_missing_checkpoint_under_torchrun_is_one_line_and_writes_nothing(gallery: Path) -> None:
+    from tests.helpers.childenv import child_env
+
+    args = ["predict", "--config", "quickstart.yaml", "--config", "predict.yaml", *SMALL, "--trainer.devices",
+            "2", "--trainer.default_root_dir", "runs/never", "--ckpt_path", "nope.ckpt"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "itwinai_lightning", *args],
+        env=child_env(), cwd=gallery, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("itwinai-lightning: error:")]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-3000:]  # once per node, by local rank 0
+    assert "ckpt_path nope.ckpt: no such file or directory" in lines[0]
+    # no traceback of ours (torchrun still reports its failed workers with its own, after the line)
+    assert "UserError" not in proc.stderr and "itwinai_lightning/" not in proc.stderr
+    assert not (gallery / "runs" / "never").exists()
