@@ -33,7 +33,8 @@ def run(ranks: int, samples: int, workdir: Path, threads: int | None = None) -> 
     cmd = [sys.executable, "-m", "itwinai_lightning", "predict", "--config", quick,
            "--trainer.devices", str(ranks), "--data.val_samples", str(samples), "--data.batch_size", "64",
            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
-           "--trainer.callbacks+=itwinai_lightning.inference.ShardedPredictionWriter"]  # fmt: skip
+           "--trainer.callbacks+=itwinai_lightning.inference.ShardedPredictionWriter",
+           "--ckpt_path", "module"]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=workdir)
     wall = time.perf_counter() - start
