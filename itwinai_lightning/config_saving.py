@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ class RecordingSaveConfigCallback(SaveConfigCallback):
         config = self.resolved_config()
         run_dir = records.run_dir_of(trainer)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if stage == "fit":  # an earlier finished fit's record and config are kept, and that is said
+            from itwinai_lightning.records.store import archive_finished_fit
+
+            note = archive_finished_fit(run_dir, companions=(self.config_filename,))
+            if note:
+                print(f"itwinai-lightning: note: {note}", file=sys.stderr, flush=True)
         Path(run_dir, stage_file(self.config_filename, stage)).write_text(
             yaml.safe_dump(config, sort_keys=False)
         )

@@ -171,3 +171,38 @@ def amend(run_dir: str | os.PathLike[str], *, stage: str = "fit", **contribution
 
 def is_finished(record: Mapping[str, Any]) -> bool:
     return record.get("status") in FINISHED
+
+
+def archive_finished_fit(run_dir: str | os.PathLike[str], companions: tuple[str, ...] = ()) -> str | None:
+    """Before a new fit writes into ``run_dir``: keep an earlier *finished* fit's record (and companion
+    files such as ``config.yaml``) under names of their own, ``run_record.<run_id>.json`` and
+    ``config.<run_id>.yaml``, so the new fit replaces nothing. Returns the line that says so, or None.
+
+    An unfinished record is left alone: it is the same run going on (a requeued job) or a benchmark
+    point the runner pre-seeded, which the recorder adopts."""
+    path = record_path(run_dir)
+    if not path.exists():
+        return None
+    try:
+        earlier = load(path)
+    except (OSError, ValueError):
+        return None
+    if not is_finished(earlier):
+        return None
+    tag = str(earlier.get("run_id") or str(earlier.get("created_at") or "earlier").replace(":", ""))
+    kept = [path.rename(path.with_name(f"run_record.{tag}.json")).name]
+    for name in companions:
+        companion = Path(run_dir) / name
+        if companion.exists():
+            stem, dot, suffix = name.rpartition(".")
+            kept.append(
+                companion.rename(
+                    companion.with_name(f"{stem}.{tag}.{suffix}" if dot else f"{name}.{tag}")
+                ).name
+            )
+    return (
+        f"{Path(run_dir)} already held a finished fit ({earlier.get('status')}, "
+        f"{earlier.get('created_at')}); "
+        f"its {' and '.join(kept)} are kept, its checkpoints stay where they are and are not this run's; "
+        "a new --trainer.default_root_dir keeps runs apart"
+    )

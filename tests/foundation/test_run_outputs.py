@@ -42,6 +42,7 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
         fit = _itl(["fit", "--config", "quickstart.yaml", *SMALL], env, cwd)
         assert fit.returncode == 0, fit.stderr[-3000:]
         (cwd / f"fit{n}.out").write_text(fit.stdout)
+        (cwd / f"fit{n}.err").write_text(fit.stderr)
     return cwd
 
 
@@ -59,6 +60,20 @@ def test_a_rerun_summary_counts_and_names_only_its_own_checkpoints(gallery: Path
     assert written["last"] == "lightning_logs/version_1/checkpoints/last.ckpt"
     assert written["best"] == "lightning_logs/version_1/checkpoints/epoch=1-step=16.ckpt"
     assert written["monitor"] == "val_loss" and len(written["files"]) == 2
+
+
+def test_a_rerun_keeps_the_earlier_runs_record_and_config_and_says_so(gallery: Path) -> None:
+    run_dir = gallery / "runs" / "quickstart"
+    (kept,) = run_dir.glob("run_record.*.json")
+    earlier = json.loads(kept.read_text())
+    assert (earlier["stage"], earlier["status"]) == ("fit", "completed")
+    assert earlier["checkpoints"]["last"] == "lightning_logs/version_0/checkpoints/last.ckpt"
+    tag = kept.name.split(".")[1]
+    assert tag == earlier["run_id"] and (run_dir / f"config.{tag}.yaml").is_file()
+    assert records.load(run_dir)["run_id"] != tag  # run_record.json is the second run's
+    note = (gallery / "fit1.err").read_text()
+    assert "already held a finished fit (completed" in note and f"run_record.{tag}.json" in note
+    assert "already held" not in (gallery / "fit0.err").read_text()  # nothing to say on a fresh directory
 
 
 def test_a_run_without_monitoring_callbacks_still_has_its_figures(gallery: Path) -> None:
