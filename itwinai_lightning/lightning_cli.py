@@ -10,7 +10,12 @@ It differs from LightningCLI in what it does around a run, never in the config l
 * user mistakes are one :class:`~itwinai_lightning.errors.UserError` line (the parser's errors, a
   constructor's ``UserError`` that jsonargparse wrapped, a Trainer argument Lightning rejected);
 * the resolved config is saved redacted into the run directory and the RunRecord;
-* every Trainer gets :class:`~itwinai_lightning.callbacks.redact.RedactCheckpointSecrets` and the
+* ``--ckpt_path`` is resolved to one checkpoint before anything is built (a file, a run directory,
+  ``last``/``best``, ``models:/...`` or ``module``; see :mod:`itwinai_lightning.runs.ckpt_path`), and
+  ``validate``/``test``/``predict`` without one, or without the module's step method, are one line;
+* options are never abbreviated (``--trainer.max_epoch`` is an error with a did-you-mean);
+* every Trainer gets ``--default_callbacks`` (``[TimingMonitor]`` for fit) where the config has none of
+  that class, then :class:`~itwinai_lightning.callbacks.redact.RedactCheckpointSecrets` and the
   RunRecord's writer, last.
 
 This module imports Lightning; ``itwinai_lightning.cli`` imports it only when a LightningCLI command runs.
