@@ -73,7 +73,8 @@ def test_two_task_ddp_fit_job(tmp_path: Path, slurm_env: dict[str, str], slurm_c
     assert (record["world_size"], record["num_nodes"], record["launcher"]) == (2, 1, "srun")
     assert record["config"]["trainer"]["max_epochs"] == 2
     last = run_dir / record["checkpoints"]["last"]
-    assert last != earlier and last.parent.parent.name == "version_1"  # its own folder, beside the old one
+    # its own folder beside the old one (Lightning names the default logger's version after the job id)
+    assert last != earlier and last.parent.parent.name == f"version_{job_id}"
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["global_step"] == 2 * STEPS_PER_EPOCH  # from step 0, as a fresh run
     assert [s for s, _ in _val_losses(run_dir)] == [STEPS_PER_EPOCH - 1, 2 * STEPS_PER_EPOCH - 1]
