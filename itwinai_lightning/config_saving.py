@@ -12,15 +12,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from typing_extensions import override
 
 from itwinai_lightning import placement, records
+from itwinai_lightning.records import store
 from itwinai_lightning.secrets import redact
-
-
-def stage_file(name: str, stage: str) -> str:
-    """``config.yaml`` for fit, ``config.<stage>.yaml`` for validate/test/predict."""
-    if stage == "fit":
-        return name
-    stem, dot, suffix = name.rpartition(".")
-    return f"{stem}.{stage}.{suffix}" if dot else f"{name}.{stage}"
 
 
 class RecordingSaveConfigCallback(SaveConfigCallback):
@@ -58,12 +51,10 @@ class RecordingSaveConfigCallback(SaveConfigCallback):
         run_dir = records.run_dir_of(trainer)
         run_dir.mkdir(parents=True, exist_ok=True)
         if stage == "fit":  # an earlier finished fit's record and config are kept, and that is said
-            from itwinai_lightning.records.store import archive_finished_fit
-
-            note = archive_finished_fit(run_dir, companions=(self.config_filename,))
+            note = store.archive_finished_fit(run_dir, companions=(self.config_filename,))
             if note:
                 print(f"itwinai-lightning: note: {note}", file=sys.stderr, flush=True)
-        Path(run_dir, stage_file(self.config_filename, stage)).write_text(
+        Path(run_dir, store.stage_file(self.config_filename, stage)).write_text(
             yaml.safe_dump(config, sort_keys=False)
         )
         records.contribute(trainer, fields={"config": config, "stage": stage})

@@ -25,10 +25,20 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def tagged_name(name: str, tag: str) -> str:
+    """``config.yaml`` + ``test`` -> ``config.test.yaml``: a run directory's file of one stage or one run."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.{tag}.{suffix}" if dot else f"{name}.{tag}"
+
+
+def stage_file(name: str, stage: str) -> str:
+    """``name`` for fit, ``tagged_name(name, stage)`` for validate/test/predict (record and config alike)."""
+    return name if stage == "fit" else tagged_name(name, stage)
+
+
 def record_path(run_dir: str | os.PathLike[str], stage: str = "fit") -> Path:
     """``run_record.json`` for fit, ``run_record.<stage>.json`` for validate/test/predict."""
-    name = RECORD_FILENAME if stage == "fit" else RECORD_FILENAME.replace(".json", f".{stage}.json")
-    return Path(run_dir) / name
+    return Path(run_dir) / stage_file(RECORD_FILENAME, stage)
 
 
 def new_record(run_dir: str | os.PathLike[str], stage: str = "fit") -> RunRecord:
@@ -190,16 +200,11 @@ def archive_finished_fit(run_dir: str | os.PathLike[str], companions: tuple[str,
     if not is_finished(earlier):
         return None
     tag = str(earlier.get("run_id") or str(earlier.get("created_at") or "earlier").replace(":", ""))
-    kept = [path.rename(path.with_name(f"run_record.{tag}.json")).name]
-    for name in companions:
-        companion = Path(run_dir) / name
-        if companion.exists():
-            stem, dot, suffix = name.rpartition(".")
-            kept.append(
-                companion.rename(
-                    companion.with_name(f"{stem}.{tag}.{suffix}" if dot else f"{name}.{tag}")
-                ).name
-            )
+    kept = []
+    for name in (RECORD_FILENAME, *companions):
+        earlier_file = Path(run_dir) / name
+        if earlier_file.exists():
+            kept.append(earlier_file.rename(earlier_file.with_name(tagged_name(name, tag))).name)
     return (
         f"{Path(run_dir)} already held a finished fit ({earlier.get('status')}, "
         f"{earlier.get('created_at')}); "

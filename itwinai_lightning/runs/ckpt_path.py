@@ -21,7 +21,6 @@ checkpoint is never a silent outcome.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +30,6 @@ from itwinai_lightning.errors import UserError
 MODULE_WEIGHTS = "module"
 #: Lightning's own keywords, passed through unchanged
 LIGHTNING_KEYWORDS = ("hpc", "registry")
-#: the run record's file name and its key listing the checkpoints the run wrote
-RECORD_FILE = "run_record.json"
-RECORD_KEY = "checkpoints"
 CHOICES = "a .ckpt file, a run directory (e.g. runs/quickstart), last, best, models:/NAME/VERSION or module"
 
 
@@ -76,16 +72,18 @@ def resolve(value: str | None, stage: str, root_dir: str | None) -> Choice:
 
 def recorded(run_dir: Path) -> dict[str, Path]:
     """``{"best": ..., "last": ...}``: the checkpoints the run in ``run_dir`` recorded, where they exist."""
+    from itwinai_lightning.records import store
+
     try:
-        record = json.loads((run_dir / RECORD_FILE).read_text())
+        record = store.load(store.record_path(run_dir))
     except (OSError, ValueError):
         return {}
-    entry = record.get(RECORD_KEY) if isinstance(record, dict) else None
+    entry = record.get("checkpoints") or {}
     out: dict[str, Path] = {}
     for key in ("best", "last"):
-        name = entry.get(key) if isinstance(entry, dict) else None
+        name = entry.get(key)
         if name:
-            path = Path(name) if Path(name).is_absolute() else run_dir / name
+            path = Path(str(name)) if Path(str(name)).is_absolute() else run_dir / str(name)
             if path.exists():
                 out[key] = path
     return out

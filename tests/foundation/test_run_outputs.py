@@ -161,7 +161,7 @@ def test_resolve_reads_the_record_and_falls_back_to_the_newest_last(tmp_path: Pa
     # no record: the newest last*.ckpt, said so
     choice = resolve(str(run), "predict", None)
     assert choice.path == str(ckpts / "last.ckpt") and "no run record names one" in str(choice.note)
-    (run / "run_record.json").write_text(json.dumps({"checkpoints": {
+    (run / "run_record.json").write_text(json.dumps({"schema_version": 1, "checkpoints": {
         "best": "lightning_logs/version_3/checkpoints/best.ckpt",
         "last": "lightning_logs/version_3/checkpoints/last.ckpt"}}))  # fmt: skip
     assert resolve(str(run), "predict", None).path == str(ckpts / "best.ckpt")  # inference: best
