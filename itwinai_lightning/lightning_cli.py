@@ -9,6 +9,10 @@ It differs from LightningCLI in what it does around a run, never in the config l
 
 * user mistakes are one :class:`~itwinai_lightning.errors.UserError` line (the parser's errors, a
   constructor's ``UserError`` that jsonargparse wrapped, a Trainer argument Lightning rejected);
+* every run gets a directory of its own under ``trainer.default_root_dir`` (``version_N``, ``latest``
+  names the newest; :mod:`itwinai_lightning.runs.run_dir`): the Trainer's ``default_root_dir`` is that
+  directory, checkpoints go to its ``checkpoints/`` and Lightning's default logger to its
+  ``tensorboard/`` (or ``csv/``), so the layout is one whatever the loggers;
 * the resolved config is saved redacted into the run directory and the RunRecord;
 * ``--ckpt_path`` is resolved to one checkpoint before anything is built (a file, a run directory,
   ``last``/``best``, ``models:/...`` or ``module``; see :mod:`itwinai_lightning.runs.ckpt_path`), and
@@ -23,13 +27,16 @@ This module imports Lightning; ``itwinai_lightning.cli`` imports it only when a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from itwinai_lightning.config_saving import RecordingSaveConfigCallback
 from itwinai_lightning.errors import UserError, collecting
+from itwinai_lightning.runs import layout, run_dir
 
 
 class ItwinaiParser(LightningArgumentParser):
@@ -71,6 +78,13 @@ def _require_step(model: Any, step: str, stage: str) -> None:
         )
 
 
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 def _say(note: str | None) -> None:
     """One line on stdout from the first process of the job (every rank resolves the same)."""
     if note is None:
@@ -91,7 +105,14 @@ class ItwinaiCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", True)
-        super().__init__(*args, **kwargs)
+        self._root: tuple[Any, Any] | None = None  # the config's trainer section and its default_root_dir
+        self.run_dir: Path | None = None  #: this run's directory, once chosen
+        self._runs = bool(kwargs.get("run", True))  # run=False: built to be inspected (tune) or run later
+        pinned = os.environ.get(run_dir.PIN_ENV)
+        try:
+            super().__init__(*args, **kwargs)
+        finally:  # the pin is for the processes this run starts, not for a later run in this process
+            _restore_env(run_dir.PIN_ENV, pinned)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -100,6 +121,13 @@ class ItwinaiCLI(LightningCLI):
             default=None,
             help="callbacks added unless the config has one of that class (default for fit: "
             "[TimingMonitor], so every record has its wall time and samples/s; [] for none)",
+        )
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="this run's directory exactly (default: a new version_N under trainer.default_root_dir, "
+            "or the run a fit's --ckpt_path belongs to; ROOT/latest names the newest)",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -116,19 +144,34 @@ class ItwinaiCLI(LightningCLI):
         from itwinai_lightning.runs.ckpt_path import resolve
 
         trainer = section.get("trainer")
-        root = trainer.get("default_root_dir") if trainer is not None else None
-        choice = resolve(section.get("ckpt_path"), str(subcommand), root)
+        root = run_dir.root_of(trainer.get("default_root_dir") if trainer is not None else None)
+        choice = resolve(section.get("ckpt_path"), str(subcommand), str(root))
         _say(choice.note)
         section["ckpt_path"] = choice.path
         uri = choice.path
-        if uri is None or not str(uri).startswith("models:/"):
-            return
-        from itwinai_lightning.inference.model_source import fetch_checkpoint
+        if uri is not None and str(uri).startswith("models:/"):
+            from itwinai_lightning.inference.model_source import fetch_checkpoint
 
-        path, downloaded = fetch_checkpoint(str(uri))
-        how = "downloaded to" if downloaded else "a cached copy reused from"
-        _say(f"ckpt_path {uri}: {how} {path}")
-        section["ckpt_path"] = str(path)
+            path, downloaded = fetch_checkpoint(str(uri))
+            how = "downloaded to" if downloaded else "a cached copy reused from"
+            _say(f"ckpt_path {uri}: {how} {path}")
+            section["ckpt_path"] = str(path)
+        if trainer is not None:
+            self._place(section, trainer, root, str(subcommand))
+
+    def _place(self, section: Any, trainer: Any, root: Path, stage: str) -> None:
+        """Choose this run's directory; the Trainer is built with it as ``default_root_dir`` while the
+        saved config keeps the user's root (a re-run of the saved config is a new run, not this one)."""
+        explicit = section.get("run_dir")
+        if explicit is None and not self._runs:
+            return  # built only to be inspected: no run, so no run directory
+        placed = run_dir.choose(root, explicit=explicit, ckpt_path=section.get("ckpt_path"), stage=stage)
+        _say(placed.note)
+        self.run_dir = placed.path
+        self._root = (trainer, trainer.get("default_root_dir"))
+        trainer["default_root_dir"] = str(placed.path)
+        if explicit is None:  # the processes Lightning's launcher starts re-run this command: same directory
+            os.environ[run_dir.PIN_ENV] = str(placed.path)
 
     def before_validate(self) -> None:
         _require_step(self.model, "validation_step", "validate")
@@ -145,6 +188,10 @@ class ItwinaiCLI(LightningCLI):
                 if found is not None and found is not err:
                     raise found from err
                 raise
+            finally:
+                if self._root is not None:  # the saved config names the root, as the user wrote it
+                    trainer, value = self._root
+                    trainer["default_root_dir"] = value
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -164,6 +211,9 @@ class ItwinaiCLI(LightningCLI):
         if wanted is None:
             wanted = default_callbacks.FIT_DEFAULTS if subcommand in (None, "fit") else ()
         trainer.callbacks.extend(default_callbacks.missing(trainer.callbacks, wanted))  # type: ignore[attr-defined]
+        if self.run_dir is not None:
+            logger = (section.get("trainer") or {}).get("logger") if section is not None else None
+            layout.apply(trainer, self.run_dir, default_logger=logger in (None, True))
         # no secret in a checkpoint's hyperparameters; the run's one record writer, after all others
         trainer.callbacks.extend([RedactCheckpointSecrets(), RecordWriter()])  # type: ignore[attr-defined]
         return trainer

@@ -13,7 +13,7 @@ from typing import Any
 from itwinai_lightning import records
 
 #: tracking outputs a run directory may hold (MultiLogger's backends)
-LOG_NAMES = ("tensorboard", "metrics.csv", "mlflow.db", "wandb", "prov")
+LOG_NAMES = ("tensorboard", "csv", "metrics.csv", "mlflow.db", "wandb", "prov")
 #: record sections written by the profiling callbacks
 PROFILING_SECTIONS = ("pyspy", "torch_profiler")
 
@@ -77,8 +77,9 @@ def lines(run_dir: Path, log_dir: str | None = None) -> list[str]:
     rec: dict[str, Any] = dict(records.load(path)) if path.exists() else {}
     out.append(_checkpoint_line(dict(rec.get("checkpoints") or {})))
     logs = [name for name in LOG_NAMES if (run_dir / name).exists()]
-    if log_dir and Path(log_dir).resolve() != run_dir:
-        logs.append(_where(Path(log_dir), run_dir))
+    where = _where(Path(log_dir), run_dir) if log_dir and Path(log_dir).resolve() != run_dir else None
+    if where is not None and where not in logs:
+        logs.append(where)
     if logs:
         out.append(f"  logs: {', '.join(logs)}")
     profiled = [name for name in PROFILING_SECTIONS if name in (rec.get("sections") or {})]

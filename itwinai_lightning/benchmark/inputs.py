@@ -19,7 +19,7 @@ from itwinai_lightning.sections import config_positions
 
 #: distributions whose versions decide whether a result can be reused
 VERSIONED = ("torch", "lightning", "itwinai-lightning", "deepspeed", "horovod", "ray")
-OUTPUT_FLAG = "--trainer.default_root_dir"
+OUTPUT_FLAG = "--run_dir"
 
 
 def _version(name: str) -> str | None:

@@ -2,7 +2,7 @@
 
 Every grid point is the ordinary ``python -m itwinai_lightning fit`` with the user's config and overrides,
 plus the strategy, the device count, the per-worker batch size, the monitoring callbacks and its own
-``--trainer.default_root_dir`` (so it writes its own RunRecord).
+``--run_dir`` (so it writes its own RunRecord there).
 
 The command of each launcher is the launcher table's (:mod:`itwinai_lightning.launchers`); a ``ray``
 strategy (``ray_ddp``) runs under the ``local`` command, as Ray starts the workers itself.
@@ -71,7 +71,7 @@ def fit_args(
     if mode == "predict":
         args += [f"--trainer.callbacks+={PREDICT_WRITER}", "--trainer.callbacks.output_dir"]
         args += [f"{run_dir}/predictions", "--trainer.callbacks.overwrite", "true"]
-    args += ["--trainer.default_root_dir", run_dir]
+    args += ["--run_dir", run_dir]
     return args
 
 

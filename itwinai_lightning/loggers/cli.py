@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="itwinai-lightning logs", description="Tracking spools of a run.")
     sub = parser.add_subparsers(dest="action", required=True)
     replay = sub.add_parser("replay", help="deliver the records spooled in RUN_DIR/tracking_spool")
-    replay.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (trainer.default_root_dir)")
+    replay.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or a root of runs (its latest)")
     replay.add_argument(
         "--to", help="send MLflow records to this server instead (mlflow://host:port or http://...)"
     )
@@ -83,9 +83,12 @@ def _hand_over_links(directory: Path) -> None:
 
 
 def replay(run_dir: str | Path, to: str | None = None, only: list[str] | None = None) -> list[dict[str, Any]]:
-    directory = spool_dir(run_dir)
     if not Path(run_dir).is_dir():
-        raise UserError(f"RUN_DIR {run_dir} is not a directory; pass the run's trainer.default_root_dir")
+        raise UserError(f"RUN_DIR {run_dir} is not a directory; pass a run directory (runs/x/version_0)")
+    from itwinai_lightning.records.store import run_of
+
+    run_dir = run_of(Path(run_dir))
+    directory = spool_dir(run_dir)
     _hand_over_links(directory)
     results = []
     for meta_path in sorted(directory.glob("*.meta.json")):

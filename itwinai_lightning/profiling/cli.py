@@ -34,7 +34,10 @@ def _ranked(directory: Path, pattern: str) -> dict[int, Path]:
 def report(run_dir: Path, top: int = 5) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     """Rebuild both summaries; raise :class:`UserError` when ``run_dir`` holds no saved profile."""
     if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist; pass the run's trainer.default_root_dir")
+        raise UserError(f"run directory {run_dir} does not exist; pass a run directory (runs/x/version_0)")
+    from itwinai_lightning.records.store import run_of
+
+    run_dir = run_of(run_dir)
     collapsed = _ranked(run_dir / SUBDIR, "rank*.collapsed.txt")
     traces = _ranked(run_dir / TORCH_SUBDIR, "rank*.trace.json")
     if not collapsed and not traces:
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="action", required=True)
     rep = sub.add_parser("report", help="rebuild the hotspot summary (and torch breakdown) from saved files")
-    rep.add_argument("run_dir", type=Path, help="the run directory (trainer.default_root_dir)")
+    rep.add_argument("run_dir", type=Path, help="the run directory, or the root of runs (its latest run)")
     rep.add_argument("--top", type=int, default=5, help="top functions per category (default 5)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from itwinai_lightning.records.schema import FINISHED, RECORD_FILENAME, SCHEMA_VERSION, RunRecord
+from itwinai_lightning.runs.run_dir import LATEST
 
 
 def now() -> str:
@@ -69,11 +70,26 @@ def new_record(run_dir: str | os.PathLike[str], stage: str = "fit") -> RunRecord
     }
 
 
+#: the stages a run directory's record may be of, the fit's first
+STAGES = ("fit", "validate", "test", "predict")
+
+
+def run_of(path: str | os.PathLike[str]) -> Path:
+    """The run directory a command reads: ``path`` when it holds a run record, else its ``latest`` run
+    (``runs/quickstart`` means ``runs/quickstart/latest``, :mod:`itwinai_lightning.runs.run_dir`)."""
+    p = Path(path)
+    if (p / RECORD_FILENAME).exists() or not (p / LATEST).is_dir():
+        return p
+    return (p / LATEST).resolve()
+
+
 def load(path: str | os.PathLike[str]) -> RunRecord:
-    """Read a RunRecord from a file or a run directory (the fit's); ValueError naming an unreadable file."""
+    """Read a RunRecord from a file or a run directory (the fit's, else its one stage's; a root of runs:
+    its latest run's); ValueError naming an unreadable file."""
     p = Path(path)
     if p.is_dir():
-        p = record_path(p)
+        run = run_of(p)
+        p = next((q for q in map(lambda s: record_path(run, s), STAGES) if q.exists()), record_path(run))
     try:
         data = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -207,7 +223,6 @@ def archive_finished_fit(run_dir: str | os.PathLike[str], companions: tuple[str,
             kept.append(earlier_file.rename(earlier_file.with_name(tagged_name(name, tag))).name)
     return (
         f"{Path(run_dir)} already held a finished fit ({earlier.get('status')}, "
-        f"{earlier.get('created_at')}); "
-        f"its {' and '.join(kept)} are kept, its checkpoints stay where they are and are not this run's; "
-        "a new --trainer.default_root_dir keeps runs apart"
+        f"{earlier.get('created_at')}); its {' and '.join(kept)} are kept; this fit writes its own "
+        "record and config there"
     )

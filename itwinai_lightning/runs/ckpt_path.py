@@ -7,6 +7,8 @@ a ``.ckpt`` file (or directory)   that checkpoint (a sharded FSDP/DeepSpeed chec
 a run directory                   the checkpoint that run recorded in ``run_record.json``: its best when
                                   it monitored a metric (validate/test/predict), its last (fit: resume);
                                   without a record, the newest ``last*.ckpt`` below it
+a root (``runs/quickstart``)      the same, for its newest run that recorded a checkpoint
+                                  (``version_N``, see :mod:`itwinai_lightning.runs.run_dir`)
 ``last`` / ``best``               the same, in the config's ``trainer.default_root_dir``
 ``models:/NAME/VERSION``          a registered model (MLflow), fetched before the model is built
 ``module``                        no checkpoint: the module's own weights (e.g. it loads pretrained
@@ -61,12 +63,12 @@ def resolve(value: str | None, stage: str, root_dir: str | None) -> Choice:
     prefer = "last" if stage == "fit" else "best"
     if text in ("last", "best"):
         root = Path(root_dir or ".")
-        return _in_run_dir(root, text, f"ckpt_path {text} (in {root})")
+        return _in_dir(root, text, f"ckpt_path {text} (in {root})")
     path = Path(text).expanduser()
     if path.is_file() or (path.is_dir() and path.suffix == ".ckpt"):
         return Choice(str(path))
     if path.is_dir():
-        return _in_run_dir(path, prefer, f"ckpt_path {text}")
+        return _in_dir(path, prefer, f"ckpt_path {text}")
     raise UserError(f"ckpt_path {text}: no such file or directory; pass {CHOICES}")
 
 
@@ -87,6 +89,22 @@ def recorded(run_dir: Path) -> dict[str, Path]:
             if path.exists():
                 out[key] = path
     return out
+
+
+def _in_dir(path: Path, prefer: str, said: str) -> Choice:
+    """A run directory's checkpoint, or for a root of runs its newest run's that recorded one."""
+    from itwinai_lightning.records import store
+    from itwinai_lightning.runs.run_dir import version_dirs
+
+    runs = version_dirs(path) if not store.record_path(path).exists() else []
+    for run in reversed(runs):
+        found = recorded(run)
+        if found:
+            kind = prefer if prefer in found else next(iter(found))
+            why = "" if kind == prefer else f"; it recorded no {prefer}"
+            note = f"{said}: {found[kind]} (the {kind} checkpoint of its newest run, {run.name}{why})"
+            return Choice(str(found[kind]), note)
+    return _in_run_dir(path, prefer, said)
 
 
 def _in_run_dir(run_dir: Path, prefer: str, said: str) -> Choice:

@@ -181,7 +181,7 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     cpus = opts.cpus_per_task or (max(1, opts.cpus_per_node // tasks) if opts.cpus_per_node else 1)
     job_name = opts.job_name or f"itwinai-{opts.command}"
     run_dir = jobcfg.run_dir_of(config, job_name)
-    job_dir = Path(opts.job_dir).expanduser().resolve() if opts.job_dir else run_dir / "slurm"
+    job_dir = jobcfg.portable(Path(opts.job_dir).expanduser()) if opts.job_dir else run_dir / "slurm"
     config = jobcfg.adapt_for_job(
         config,
         num_nodes=opts.nodes,
@@ -198,8 +198,11 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     if opts.command == "predict":
         config, added = jobcfg.for_predict(config, run_dir)
         if added:
-            where = run_dir / "predictions"
-            print(f"itwinai-lightning: predictions go to {where} (ShardedPredictionWriter added)")
+            where = run_dir / "version_N" / "predictions"
+            print(
+                f"itwinai-lightning: predictions go to {where}, the job's run directory "
+                "(ShardedPredictionWriter added)"
+            )
     config_path = jobcfg.save_config(
         config, job_dir / "config.yaml", extra={"tune": tune_section} if opts.command == "tune" else None
     )

@@ -43,15 +43,15 @@ def for_predict(config: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], 
     if choice.path is None:
         out["ckpt_path"] = MODULE_WEIGHTS
     elif not choice.path.startswith("models:/"):
-        out["ckpt_path"] = str(Path(choice.path).expanduser().resolve())
+        out["ckpt_path"] = str(portable(Path(choice.path).expanduser().resolve()))
     trainer = dict(out.get("trainer") or {})
     callbacks = list(trainer.get("callbacks") or [])
     has_writer = any(
         isinstance(c, dict) and str(c.get("class_path", "")).endswith("ShardedPredictionWriter")
         for c in callbacks
     )
-    if not has_writer:
-        callbacks.append({"class_path": WRITER, "init_args": {"output_dir": str(run_dir / "predictions")}})
+    if not has_writer:  # its default output_dir: the job's own run directory (version_N/predictions)
+        callbacks.append({"class_path": WRITER})
     trainer["callbacks"] = callbacks
     out["trainer"] = trainer
     return out, not has_writer
@@ -159,9 +159,20 @@ def _is_requeue(callback: Any) -> bool:
 
 
 def run_dir_of(config: dict[str, Any], job_name: str) -> Path:
-    """Absolute run directory: ``trainer.default_root_dir``, else ``runs/<job name>`` (from here)."""
+    """The root of the job's runs: ``trainer.default_root_dir``, else ``runs/<job name>``; relative to
+    the directory the job is rendered (and submitted) from when it lies below it (:func:`portable`)."""
     root = (config.get("trainer") or {}).get("default_root_dir")
-    return Path(root or Path("runs") / job_name).expanduser().resolve()
+    return portable(Path(root or Path("runs") / job_name).expanduser().resolve())
+
+
+def portable(path: Path) -> Path:
+    """``path`` relative to the current directory when it lies below it, else absolute: a job script
+    and its config carry no render machine's absolute path for what sits in the submit directory."""
+    absolute = path.resolve()
+    try:
+        return absolute.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return absolute
 
 
 def save_config(config: dict[str, Any], path: Path, extra: dict[str, Any] | None = None) -> Path:

@@ -142,7 +142,7 @@ def trial_args(base_argv: Sequence[str], config: Mapping[str, Any], run_dir: Pat
     return [
         *base_argv,
         *override_args(config),
-        f"--trainer.default_root_dir={run_dir}",
+        f"--run_dir={run_dir}",
         "--trainer.enable_progress_bar=false",
     ]
 

@@ -46,34 +46,43 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cwd
 
 
+def test_a_rerun_gets_a_directory_of_its_own_and_latest_names_it(gallery: Path) -> None:
+    root = gallery / "runs" / "quickstart"
+    runs = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    assert runs == ["latest", "version_0", "version_1"]
+    assert (root / "latest").is_symlink() and (root / "latest").resolve() == (root / "version_1").resolve()
+    for n in (0, 1):
+        run = root / f"version_{n}"
+        # one layout: config, record, checkpoints and the default logger's folder, nothing of the other run
+        assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "run_record.json",
+                                                         "tensorboard"]  # fmt: skip
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+            "epoch=1-step=16.ckpt",
+            "last.ckpt",
+        ]
+        assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+        rec = records.load(run)
+        assert rec["run_dir"] == str(run.resolve()) and rec["status"] == "completed"
+        # the saved config names the root, so --config of it starts a new run instead of writing into this one
+        assert (
+            yaml.safe_load((run / "config.yaml").read_text())["trainer"]["default_root_dir"]
+            == "runs/quickstart"
+        )
+    ids = {records.load(root / f"version_{n}")["run_id"] for n in (0, 1)}
+    assert len(ids) == 2 and records.load(root)["run_id"] == records.load(root / "version_1")["run_id"]
+    assert "already held" not in (gallery / "fit1.err").read_text()  # nothing of the first run is touched
+
+
 def test_a_rerun_summary_counts_and_names_only_its_own_checkpoints(gallery: Path) -> None:
-    run_dir = gallery / "runs" / "quickstart"
-    assert len(list(run_dir.rglob("*.ckpt"))) == 4  # both runs' files are on disk ...
     out = (gallery / "fit1.out").read_text()
+    assert f"run directory: {(gallery / 'runs' / 'quickstart' / 'version_1').resolve()}" in out
     line = next(ln for ln in out.splitlines() if "checkpoints:" in ln)
-    # ... the second run's summary names its own two, under its own version folder
-    assert "2 written by this run under lightning_logs/version_1/checkpoints" in line, out
+    assert "2 written by this run under checkpoints" in line, out
     assert "last.ckpt" in line and "epoch=1-step=16.ckpt" in line and "best (val_loss)" in line
-    assert "version_0" not in out
-    rec = records.load(run_dir)
-    written = rec["checkpoints"]
-    assert written["last"] == "lightning_logs/version_1/checkpoints/last.ckpt"
-    assert written["best"] == "lightning_logs/version_1/checkpoints/epoch=1-step=16.ckpt"
+    assert "version_0" not in out and "last-v1" not in out
+    written = records.load(gallery / "runs" / "quickstart")["checkpoints"]
+    assert (written["last"], written["best"]) == ("checkpoints/last.ckpt", "checkpoints/epoch=1-step=16.ckpt")
     assert written["monitor"] == "val_loss" and len(written["files"]) == 2
-
-
-def test_a_rerun_keeps_the_earlier_runs_record_and_config_and_says_so(gallery: Path) -> None:
-    run_dir = gallery / "runs" / "quickstart"
-    (kept,) = run_dir.glob("run_record.*.json")
-    earlier = json.loads(kept.read_text())
-    assert (earlier["stage"], earlier["status"]) == ("fit", "completed")
-    assert earlier["checkpoints"]["last"] == "lightning_logs/version_0/checkpoints/last.ckpt"
-    tag = kept.name.split(".")[1]
-    assert tag == earlier["run_id"] and (run_dir / f"config.{tag}.yaml").is_file()
-    assert records.load(run_dir)["run_id"] != tag  # run_record.json is the second run's
-    note = (gallery / "fit1.err").read_text()
-    assert "already held a finished fit (completed" in note and f"run_record.{tag}.json" in note
-    assert "already held" not in (gallery / "fit0.err").read_text()  # nothing to say on a fresh directory
 
 
 def test_a_run_without_monitoring_callbacks_still_has_its_figures(gallery: Path) -> None:
@@ -126,14 +135,25 @@ def test_predict_from_the_run_directory_as_the_readme_says(gallery: Path) -> Non
             "--ckpt_path", "runs/quickstart"]  # fmt: skip
     proc = _itl(args, child_env(), gallery)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    best = "lightning_logs/version_1/checkpoints/epoch=1-step=16.ckpt"
-    assert f"ckpt_path runs/quickstart: runs/quickstart/{best} (the run's best checkpoint)" in proc.stdout
+    best = "runs/quickstart/version_1/checkpoints/epoch=1-step=16.ckpt"
+    assert (
+        f"ckpt_path runs/quickstart: {best} (the best checkpoint of its newest run, version_1)" in proc.stdout
+    )
     assert "litmodels" not in proc.stdout + proc.stderr
-    assert inference.read(str(gallery / "runs" / "predict" / "predictions")).shape[0] == 32
-    rec = records.load(records.record_path(gallery / "runs" / "predict", "predict"))
-    assert rec["status"] == "completed"
+    assert inference.read(str(gallery / "runs" / "predict" / "latest" / "predictions")).shape[0] == 32
+    rec = records.load(gallery / "runs" / "predict")
+    assert (rec["stage"], rec["status"]) == ("predict", "completed")
+    assert rec["run_dir"] == str((gallery / "runs" / "predict" / "version_0").resolve())
     # the fit's record and config were not touched by predict
-    assert json.loads((gallery / "runs" / "quickstart" / "run_record.json").read_text())["stage"] == "fit"
+    assert (
+        json.loads((gallery / "runs" / "quickstart" / "latest" / "run_record.json").read_text())["stage"]
+        == "fit"
+    )
+    # predicting again is a new run with its own predictions: nothing to refuse, nothing replaced
+    again = _itl(args, child_env(), gallery)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert inference.read(str(gallery / "runs" / "predict" / "version_1" / "predictions")).shape[0] == 32
+    assert (gallery / "runs" / "predict" / "version_0" / "predictions" / "index.json").is_file()
 
 
 def test_test_with_last_takes_the_latest_runs_last_checkpoint(gallery: Path) -> None:
@@ -141,15 +161,26 @@ def test_test_with_last_takes_the_latest_runs_last_checkpoint(gallery: Path) -> 
 
     proc = _itl(["test", "--config", "quickstart.yaml", *SMALL, "--ckpt_path", "last"], child_env(), gallery)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    last = "runs/quickstart/lightning_logs/version_1/checkpoints/last.ckpt"
-    assert f"ckpt_path last (in runs/quickstart): {last} (the run's last checkpoint)" in proc.stdout
+    last = "runs/quickstart/version_1/checkpoints/last.ckpt"
+    assert (
+        f"ckpt_path last (in runs/quickstart): {last} (the last checkpoint of its newest run, version_1)"
+        in (proc.stdout)
+    )
     assert "dirpath has changed" not in proc.stderr
-    run_dir = gallery / "runs" / "quickstart"
-    assert records.load(run_dir)["stage"] == "fit"  # the fit's record and config are kept ...
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["ckpt_path"] is None
-    tested = yaml.safe_load((run_dir / "config.test.yaml").read_text())  # ... the test's are its own
-    assert str(tested["ckpt_path"]).endswith("version_1/checkpoints/last.ckpt")
-    assert records.load(records.record_path(run_dir, "test"))["status"] == "completed"
+    root = gallery / "runs" / "quickstart"
+    fitted = root / "version_1"
+    assert records.load(fitted)["stage"] == "fit"  # the fit's record and config are kept ...
+    assert yaml.safe_load((fitted / "config.yaml").read_text())["ckpt_path"] is None
+    tested = root / "version_2"  # ... the test is a run of its own, with stage-named files
+    assert sorted(p.name for p in tested.iterdir()) == [
+        "config.test.yaml",
+        "run_record.test.json",
+        "tensorboard",
+    ]
+    assert str(yaml.safe_load((tested / "config.test.yaml").read_text())["ckpt_path"]).endswith(
+        "version_1/checkpoints/last.ckpt"
+    )
+    assert records.load(root)["stage"] == "test" and records.load(tested)["status"] == "completed"
 
 
 def test_resolve_reads_the_record_and_falls_back_to_the_newest_last(tmp_path: Path) -> None:
@@ -206,3 +237,24 @@ def test_a_missing_checkpoint_under_torchrun_is_one_line_and_writes_nothing(gall
     # no traceback of ours (torchrun still reports its failed workers with its own, after the line)
     assert "UserError" not in proc.stderr and "itwinai_lightning/" not in proc.stderr
     assert not (gallery / "runs" / "never").exists()
+
+
+def test_resuming_a_run_continues_in_its_own_directory(gallery: Path) -> None:
+    from tests.helpers.childenv import child_env
+
+    root = gallery / "runs" / "quickstart"
+    before = sorted(p.name for p in root.iterdir())
+    args = ["fit", "--config", "quickstart.yaml", *SMALL, "--trainer.max_epochs", "3",
+            "--ckpt_path", "runs/quickstart/version_0"]  # fmt: skip
+    proc = _itl(args, child_env(), gallery)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fit continues in the checkpoint's run directory runs/quickstart/version_0" in proc.stdout
+    assert sorted(p.name for p in root.iterdir()) == before  # no new run directory
+    run = root / "version_0"
+    rec = records.load(run)
+    assert rec["status"] == "completed" and rec["epochs"][-1]["epoch"] == 2  # epochs 0, 1 then 2
+    assert rec["checkpoints"]["last"] == "checkpoints/last.ckpt"
+    assert "epoch=2-step=24.ckpt" in {Path(f).name for f in rec["checkpoints"]["files"]}
+    (kept,) = run.glob("run_record.*.json")  # the first, finished part of the run is kept and that is said
+    assert json.loads(kept.read_text())["epochs"][-1]["epoch"] == 1
+    assert "already held a finished fit" in proc.stderr
