@@ -141,5 +141,5 @@ def test_the_inference_journey_runs_as_the_docs_say(checkout: Path, python_env: 
         proc = subprocess.run([*launcher, *args, *SMALL], cwd=checkout, env=env, capture_output=True,
                               text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, f"{' '.join(args)}\n{proc.stderr[-3000:]}"
-    assert inference.read(str(checkout / "runs" / "predict" / "predictions")).shape[0] == 32
+    assert inference.read(str(checkout / "runs" / "predict" / "latest" / "predictions")).shape[0] == 32
     assert os.path.isdir(checkout / "runs" / "quickstart")

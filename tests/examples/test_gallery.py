@@ -129,6 +129,7 @@ def test_monitoring_adds_callbacks_and_fans_out_to_all_five_backends(
     noise = [*quiet.WARNINGS, "litlogger", "Creating initial MLflow database", "Symlinked"]
     assert not [n for n in noise if re.search(n, proc.stderr + proc.stdout)], proc.stderr[-3000:]
     assert "MultiLogger: sending the last records to tensorboard, csv, mlflow, wandb, prov" in proc.stderr
+    run_dir = run_dir / "version_0"
     assert f"run directory: {run_dir}" in proc.stdout
     assert "logs: tensorboard, metrics.csv, mlflow.db, wandb, prov" in proc.stdout
     assert re.search(r"record: run_record.json \(status completed, 1 epochs, [0-9.]+ s", proc.stdout)
@@ -282,7 +283,7 @@ def test_fsdp_then_predict_examples(tmp_path: Path, python_env: dict[str, str]) 
     )  # fmt: skip
     from itwinai_lightning import inference
 
-    predictions = inference.read(str(tmp_path / "runs" / "predict" / "predictions"))
+    predictions = inference.read(str(tmp_path / "runs" / "predict" / "latest" / "predictions"))
     assert predictions.shape[0] == 32  # --data.val_samples 32: one prediction per input
 
 

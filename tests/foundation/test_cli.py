@@ -74,14 +74,15 @@ def test_foreign_lightning_module_runs_unchanged(tmp_path: Path, python_env: dic
     ]
     run = run_cli([], args, python_env, run_dir, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved = yaml.safe_load((run_dir / "latest" / "config.yaml").read_text())
     assert saved["model"]["class_path"] == "lightning.pytorch.demos.boring_classes.BoringModel"
     assert saved["trainer"]["strategy"] == "hpc_ddp"
     ckpts = list(run_dir.rglob("*.ckpt"))
     assert len(ckpts) == 1
     ckpt = torch.load(ckpts[0], weights_only=False)
     assert ckpt["global_step"] == 8 and ckpt["epoch"] == 1  # 2 epochs x 4 batches
-    record = json.loads((run_dir / "run_record.json").read_text())
+    record = json.loads((run_dir / "version_0" / "run_record.json").read_text())  # one directory, 2 ranks
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == ["latest", "version_0"]
     assert record["config"]["model"]["class_path"].endswith("BoringModel")
     assert (record["status"], record["error"]) == ("completed", None)  # ended without a TimingMonitor too
 
@@ -102,10 +103,10 @@ def test_quickstart_writes_checkpoints_logs_and_progress(tmp_path: Path, python_
     run = run_cli([], args, python_env, run_dir, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Epoch 1" in run.stdout and "val_loss" in run.stdout  # the progress bar (TQDM on stdout)
-    assert (run_dir / "config.yaml").is_file()
-    names = {p.name for p in run_dir.rglob("*.ckpt")}
+    assert (run_dir / "latest" / "config.yaml").is_file()
+    names = {p.name for p in (run_dir / "latest" / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in names and len(names) == 2  # best (by val_loss) + last
-    events = list(run_dir.rglob("events.out.tfevents.*"))
+    events = list((run_dir / "latest" / "tensorboard").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard log"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

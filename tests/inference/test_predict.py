@@ -58,7 +58,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     proc = cli([], [*args, "--trainer.default_root_dir", str(out)], out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (ckpt,) = (out / "checkpoints").glob("*.ckpt")
+    (ckpt,) = (out / "latest" / "checkpoints").glob("*.ckpt")
     return ckpt
 
 
@@ -81,14 +81,14 @@ def test_n_predictions_in_input_order_at_any_world_size(
 ) -> None:
     proc = cli([], predict_args(str(checkpoint), tmp_path, devices), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "predictions"
+    out = tmp_path / "version_0" / "predictions"  # the predict run's own directory
     index = json.loads((out / "index.json").read_text())
     assert (index["num_samples"], index["world_size"], index["duplicates_dropped"]) == (N, devices, 0)
     assert len(index["files"]) == devices and sum(index["samples"]) == N  # every rank wrote its share
     predictions = inference.read(str(out))
     assert isinstance(predictions, torch.Tensor) and predictions.shape == (N, 1, 16, 16)
     torch.testing.assert_close(predictions, by_hand, atol=1e-6, rtol=1e-5)
-    record = records.load(records.record_path(tmp_path, "predict"))
+    record = records.load(tmp_path)
     assert record["status"] == "completed" and record["world_size"] == devices
     assert record["summary"]["total_samples"] == N and record["summary"]["samples_per_s"] > 0
     assert record["sections"]["predictions"]["output_dir"] == str(out)
@@ -105,13 +105,17 @@ def test_torchrun_predict_and_an_existing_output_is_one_line(
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     proc = cli(prefix, predict_args(str(checkpoint), tmp_path, 2), tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    torch.testing.assert_close(inference.read(str(tmp_path / "predictions")), by_hand, atol=1e-6, rtol=1e-5)
-    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "predictions").iterdir()}
-    again = cli([], predict_args(str(checkpoint), tmp_path, 2), tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("version_*")) == ["version_0"]  # both ranks, one directory
+    out = tmp_path / "version_0" / "predictions"
+    torch.testing.assert_close(inference.read(str(out)), by_hand, atol=1e-6, rtol=1e-5)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    # an output_dir named by the user that holds predictions is refused, not replaced
+    named = [*predict_args(str(checkpoint), tmp_path, 2), "--trainer.callbacks.output_dir", str(out)]
+    again = cli([], named, tmp_path)
     errors = [line for line in again.stderr.splitlines() if line.startswith("itwinai-lightning: error:")]
     assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
     assert len(errors) == 1 and "already holds predictions" in errors[0] and "overwrite: true" in errors[0]
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "predictions").iterdir()} == before  # kept
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # kept
 
 
 def test_index_drops_padding_duplicates_and_names_missing_inputs(tmp_path: Path) -> None:
@@ -142,4 +146,5 @@ def test_predict_on_one_gpu(checkpoint: Path, by_hand: torch.Tensor, tmp_path: P
         pytest.skip("needs a CUDA GPU")
     proc = cli([], [*predict_args(str(checkpoint), tmp_path, 1), "--trainer.accelerator", "gpu"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    torch.testing.assert_close(inference.read(str(tmp_path / "predictions")), by_hand, atol=1e-4, rtol=1e-3)
+    predictions = inference.read(str(tmp_path / "latest" / "predictions"))
+    torch.testing.assert_close(predictions, by_hand, atol=1e-4, rtol=1e-3)

@@ -353,11 +353,13 @@ def test_predict_across_two_nodes_matches_one_process(
 
     predict([], tmp_path / "one", 1)
     predict(srun(), tmp_path / "two", 2)
-    got = inference.read(str(tmp_path / "two" / "predictions"))
+    # the two nodes' tasks agreed on one run directory (rank 0's claim, keyed by the SLURM job and step)
+    assert [p.name for p in (tmp_path / "two").glob("version_*")] == ["version_0"]
+    got = inference.read(str(tmp_path / "two" / "version_0" / "predictions"))
     torch.testing.assert_close(
-        got, inference.read(str(tmp_path / "one" / "predictions")), atol=1e-6, rtol=1e-5
+        got, inference.read(str(tmp_path / "one" / "latest" / "predictions")), atol=1e-6, rtol=1e-5
     )
-    index = json.loads((tmp_path / "two" / "predictions" / "index.json").read_text())
+    index = json.loads((tmp_path / "two" / "version_0" / "predictions" / "index.json").read_text())
     assert (index["num_samples"], index["world_size"], sorted(index["samples"])) == (37, 2, [18, 19])
-    record = records.load(records.record_path(tmp_path / "two", "predict"))
+    record = records.load(tmp_path / "two")
     assert record["hostnames"] == two_nodes.nodes and record["launcher"] == "srun"

@@ -111,7 +111,7 @@ def test_the_quickstart_trains_from_the_copied_gallery(
         tmp_path,
     )
     print(f"quickstart from the installed wheel: {time.monotonic() - started:.0f} s")
-    run_dir = tmp_path / "runs" / "quickstart"
+    run_dir = tmp_path / "runs" / "quickstart" / "version_0"
     record = json.loads((run_dir / "run_record.json").read_text())
     assert record["status"] == "completed" and f"run directory: {run_dir}" in proc.stdout
     [last] = run_dir.rglob("last.ckpt")
@@ -178,6 +178,8 @@ def test_a_multilogger_fit_reaches_every_backend(tmp_path: Path, outside: dict[s
         tmp_path,
     )
     assert "logs: tensorboard, metrics.csv, mlflow.db, wandb, prov" in proc.stdout
+    run_dir = run_dir / "version_0"  # the run's own directory: the same layout as without MultiLogger
+    assert {"checkpoints", "config.yaml", "run_record.json"} <= {p.name for p in run_dir.iterdir()}
     summary = json.loads((run_dir / "tracking_summary.json").read_text())
     assert {b["backend"]: b["errors"] for b in summary["backends"]} == {
         name: [] for name in ("tensorboard", "csv", "mlflow", "wandb", "prov")

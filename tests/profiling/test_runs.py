@@ -57,6 +57,7 @@ def test_two_rank_ddp_per_rank_outputs_summary_and_report(tmp_path: Path, python
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = run_dir / "version_0"  # both ranks' outputs in the run's one directory
     pyspy_dir = run_dir / "profiling" / "pyspy"
     for rank in (0, 1):
         collapsed = (pyspy_dir / f"rank{rank}.collapsed.txt").read_text()

@@ -59,8 +59,9 @@ def test_two_task_ddp_fit_job(tmp_path: Path, slurm_env: dict[str, str], slurm_c
     """Submitted into a root that already holds an earlier run's checkpoint: the job never resumes from
     it (it trains from step 0 to a fresh run's step count) and names its own checkpoints."""
     run_dir = tmp_path / "run"
-    earlier = run_dir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    earlier = run_dir / "version_0" / "checkpoints" / "last.ckpt"
     earlier.parent.mkdir(parents=True)
+    (run_dir / "latest").symlink_to("version_0")
     torch.save({"epoch": 1, "global_step": STEPS_PER_EPOCH, "state_dict": {}}, earlier)  # a laptop test's
     job_id = _render_and_submit(run_dir, slurm_env, "--trainer.max_epochs", "2")
     assert _wait(slurm_cluster, job_id) == "COMPLETED", (run_dir / "slurm").glob("*.err")
@@ -72,9 +73,14 @@ def test_two_task_ddp_fit_job(tmp_path: Path, slurm_env: dict[str, str], slurm_c
     record = records.load(run_dir)
     assert (record["world_size"], record["num_nodes"], record["launcher"]) == (2, 1, "srun")
     assert record["config"]["trainer"]["max_epochs"] == 2
-    last = run_dir / record["checkpoints"]["last"]
-    # its own folder beside the old one (Lightning names the default logger's version after the job id)
-    assert last != earlier and last.parent.parent.name == f"version_{job_id}"
+    # a run directory of its own beside the earlier run's, agreed by both tasks (srun job and step)
+    assert record["run_dir"] == str((run_dir / "version_1").resolve())
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("version_")) == [
+        "version_0",
+        "version_1",
+    ]
+    last = run_dir / "version_1" / record["checkpoints"]["last"]
+    assert last != earlier and last.parent == run_dir / "version_1" / "checkpoints"
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["global_step"] == 2 * STEPS_PER_EPOCH  # from step 0, as a fresh run
     assert [s for s, _ in _val_losses(run_dir)] == [STEPS_PER_EPOCH - 1, 2 * STEPS_PER_EPOCH - 1]
@@ -119,10 +125,10 @@ def test_predict_job_writes_every_prediction_once(
     assert _wait(slurm_cluster, job_id) == "COMPLETED", list((run_dir / "slurm").glob("*.err"))
     fields = _job_fields(slurm_env, job_id)
     assert fields["ExitCode"] == "0:0" and fields["NumTasks"] == "2"
-    got = inference.read(str(run_dir / "predictions"))
+    got = inference.read(str(run_dir / "latest" / "predictions"))
     assert isinstance(got, torch.Tensor) and got.shape[0] == 37
-    torch.testing.assert_close(got, inference.read(str(one / "predictions")), atol=1e-6, rtol=1e-5)
-    record = records.load(records.record_path(run_dir, "predict"))
+    torch.testing.assert_close(got, inference.read(str(one / "latest" / "predictions")), atol=1e-6, rtol=1e-5)
+    record = records.load(run_dir)
     assert (record["status"], record["world_size"], record["launcher"]) == ("completed", 2, "srun")
     assert record["summary"]["total_samples"] == 37
 
@@ -170,6 +176,7 @@ def test_preempted_job_requeues_and_resumes_exactly(
 
     total = epochs * STEPS_PER_EPOCH
     record = records.load(run_dir)
+    assert [p.name for p in run_dir.glob("version_*")] == ["version_0"]  # the requeue continued its directory
     # the requeue exit left the record running, the resumed job adopted it and ended it
     assert (record["status"], record["error"]) == ("completed", None)
     section = record["sections"]["slurm"]

@@ -56,7 +56,7 @@ def test_predict_from_a_registered_model_version(mlflow_server: Any, tmp_path: P
     from mlflow.tracking import MlflowClient
 
     (version,) = MlflowClient(mlflow_server.uri).search_model_versions("name='denoiser-inf'")
-    (ckpt,) = [p for p in (fit_dir / "checkpoints").glob("*.ckpt") if p.name == Path(version.source).name]
+    (ckpt,) = [p for p in (fit_dir / "latest" / "checkpoints").glob("*.ckpt") if p.name == Path(version.source).name]
 
     from_file = _predict(str(ckpt), tmp_path / "file", env)
     assert from_file.returncode == 0, from_file.stderr[-3000:]
@@ -64,11 +64,11 @@ def test_predict_from_a_registered_model_version(mlflow_server: Any, tmp_path: P
     from_registry = _predict(uri, tmp_path / "registry", env)
     assert from_registry.returncode == 0, from_registry.stderr[-3000:]
     assert f"ckpt_path {uri}: downloaded to {tmp_path / 'cache'}" in from_registry.stdout
-    expected = inference.read(str(tmp_path / "file" / "predictions"))
-    got = inference.read(str(tmp_path / "registry" / "predictions"))
+    expected = inference.read(str(tmp_path / "file" / "latest" / "predictions"))
+    got = inference.read(str(tmp_path / "registry" / "latest" / "predictions"))
     assert isinstance(got, torch.Tensor) and got.shape[0] == 21
     torch.testing.assert_close(got, expected, atol=0.0, rtol=0.0)  # the same weights, bit for bit
-    index = json.loads((tmp_path / "registry" / "predictions" / "index.json").read_text())
+    index = json.loads((tmp_path / "registry" / "latest" / "predictions" / "index.json").read_text())
     assert (index["num_samples"], index["world_size"]) == (21, 2)
 
     again = _predict("models:/denoiser-inf/latest", tmp_path / "latest", env)
