@@ -56,7 +56,9 @@ def test_predict_from_a_registered_model_version(mlflow_server: Any, tmp_path: P
     from mlflow.tracking import MlflowClient
 
     (version,) = MlflowClient(mlflow_server.uri).search_model_versions("name='denoiser-inf'")
-    (ckpt,) = [p for p in (fit_dir / "latest" / "checkpoints").glob("*.ckpt") if p.name == Path(version.source).name]
+    (ckpt,) = [
+        p for p in (fit_dir / "latest" / "checkpoints").glob("*.ckpt") if p.name == Path(version.source).name
+    ]
 
     from_file = _predict(str(ckpt), tmp_path / "file", env)
     assert from_file.returncode == 0, from_file.stderr[-3000:]
