@@ -167,6 +167,10 @@ class ItwinaiCLI(LightningCLI):
             return  # built only to be inspected: no run, so no run directory
         placed = run_dir.choose(root, explicit=explicit, ckpt_path=section.get("ckpt_path"), stage=stage)
         _say(placed.note)
+        if placed.note is not None:
+            from itwinai_lightning import quiet
+
+            quiet.continuing()
         self.run_dir = placed.path
         self._root = (trainer, trainer.get("default_root_dir"))
         trainer["default_root_dir"] = str(placed.path)

@@ -76,6 +76,16 @@ def install() -> None:
     logging.getLogger(CHECKPOINT_LOGGER).addFilter(_DropLines(CHECKPOINT_LOG_LINES))
 
 
+#: noise when a fit continues in its run directory, which the CLI has already said in one line
+CONTINUING = (r"Checkpoint directory .* exists and is not empty",)
+
+
+def continuing() -> None:
+    """A resumed fit writes into its own, non-empty ``checkpoints/``: that is the point, not a warning."""
+    for pattern in CONTINUING:
+        warnings.filterwarnings("ignore", message=f".*{pattern}")
+
+
 def not_fitting() -> None:
     """``validate``/``test``/``predict`` from a checkpoint: also filter what only concerns resuming a fit."""
     for pattern in NOT_FITTING:

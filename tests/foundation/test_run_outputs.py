@@ -258,3 +258,4 @@ def test_resuming_a_run_continues_in_its_own_directory(gallery: Path) -> None:
     (kept,) = run.glob("run_record.*.json")  # the first, finished part of the run is kept and that is said
     assert json.loads(kept.read_text())["epochs"][-1]["epoch"] == 1
     assert "already held a finished fit" in proc.stderr
+    assert "exists and is not empty" not in proc.stderr  # continuing there is the point, said once above
