@@ -55,7 +55,8 @@ class MultiLogger(Logger):
         backends: list of ``"tensorboard" | "mlflow" | "wandb" | "prov" | "csv"`` or mappings
             ``{type: mlflow, ranks: zero|all, ...backend options}``.
         experiment: experiment/project name given to the backends.
-        run_name: run name (default: the run directory's name).
+        run_name: run name (default: the run directory's name; ``quickstart-version_3`` for a CLI run's
+            ``runs/quickstart/version_3``).
         run_dir: where to write; default ``trainer.default_root_dir``.
         queue_size: records per backend queue; beyond it records are spooled to disk (never dropped).
         flush_timeout_s: how long :meth:`finalize` waits for each backend before leaving records spooled.
@@ -311,7 +312,7 @@ class MultiLogger(Logger):
         base: dict[str, Any] = dict(
             run_dir=str(run_dir),
             experiment=self._experiment,
-            run_name=(self._run_name or run_dir.name) + rank_suffix,
+            run_name=(self._run_name or run_name_of(run_dir)) + rank_suffix,
             rank=self._rank,
             world_size=self._world_size,
             extra={"environment": _environment()},
@@ -383,3 +384,12 @@ def _environment() -> dict[str, Any]:
     from itwinai_lightning.loggers.prov_session import environment_params
 
     return environment_params()
+
+
+def run_name_of(run_dir: Path) -> str:
+    """The default run name for the backends: the directory's name, with its root's for a ``version_N``."""
+    from itwinai_lightning.runs.run_dir import PREFIX
+
+    if run_dir.name.startswith(PREFIX) and run_dir.parent.name:
+        return f"{run_dir.parent.name}-{run_dir.name}"
+    return run_dir.name
