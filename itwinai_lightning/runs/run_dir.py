@@ -11,9 +11,9 @@ the one rank 0 of this launch chose         the processes were started side by s
                                             mpirun, horovodrun): rank 0 creates it and names it in
                                             ``ROOT/.launches/<launch>.json``; the others read that.
                                             A launch is recognised by the launcher's own identity
-                                            (SLURM job + step, torchrun's run id, the MPI job id), so
-                                            a requeued job or a restarted torchrun worker continues
-                                            its directory
+                                            (SLURM job + step, torchrun's run id, the MPI job id); a
+                                            SLURM or torchrun id is never reused, so a requeued job or
+                                            a restarted torchrun worker continues its directory
 ``ROOT/version_N``, N one above the last    otherwise (a new run); Lightning's own launcher starts its
                                             processes with ``ITWINAI_LIGHTNING_RUN_DIR`` set to it
 ==========================================  ===========================================================
@@ -105,6 +105,11 @@ def point_latest(root: Path, run: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+#: launchers whose launch id is never reused and survives a restart (SLURM job + step, torchrun's run id);
+#: the ids of the others (an MPI job id, Horovod's rendezvous port) are unique only while they run
+STABLE_IDS = ("srun", "torchrun")
+
+
 def launch_key(
     launcher: str, keys: tuple[str, ...], env: Mapping[str, str], fallback: str
 ) -> tuple[str, bool]:
@@ -114,7 +119,7 @@ def launch_key(
     if launcher == "torchrun" and env.get("TORCHELASTIC_RUN_ID", "none") == "none":
         values = []  # torchrun without --rdzv-id: "none" on every launch
     if any(values):
-        return f"{launcher}/" + "/".join(values), True
+        return f"{launcher}/" + "/".join(values), launcher in STABLE_IDS
     return f"{launcher}/{fallback}", False
 
 

@@ -66,6 +66,9 @@ def test_launch_identity_is_the_launchers_own_id() -> None:
     assert launch_key("srun", keys, {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0"}, "x") == ("srun/42/0", True)
     run_id = ("TORCHELASTIC_RUN_ID",)
     assert launch_key("torchrun", run_id, {"TORCHELASTIC_RUN_ID": "abc"}, "h:1/2") == ("torchrun/abc", True)
+    # an MPI job id names one launch while it runs, but may come back later: only a fresh claim counts
+    mpi = ("PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid")
+    assert launch_key("mpirun", mpi, {"OMPI_MCA_ess_base_jobid": "77"}, "x") == ("mpirun//77", False)
     # torchrun without --rdzv-id says "none" on every launch: not an identity, only a fresh claim counts
     assert launch_key("torchrun", run_id, {"TORCHELASTIC_RUN_ID": "none"}, "h:1/2") == (
         "torchrun/h:1/2",

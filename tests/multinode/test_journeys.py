@@ -156,6 +156,10 @@ def test_preemption_across_nodes_resumes_exactly(
     two_nodes: Cluster, node_env: dict[str, str], tmp_path: Path
 ) -> None:
     epochs, steps_per_epoch = 6, 8  # 64 samples, global batch 8
+    # submitted into a root that already holds an earlier run's checkpoint (a laptop test, another job)
+    earlier = tmp_path / "version_0" / "checkpoints" / "last.ckpt"
+    earlier.parent.mkdir(parents=True)
+    torch.save({"epoch": 4, "global_step": 40, "state_dict": {}}, earlier)
     job = _submit(
         two_nodes, node_env,
         *two_node_args(tmp_path, "--trainer.max_epochs", str(epochs),
@@ -163,7 +167,7 @@ def test_preemption_across_nodes_resumes_exactly(
         "--slurm.nodes", "2",
     )  # fmt: skip
     deadline = time.time() + 180
-    while not list(tmp_path.rglob("*.ckpt")):  # an epoch finished: training is under way on both nodes
+    while not list(tmp_path.glob("version_1/checkpoints/*.ckpt")):  # an epoch finished on both nodes
         assert time.time() < deadline, "no epoch finished"
         assert two_nodes.job_state(job) in ("PENDING", "RUNNING", "CONFIGURING")
         time.sleep(0.3)
@@ -178,6 +182,9 @@ def test_preemption_across_nodes_resumes_exactly(
     assert two_nodes.wait_job(job, timeout=240) == "COMPLETED"
 
     record = check_record(tmp_path, two_nodes, "srun")
+    # the job's own run directory, continued by its requeue; never the earlier run's checkpoint
+    assert record["run_dir"] == str((tmp_path / "version_1").resolve())
+    assert sorted(p.name for p in tmp_path.glob("version_*")) == ["version_0", "version_1"]
     (requeue,) = record["sections"]["slurm"]["requeues"]
     (resume,) = record["sections"]["slurm"]["resumes"]
     total = epochs * steps_per_epoch

@@ -27,12 +27,13 @@ def _job_fields(env: dict[str, str], job_id: str) -> dict[str, str]:
     return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
 
-def _render_and_submit(run_dir: Path, env: dict[str, str], *extra: str) -> str:
+def _render_and_submit(run_dir: Path, env: dict[str, str], *extra: str, cwd: Path = REPO) -> str:
+    """Render and submit from ``cwd`` (the submit directory); ``run_dir`` may be relative to it."""
     proc = subprocess.run(
         [sys.executable, "-m", "itwinai_lightning", "slurm", *TINY, *python_flag(),
          "--trainer.default_root_dir", str(run_dir), "--slurm.time", "00:15:00", *extra,
          "--slurm.submit", "true"],
-        env=env, capture_output=True, text=True, timeout=180, cwd=REPO,
+        env=env, capture_output=True, text=True, timeout=180, cwd=cwd,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     match = re.search(r"submitted job (\d+)", proc.stdout)
@@ -63,7 +64,11 @@ def test_two_task_ddp_fit_job(tmp_path: Path, slurm_env: dict[str, str], slurm_c
     earlier.parent.mkdir(parents=True)
     (run_dir / "latest").symlink_to("version_0")
     torch.save({"epoch": 1, "global_step": STEPS_PER_EPOCH, "state_dict": {}}, earlier)  # a laptop test's
-    job_id = _render_and_submit(run_dir, slurm_env, "--trainer.max_epochs", "2")
+    # rendered and submitted from the project directory with a relative root, as on a login node
+    job_id = _render_and_submit(Path("run"), slurm_env, "--trainer.max_epochs", "2", cwd=tmp_path)
+    script = (run_dir / "slurm" / "job.sbatch").read_text()
+    assert str(tmp_path) not in script + (run_dir / "slurm" / "config.yaml").read_text()  # portable
+    assert 'cd "${SLURM_SUBMIT_DIR:-.}"' in script and "RUN_DIR=run\n" in script
     assert _wait(slurm_cluster, job_id) == "COMPLETED", (run_dir / "slurm").glob("*.err")
     fields = _job_fields(slurm_env, job_id)
     assert fields["ExitCode"] == "0:0" and fields["Restarts"] == "0" and fields["NumTasks"] == "2"
