@@ -109,8 +109,9 @@ def test_fit_fans_out_to_every_backend_and_registers_best_checkpoint(
     from mlflow.tracking import MlflowClient
     from prov.model import ProvDocument
 
-    run_dir = tmp_path / "run"
-    trainer = _fit(tmp_path, _config(run_dir, mlflow_server.uri, "denoiser-e2e"))
+    trainer = _fit(tmp_path, _config(tmp_path / "run", mlflow_server.uri, "denoiser-e2e"))
+    run_dir = tmp_path / "run" / "version_0"  # the CLI run's own directory: every backend writes there
+    assert Path(trainer.default_root_dir) == run_dir
     summary = json.loads((run_dir / "tracking_summary.json").read_text())
     assert {r["backend"]: (r["spooled"], r["healthy"]) for r in summary["backends"]} == {
         name: (0, True) for name in ("tensorboard", "csv", "mlflow", "wandb", "prov")
