@@ -10,8 +10,8 @@ from itwinai_lightning.benchmark.inputs import difference, point_inputs
 def test_same_inputs_wherever_the_point_writes(tmp_path: Path) -> None:
     cfg = tmp_path / "base.yaml"
     cfg.write_text("trainer: {max_epochs: 1}\n")
-    a = point_inputs(["fit", "--config", str(cfg), "--trainer.default_root_dir", "/x/a"], "local", [])
-    b = point_inputs(["fit", "--config", str(cfg), "--trainer.default_root_dir", "/y/b"], "local", [])
+    a = point_inputs(["fit", "--config", str(cfg), "--run_dir", "/x/a"], "local", [])
+    b = point_inputs(["fit", "--config", str(cfg), "--run_dir", "/y/b"], "local", [])
     assert difference(a, b) is None
     assert a["versions"]["torch"] and a["versions"]["itwinai-lightning"]
 

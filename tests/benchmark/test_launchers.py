@@ -50,7 +50,7 @@ def test_launcher_commands(tmp_path: Path, launcher: str, prefix: list[str]) -> 
     joined = " ".join(tail)
     assert "--trainer.strategy hpc_ddp" in joined and "--trainer.devices 4" in joined
     assert "--data.init_args.batch_size 16" in joined  # strong scaling: 64 / 4
-    assert f"--trainer.default_root_dir {tmp_path}/hpc_ddp-w4-r0" in joined
+    assert f"--run_dir {tmp_path}/hpc_ddp-w4-r0" in joined  # the point's directory, exactly
 
 
 def test_sbatch_script_spans_nodes(tmp_path: Path) -> None:
