@@ -124,6 +124,7 @@ def pythons(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.run("python", "-m", "ruff", "check", "itwinai_lightning", "tests", "benchmarks", "noxfile.py")
     session.run("python", "-m", "ruff", "format", "--check", "itwinai_lightning", "tests", "benchmarks")
+    session.run("lint-imports")  # the import contracts in pyproject.toml: no import cycles
 
 
 @nox.session

@@ -36,6 +36,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from itwinai_lightning.config_saving import RecordingSaveConfigCallback
 from itwinai_lightning.errors import UserError, collecting
+from itwinai_lightning.messages import condense, trainer_error
 from itwinai_lightning.runs import layout, run_dir
 
 
@@ -48,9 +49,7 @@ class ItwinaiParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        from itwinai_lightning.cli import _condense
-
-        raise UserError(_condense(message)) from ex
+        raise UserError(condense(message)) from ex
 
 
 def user_error_in(err: BaseException, created: Sequence[UserError] = ()) -> UserError | None:
@@ -200,15 +199,14 @@ class ItwinaiCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+        from itwinai_lightning.callbacks import defaults as default_callbacks
         from itwinai_lightning.callbacks.redact import RedactCheckpointSecrets
-        from itwinai_lightning.cli import _trainer_error
         from itwinai_lightning.records.writer import RecordWriter
-        from itwinai_lightning.runs import default_callbacks
 
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:  # Lightning's checks of Trainer arguments
-            raise UserError(_trainer_error(err)) from err
+            raise UserError(trainer_error(err)) from err
         subcommand = getattr(self, "subcommand", None)
         section: Any = self.config.get(subcommand) if subcommand else self.config
         wanted = section.get("default_callbacks") if section is not None else None

@@ -17,12 +17,12 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from itwinai_lightning.benchmark import plots, report_html, scaling
 from itwinai_lightning.benchmark.findings import recommend
+from itwinai_lightning.benchmark.report_data import Report
 from itwinai_lightning.benchmark.table import (
     RUN_COLUMNS,
     SUMMARY_COLUMNS,
@@ -35,20 +35,6 @@ from itwinai_lightning.benchmark.table import (
 from itwinai_lightning.errors import UserError
 
 DEFAULT_THRESHOLD_PCT = 70.0
-
-
-@dataclass
-class Report:
-    """What :func:`build` produced, for callers and tests."""
-
-    out: Path
-    runs: list[Run]
-    rows: list[Row]
-    recommendation: dict[str, Any]
-    models: dict[tuple[str, str, str], scaling.ScalingModel]
-    files: dict[str, Path]
-    warnings: list[str]
-    notes: list[str]  # series without a scaling model, and why
 
 
 def fit_models(

@@ -17,7 +17,7 @@ from itwinai_lightning.benchmark import plots, scaling
 from itwinai_lightning.benchmark.table import Row, Run, series_label
 
 if TYPE_CHECKING:
-    from itwinai_lightning.benchmark.report import Report
+    from itwinai_lightning.benchmark.report_data import Report
 
 
 def fmt(value: Any, digits: int = 4) -> str:

@@ -18,31 +18,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from itwinai_lightning import records
-from itwinai_lightning.benchmark import launchers
+from itwinai_lightning.benchmark import launchers, submit
 from itwinai_lightning.benchmark.failure import TAIL_CHARS, error_line
 from itwinai_lightning.benchmark.inputs import difference, point_inputs
 from itwinai_lightning.benchmark.launchers import GridPoint
+from itwinai_lightning.benchmark.outcome import PointResult
 from itwinai_lightning.benchmark.process_tree import terminate_tree
 from itwinai_lightning.benchmark.settings import Settings
 from itwinai_lightning.records import derive
 from itwinai_lightning.secrets import REDACTED, is_secret_key
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-
-
-@dataclass
-class PointResult:
-    point: GridPoint
-    status: str  # completed | failed | skipped | submitted | dry-run
-    seconds: float = 0.0
-    error: str | None = None
-    epoch_time_s: float | None = None
-    job_id: str | None = None
 
 
 def redact_argv(argv: Sequence[str]) -> list[str]:
@@ -247,7 +237,7 @@ class GridRunner:
             mode=self.settings.mode,
         )
 
-    def _prepare(
+    def prepare(
         self, point: GridPoint, run_dir: Path, command: Sequence[str], launcher: str | None = None
     ) -> None:
         records.record_path(run_dir).unlink(missing_ok=True)  # a re-run starts from a clean record
@@ -305,7 +295,7 @@ class GridRunner:
             self.stream.write(shlex.join(redact_argv(command)) + "\n")
             return PointResult(point, "dry-run")
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._prepare(point, run_dir, command)
+        self.prepare(point, run_dir, command)
         start = time.monotonic()
         with (run_dir / "fit.stdout").open("wb") as out, (run_dir / "fit.stderr").open("wb") as err:
             try:
@@ -350,8 +340,6 @@ class GridRunner:
             return self._run_all()
 
     def _run_all(self) -> list[PointResult]:
-        from itwinai_lightning.benchmark import submit
-
         points = self.points()
         progress = Progress(len(points), self.stream)
         results = []

@@ -5,16 +5,31 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import Protocol, TextIO
 
 from itwinai_lightning import records
 from itwinai_lightning.benchmark import launchers
+from itwinai_lightning.benchmark.launchers import GridPoint
+from itwinai_lightning.benchmark.outcome import PointResult
+from itwinai_lightning.benchmark.settings import Settings
 from itwinai_lightning.errors import UserError
 
-if TYPE_CHECKING:
-    from itwinai_lightning.benchmark.launchers import GridPoint
-    from itwinai_lightning.benchmark.runner import GridRunner, PointResult
+
+class GridRunner(Protocol):
+    """What submitting a point needs of the grid runner (``benchmark.runner.GridRunner``)."""
+
+    settings: Settings
+    stream: TextIO
+
+    def fit_args(
+        self, point: GridPoint, run_dir: Path, nodes: int = 1, devices: int | None = None
+    ) -> list[str]: ...
+
+    def prepare(
+        self, point: GridPoint, run_dir: Path, command: Sequence[str], launcher: str | None = None
+    ) -> None: ...
 
 
 def job_pending(job_id: str) -> bool:
@@ -27,8 +42,6 @@ def job_pending(job_id: str) -> bool:
 
 def submit_point(runner: GridRunner, point: GridPoint, run_dir: Path) -> PointResult:
     """Render ``<run_dir>/job.sbatch`` and submit it; a still-queued earlier submission is not repeated."""
-    from itwinai_lightning.benchmark.runner import PointResult
-
     settings = runner.settings
     try:
         nodes, per_node = launchers.slurm_layout(point.workers, settings.slurm.get("tasks_per_node"))
@@ -50,7 +63,7 @@ def submit_point(runner: GridRunner, point: GridPoint, run_dir: Path) -> PointRe
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "job.sbatch"
     path.write_text(script)
-    runner._prepare(point, run_dir, ["sbatch", str(path)], launcher="srun")  # the job's step is an srun
+    runner.prepare(point, run_dir, ["sbatch", str(path)], launcher="srun")  # the job's step is an srun
     out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         why = out.stderr.strip() or f"sbatch exit code {out.returncode}"

@@ -25,26 +25,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-Reading = dict[str, float]
-GIB = float(2**30)
+from itwinai_lightning.monitoring.device import GIB, BackendUnavailable, DeviceBackend, Reading
+from itwinai_lightning.monitoring.nvml import NVMLBackend
 
-
-class BackendUnavailable(RuntimeError):
-    """This backend cannot monitor the requested device here (no library, no device, no permission)."""
-
-
-@runtime_checkable
-class DeviceBackend(Protocol):
-    """What the sampler needs from a device: a name, a reading, and a way to let go."""
-
-    name: str
-    device_name: str
-
-    def read(self) -> Reading: ...
-
-    def close(self) -> None: ...
+__all__ = [
+    "GIB",
+    "GPU_BACKENDS",
+    "BackendUnavailable",
+    "DeviceBackend",
+    "GpuOpener",
+    "HostBackend",
+    "Reading",
+    "open_gpu_backend",
+]
 
 
 class HostBackend:
@@ -86,13 +81,7 @@ class HostBackend:
 GpuOpener = Callable[[int, "str | None"], DeviceBackend]
 
 
-def _open_nvml(local_index: int, torch_uuid: str | None) -> DeviceBackend:
-    from itwinai_lightning.monitoring.nvml import NVMLBackend
-
-    return NVMLBackend.open(local_index, torch_uuid)
-
-
-GPU_BACKENDS: list[GpuOpener] = [_open_nvml]
+GPU_BACKENDS: list[GpuOpener] = [NVMLBackend.open]
 
 
 def open_gpu_backend(local_index: int, torch_uuid: str | None = None) -> tuple[DeviceBackend | None, str]:

@@ -10,7 +10,7 @@ import os
 import threading
 from typing import Any
 
-from itwinai_lightning.monitoring.backends import GIB, BackendUnavailable, Reading
+from itwinai_lightning.monitoring.device import GIB, BackendUnavailable, Reading
 
 _init_lock = threading.Lock()
 _init_count = 0

@@ -18,6 +18,8 @@ from typing import Any, TypedDict
 SCHEMA_VERSION = 1
 #: The fit's record; the other stages write ``run_record.<stage>.json`` beside it (see ``store``).
 RECORD_FILENAME = "run_record.json"
+#: the symbolic link in a root of runs to its newest run directory (see itwinai_lightning.runs.run_dir)
+LATEST_LINK = "latest"
 STAGES = ("fit", "validate", "test", "predict")
 FINISHED = ("completed", "failed", "interrupted")
 

@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from itwinai_lightning.records.schema import FINISHED, RECORD_FILENAME, SCHEMA_VERSION, RunRecord
-from itwinai_lightning.runs.run_dir import LATEST
+from itwinai_lightning.records.schema import FINISHED, LATEST_LINK, RECORD_FILENAME, SCHEMA_VERSION, RunRecord
 
 
 def now() -> str:
@@ -78,9 +77,9 @@ def run_of(path: str | os.PathLike[str]) -> Path:
     """The run directory a command reads: ``path`` when it holds a run record, else its ``latest`` run
     (``runs/quickstart`` means ``runs/quickstart/latest``, :mod:`itwinai_lightning.runs.run_dir`)."""
     p = Path(path)
-    if (p / RECORD_FILENAME).exists() or not (p / LATEST).is_dir():
+    if (p / RECORD_FILENAME).exists() or not (p / LATEST_LINK).is_dir():
         return p
-    return (p / LATEST).resolve()
+    return (p / LATEST_LINK).resolve()
 
 
 def load(path: str | os.PathLike[str]) -> RunRecord:

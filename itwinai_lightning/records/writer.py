@@ -102,7 +102,7 @@ class RecordWriter(Callback):
     def _checkpoints(self, trainer: pl.Trainer) -> None:
         """The checkpoints this fit wrote (rank 0 saves them; the callbacks' paths are broadcast)."""
         if trainer.global_rank == 0 and stage_of(trainer) == "fit":
-            from itwinai_lightning.runs.written import written_checkpoints
+            from itwinai_lightning.records.written import written_checkpoints
 
             written = written_checkpoints(trainer)
             if written:

@@ -124,7 +124,7 @@ def _in_run_dir(run_dir: Path, prefer: str, said: str) -> Choice:
 
 
 def _newest(root: Path) -> Path | None:
-    from itwinai_lightning.slurm.resume import latest_checkpoint
+    from itwinai_lightning.runs.newest import latest_checkpoint
 
     lasts = [p for p in root.rglob("last*.ckpt") if not any(q.suffix == ".ckpt" for q in p.parents)]
     if lasts:

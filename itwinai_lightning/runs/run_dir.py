@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.records.schema import LATEST_LINK
 
 #: the run directory a launching process chose for the processes Lightning's own launcher starts
 PIN_ENV = "ITWINAI_LIGHTNING_RUN_DIR"
 #: the name of a run directory: ``version_<N>``, as Lightning's loggers number theirs
 PREFIX = "version_"
 #: the symbolic link to the newest run directory of a root
-LATEST = "latest"
+LATEST = LATEST_LINK
 #: where rank 0 of a multi-process launch names the run directory for the other ranks
 CLAIMS = ".launches"
 #: how long a rank waits for rank 0 to name the run directory

@@ -34,7 +34,7 @@ USAGE = (
 
 
 def _latest_checkpoint(argv: list[str]) -> int:
-    from itwinai_lightning.slurm.resume import latest_checkpoint
+    from itwinai_lightning.runs.newest import latest_checkpoint
 
     usage = "usage: itwinai-lightning slurm latest-checkpoint RUN_DIR [--since MARKER]"
     if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "--since"):

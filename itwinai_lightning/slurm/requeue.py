@@ -3,7 +3,7 @@
 The signal handler only sets a flag. At the next safe point (the end of a training batch) all ranks
 agree (one tiny all-reduce) that a stop was asked for, save one checkpoint together, and leave; then the
 job is requeued and the next start resumes from that checkpoint (the job script passes the newest
-checkpoint in the run dir as ``--ckpt_path``; see :mod:`itwinai_lightning.slurm.resume`).
+checkpoint in the run dir as ``--ckpt_path``; see :mod:`itwinai_lightning.runs.newest`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from itwinai_lightning import records
-from itwinai_lightning.slurm.resume import PARTIAL_SUFFIX
+from itwinai_lightning.runs.newest import PARTIAL_SUFFIX
 from itwinai_lightning.slurm.vote import StopVote
 
 #: Exit status of ranks that stopped to be requeued (EX_TEMPFAIL: "try again later").

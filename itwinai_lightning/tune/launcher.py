@@ -77,20 +77,20 @@ def make_search_alg(settings: TuneSettings) -> Any:
 def make_trainable(settings: TuneSettings, base_argv: list[str], tracking: Any = None) -> Any:
     from ray import tune
 
-    from itwinai_lightning.tune import trial
+    from itwinai_lightning.tune import trainables
     from itwinai_lightning.tune.teardown import waits_for_teardown
 
     experiment = str(settings.experiment_dir)
     workers = settings.workers_per_trial
     if workers == 1:
         trainable = tune.with_parameters(
-            trial.run_trial, base_argv=base_argv, experiment_dir=experiment, tracking=tracking
+            trainables.run_trial, base_argv=base_argv, experiment_dir=experiment, tracking=tracking
         )
         return tune.with_resources(
             waits_for_teardown(trainable), {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker}
         )
     trainable = tune.with_parameters(
-        trial.run_ddp_trial,
+        trainables.run_ddp_trial,
         base_argv=base_argv,
         experiment_dir=experiment,
         workers=workers,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing_extensions import override
 
 from itwinai_lightning.secrets import redact
 from itwinai_lightning.tune.search_space import override_args, plain_values
-from itwinai_lightning.tune.teardown import allow_reuse_after_teardown, trial_running
 
 CHECKPOINT_FILE = "trial.ckpt"
 PARAMS_FILE = "params.jsonl"
@@ -183,77 +181,3 @@ def fit_trial(
         return
     with checkpoint.as_directory() as directory:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=os.path.join(directory, CHECKPOINT_FILE))
-
-
-def run_trial(
-    config: dict[str, Any], base_argv: list[str], experiment_dir: str, tracking: Any = None
-) -> None:
-    """Ray Tune function trainable for a single-process trial."""
-    from ray import tune
-
-    trial_id = tune.get_context().get_trial_id()
-
-    def report(metrics: dict[str, float], directory: str) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-
-    run_dir = Path(experiment_dir) / "trials" / trial_id
-    with trial_running():  # Tune's cleanup waits for this (see tune/teardown.py)
-        fit_trial(base_argv, config, run_dir, trial_id, report, tune.get_checkpoint(), tracking=tracking)
-
-
-def run_ddp_trial(
-    config: dict[str, Any],
-    base_argv: list[str],
-    experiment_dir: str,
-    workers: int,
-    cpus_per_worker: float,
-    gpus_per_worker: float,
-    tracking: Any = None,
-) -> None:
-    """Ray Tune function trainable for an N-worker DDP trial: this process is rank 0, warm actors the rest.
-
-    See :mod:`itwinai_lightning.tune.pool` for how the ranks are booked, reused and replaced.
-    """
-    import ray
-    from ray import tune
-
-    from itwinai_lightning.tune import pool
-
-    trial_id = tune.get_context().get_trial_id()
-    ranks = pool.acquire(workers - 1, cpus_per_worker, gpus_per_worker)
-    envs = pool.rank_envs(workers)
-    checkpoint = tune.get_checkpoint()
-    run_dir = Path(experiment_dir) / "trials" / trial_id
-    job = {"base_argv": base_argv, "config": config, "run_dir": str(run_dir), "trial_id": trial_id,
-           "checkpoint": checkpoint, "tracking": tracking}  # fmt: skip
-    pending = [
-        actor.run.remote({**job, "env": env}) for actor, env in zip(ranks.actors, envs[1:], strict=True)
-    ]
-
-    allow_reuse_after_teardown()
-    stopped: list[SystemExit] = []
-    finished = threading.Event()
-    pool.watch(pending, finished)
-
-    def report(metrics: dict[str, float], directory: str) -> bool:
-        try:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-        except SystemExit as stop:  # Tune stops or pauses the trial here: all ranks end the fit together
-            stopped.append(stop)
-            return True
-        return False
-
-    with trial_running():  # Tune's cleanup and reuse wait for this (see tune/teardown.py)
-        try:
-            pool.enter_rank(envs[0])
-            fit_trial(base_argv, config, run_dir, trial_id, report, checkpoint, pool.RANK_ARGS, tracking)
-            ray.get(pending)
-        except BaseException:
-            pool.discard()  # other ranks may wait in a collective: the retry gets fresh actors
-            raise
-        finally:
-            finished.set()
-            pool.fresh_process_group()
-    if stopped:
-        # end the way Tune ended it: returning would make Tune's wrapper report once more and wait forever
-        raise stopped[0]

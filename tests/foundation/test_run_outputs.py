@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from itwinai_lightning import inference, records
+from itwinai_lightning.records.written import written_checkpoints
 from itwinai_lightning.runs.ckpt_path import resolve
-from itwinai_lightning.runs.written import written_checkpoints
 
 ITL = [sys.executable, "-m", "itwinai_lightning"]
 SMALL = ["--trainer.max_epochs", "2", "--data.num_samples", "128", "--data.val_samples", "32",

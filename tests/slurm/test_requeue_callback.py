@@ -15,8 +15,8 @@ import torch
 
 from itwinai_lightning import records
 from itwinai_lightning.demo import SpectrogramDataModule, SpectrogramDenoiser
+from itwinai_lightning.runs.newest import latest_checkpoint
 from itwinai_lightning.slurm.requeue import EXIT_REQUEUE, SlurmRequeue, _job_end_time
-from itwinai_lightning.slurm.resume import latest_checkpoint
 
 STEPS = 4  # 64 samples / batch 16
 

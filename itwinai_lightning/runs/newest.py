@@ -1,4 +1,5 @@
-"""Find the checkpoint a (re)started job resumes from: the newest ``*.ckpt`` *this job* wrote.
+"""The newest complete checkpoint under a directory: what a (re)started SLURM job resumes from and what
+``--ckpt_path`` takes from a directory no run record describes.
 
 Kept free of torch/Lightning imports: the job script calls it before launching the ranks
 (``python -m itwinai_lightning slurm latest-checkpoint RUN_DIR --since MARKER``) and passes the result as
