@@ -36,6 +36,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from itwinai_lightning.config_saving import RecordingSaveConfigCallback
 from itwinai_lightning.errors import UserError, collecting
+from itwinai_lightning.inference.model_source import is_registry_uri
 from itwinai_lightning.messages import condense, trainer_error
 from itwinai_lightning.runs import layout, run_dir
 
@@ -148,7 +149,7 @@ class ItwinaiCLI(LightningCLI):
         _say(choice.note)
         section["ckpt_path"] = choice.path
         uri = choice.path
-        if uri is not None and str(uri).startswith("models:/"):
+        if uri is not None and is_registry_uri(uri):
             from itwinai_lightning.inference.model_source import fetch_checkpoint
 
             path, downloaded = fetch_checkpoint(str(uri))

@@ -1,7 +1,7 @@
 """The one writer of a run's record: a :class:`Recorder` holds it in memory and writes it atomically.
 
 Inside a Trainer, :mod:`itwinai_lightning.records.writer` gives each stage its recorder and flushes it
-at epoch ends and at the end; the benchmark's synthetic records use the same class without a Trainer.
+at epoch ends and at the end; the tests' synthetic benchmark records use the same class without a Trainer.
 
 Each stage has its own file: fit writes ``run_record.json``; ``validate``/``test``/``predict`` write
 ``run_record.<stage>.json`` and never touch the fit's. A recorder starts a new record unless the file
@@ -20,9 +20,11 @@ from itwinai_lightning.records import store
 from itwinai_lightning.records.derive import derive
 from itwinai_lightning.records.schema import RunRecord
 
-#: The latest recorder per resolved run directory and stage, for contributors without a Trainer (the
-#: MultiLogger's summary arrives in ``finalize``, after the callbacks' teardown).
+#: The latest recorders per resolved run directory and stage, for contributors without a Trainer (the
+#: MultiLogger's summary arrives in ``finalize``, after the callbacks' teardown); only the newest
+#: :data:`KEEP_LATEST` are kept, so a warm process that runs trial after trial does not grow.
 _LATEST: dict[tuple[str, str], Recorder] = {}
+KEEP_LATEST = 8
 
 
 class Recorder:
@@ -37,7 +39,11 @@ class Recorder:
         else:
             self.record = store.new_record(run_dir, stage)
         self.dirty = True
-        _LATEST[(str(self.run_dir.resolve()), stage)] = self
+        key = (str(self.run_dir.resolve()), stage)
+        _LATEST.pop(key, None)  # re-inserted as the newest
+        _LATEST[key] = self
+        while len(_LATEST) > KEEP_LATEST:
+            _LATEST.pop(next(iter(_LATEST)))
 
     def contribute(self, **contribution: Any) -> None:
         """Merge figures (keys as :func:`records.store.merge`); nothing is written until :meth:`flush`."""

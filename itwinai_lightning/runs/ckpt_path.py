@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.inference.model_source import is_registry_uri
 
 #: the value that asks for no checkpoint at all (the module's own weights)
 MODULE_WEIGHTS = "module"
@@ -58,7 +59,7 @@ def resolve(value: str | None, stage: str, root_dir: str | None) -> Choice:
     text = str(value)
     if text == MODULE_WEIGHTS:
         return Choice(None, f"ckpt_path {MODULE_WEIGHTS}: no checkpoint loaded, the module's own weights")
-    if text in LIGHTNING_KEYWORDS or text.startswith("models:/"):
+    if text in LIGHTNING_KEYWORDS or is_registry_uri(text):
         return Choice(text)
     prefer = "last" if stage == "fit" else "best"
     if text in ("last", "best"):

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.inference.model_source import is_registry_uri
 
 REQUEUE_CALLBACK = "itwinai_lightning.slurm.requeue.SlurmRequeue"
 GPU_ACCELERATORS = ("gpu", "cuda", "rocm", "auto")
@@ -42,7 +43,7 @@ def for_predict(config: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], 
         print(f"itwinai-lightning: {choice.note}", flush=True)
     if choice.path is None:
         out["ckpt_path"] = MODULE_WEIGHTS
-    elif not choice.path.startswith("models:/"):
+    elif not is_registry_uri(choice.path):
         out["ckpt_path"] = str(portable(Path(choice.path).expanduser().resolve()))
     trainer = dict(out.get("trainer") or {})
     callbacks = list(trainer.get("callbacks") or [])

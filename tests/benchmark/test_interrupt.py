@@ -71,17 +71,22 @@ while True:
 
 @pytest.mark.parametrize("session", ["own", "shared"])
 @pytest.mark.parametrize("child_trap", ["sleep 1.5; exit 0", ""])
-def test_terminate_tree_outlasts_a_launcher_that_exits_first(session: str, child_trap: str) -> None:
+def test_terminate_tree_outlasts_a_launcher_that_exits_first(
+    session: str, child_trap: str, tmp_path: Path
+) -> None:
     """The launcher exits at once on SIGTERM; its 'rank' takes 1.5 s to exit (or ignores SIGTERM and
     needs SIGKILL), and like torchrun's ranks may sit in a session of its own, out of the launcher's
     process group: terminate_tree returns only once the rank is gone too."""
-    rank_script = f"trap '{child_trap}' TERM; while :; do sleep 0.05; done"
+    ready = tmp_path / "trap-installed"
+    rank_script = f"trap '{child_trap}' TERM; touch {ready}; while :; do sleep 0.05; done"
     proc = subprocess.Popen([sys.executable, "-c", _LEADER, rank_script, session], start_new_session=True)
     deadline = time.monotonic() + 10
     while not (ranks := psutil.Process(proc.pid).children()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(ranks) == 1
-    time.sleep(0.5)  # the rank's trap is installed
+    while not ready.exists() and time.monotonic() < deadline:  # the rank's trap is installed
+        time.sleep(0.02)
+    assert ready.exists()
     start = time.monotonic()
     terminate_tree(proc, grace_s=3.0)  # type: ignore[arg-type]
     took = time.monotonic() - start

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_lightning.benchmark import plots, report, synthetic
+from itwinai_lightning.benchmark import plots, report
+from tests.benchmark import synthetic
 from tests.helpers.engines import require
 
 LAW_DDP = (8.0, 0.3, 0.5)

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from itwinai_lightning import records
-from itwinai_lightning.benchmark import report, scaling, synthetic
+from itwinai_lightning.benchmark import report, scaling
 from itwinai_lightning.benchmark.findings import recommend
 from itwinai_lightning.benchmark.plots import PLOTS
 from itwinai_lightning.benchmark.report import recommendation_lines
 from itwinai_lightning.benchmark.settings import parse
 from itwinai_lightning.benchmark.table import Row
 from itwinai_lightning.errors import UserError
+from tests.benchmark import synthetic
 
 LAW_DDP = (120.0, 4.0, 3.0)  # compute a [s], communication b [s per log2 level], serial c [s]
 LAW_DS = (130.0, 9.0, 5.0)

@@ -41,8 +41,10 @@ class ScriptedDevice:
         self.clock, self.power, self.energy = clock, power, energy
         self.reset_at, self.missing, self.failing, self.util = reset_at, missing, failing, util
         self.closed = False
+        self.reads = 0
 
     def read(self) -> Reading:
+        self.reads += 1
         t = self.clock()
         if t in self.failing:
             raise RuntimeError("scripted read failure")

@@ -204,3 +204,13 @@ def test_mfu_on_a_gpu_uses_the_peak_table(tmp_path: Path) -> None:
     assert summary["peak_flops_per_s"] == peak
     assert 0 < summary["mfu_pct"] < 100
     assert summary["mfu_pct"] == pytest.approx(100 * summary["flops_per_s"] / peak)
+
+
+def test_a_warm_process_keeps_only_its_newest_recorders(tmp_path: Path) -> None:
+    from itwinai_lightning.records import recorder
+
+    made = [recorder.Recorder(tmp_path / f"trial{n}") for n in range(3 * recorder.KEEP_LATEST)]
+    assert len(recorder._LATEST) <= recorder.KEEP_LATEST  # trial after trial, no growth
+    newest = made[-1]
+    recorder.contribute_to_run_dir(newest.run_dir, "tracking", {"delivered": 7})
+    assert store.load(newest.run_dir)["sections"]["tracking"] == {"delivered": 7}  # still the live one

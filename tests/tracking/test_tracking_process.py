@@ -102,7 +102,12 @@ class KillTrackingProcess(pl.Callback):
             time.sleep(0.1)  # a loaded machine may take a while to start the child
         link = self.logger._link
         if link is not None and link.pid:
-            time.sleep(1.5)  # the last steps reach the CSV file: link linger 0.2 s + CSV linger 0.5 s
+            # every step logged so far reaches the CSV file (link linger 0.2 s + CSV linger 0.5 s)
+            while (
+                not set(range(trainer.global_step)) <= set(_steps(done.parent))
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
             self.killed, self.step = link.pid, trainer.global_step
             os.kill(link.pid, signal.SIGKILL)
 

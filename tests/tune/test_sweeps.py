@@ -252,7 +252,12 @@ def test_resume_after_the_sweep_process_is_killed(
                 break
             time.sleep(0.5)
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
-        time.sleep(2)  # let Tune write its experiment state
+        started = time.time()
+        while time.monotonic() < deadline and proc.poll() is None:  # Tune saved its experiment state since
+            if any(p.stat().st_mtime >= started for p in (out / "sweep").glob("experiment_state*.json")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
