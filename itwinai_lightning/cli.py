@@ -215,7 +215,9 @@ def resolve_config(args: Sequence[str], subcommand: str = "fit") -> dict[str, An
             cli = _ParseOnly(args=[subcommand, *args], run=True)
     finally:
         seed_log.setLevel(level)
-    text = cli._parser(subcommand).dump(cli.config[subcommand], skip_none=False, skip_check=True)
+    from itwinai_lightning import compat
+
+    text = compat.cli_parser(cli, subcommand).dump(cli.config[subcommand], skip_none=False, skip_check=True)
     return yaml.safe_load(text) or {}
 
 

@@ -33,3 +33,17 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 def python_env() -> dict[str, str]:
     """Environment for child processes: this interpreter's path first, the repo importable, quiet warnings."""
     return child_env()
+
+
+#: tests that share one engine run on one pytest-xdist worker (``--dist loadgroup``): one SLURM cluster,
+#: one 2-node cluster, one local Ray at a time; every other test goes to whichever worker is free
+ENGINE_GROUPS = (("multinode", "two_nodes"), ("slurm", "slurm_cluster"), ("ray", "ray_tmp"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for group, fixture in ENGINE_GROUPS:
+            if fixture in fixtures or item.get_closest_marker(group) is not None:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break

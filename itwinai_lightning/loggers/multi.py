@@ -15,6 +15,7 @@ from typing import Any
 from lightning.pytorch.loggers.logger import Logger
 from typing_extensions import override
 
+from itwinai_lightning import compat
 from itwinai_lightning.loggers.backends import Backend, Record, RunContext, build_backend
 from itwinai_lightning.loggers.fanout import start_workers, state_from_meta, stop_workers
 from itwinai_lightning.loggers.params import flatten_params
@@ -174,7 +175,7 @@ class MultiLogger(Logger):
 
     @override
     def log_graph(self, model: Any, input_array: Any = None) -> None:
-        trainer = getattr(model, "_trainer", None)
+        trainer = compat.attached_trainer(model)
         if trainer is not None:
             self.bind(trainer.default_root_dir, trainer.global_rank, trainer.world_size)
 

@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from itwinai_lightning import compat
+
 _LOCK = threading.Lock()
 _ACTIVE: ProvSession | None = None
 
@@ -130,8 +132,8 @@ def _keep_requirements_out_of_the_working_directory(functs: Any, experiment_dir:
     project); from 3.2.8 it also *writes* one into the working directory, the user's project. Here the
     lookup checks only the top level, and the written file goes to ``experiment_dir``, beside the PROV-JSON.
     """
-    functs._requirements_lookup = _top_level_requirements
-    current = getattr(functs, "_generate_requirements", None)
+    setattr(functs, compat.PROV_REQUIREMENTS_LOOKUP, _top_level_requirements)
+    current = getattr(functs, compat.PROV_REQUIREMENTS_WRITER, None)
     if current is None:  # 3.2.3 writes nothing
         return
     generate = getattr(current, "original", current)  # this run's directory, not an earlier run's
@@ -141,7 +143,7 @@ def _keep_requirements_out_of_the_working_directory(functs: Any, experiment_dir:
         return generate(experiment_dir)  # type: ignore[no-any-return]
 
     into_experiment_dir.original = generate  # type: ignore[attr-defined]
-    functs._generate_requirements = into_experiment_dir
+    setattr(functs, compat.PROV_REQUIREMENTS_WRITER, into_experiment_dir)
 
 
 def _top_level_requirements(path: str) -> str | None:

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
-from itwinai_lightning import records
+from itwinai_lightning import compat, records
 from itwinai_lightning.runs.newest import PARTIAL_SUFFIX
 from itwinai_lightning.slurm.vote import StopVote
 
@@ -220,5 +220,4 @@ def _rank_steps(trainer: pl.Trainer) -> list[int]:
 
 
 def _connector_env(trainer: pl.Trainer) -> Any:
-    connector = getattr(trainer, "_accelerator_connector", None)
-    return getattr(connector, "cluster_environment", None) if connector is not None else None
+    return compat.cluster_environment_of(trainer)

@@ -272,7 +272,7 @@ class HPCFSDPStrategy(LaunchAware, FSDPStrategy):
         from torch.distributed.fsdp import OptimStateKeyType
 
         if isinstance(optimizer, LightningOptimizer):
-            optimizer = optimizer._optimizer
+            optimizer = optimizer.optimizer  # the wrapped torch optimizer (public property)
         with self._full_context():
             state = FSDP.optim_state_dict(self.model, optimizer)  # type: ignore[arg-type]
             if self.global_rank == 0:
@@ -304,13 +304,10 @@ class HPCFSDPStrategy(LaunchAware, FSDPStrategy):
 
 
 def _checkpoint_activations(model: nn.Module, classes: set[type[nn.Module]]) -> None:
-    """Recompute the activations of every module of ``classes`` in the backward pass (torch's public API)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        CheckpointImpl,
-        apply_activation_checkpointing,
-        checkpoint_wrapper,
-    )
+    """Recompute the activations of every module of ``classes`` in the backward pass."""
+    from itwinai_lightning import compat
 
+    CheckpointImpl, apply_activation_checkpointing, checkpoint_wrapper = compat.activation_checkpointing()
     wrapper = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
     kinds = tuple(classes)
     apply_activation_checkpointing(

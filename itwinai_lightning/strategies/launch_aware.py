@@ -22,8 +22,8 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
+from itwinai_lightning import compat
 from itwinai_lightning.cluster import default_backend
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.placement import known, lost_peer
@@ -103,9 +103,7 @@ class LaunchAware:
             self._timeout = collective
         process_group.close_at_exit()
         if collective is not None and collective != rendezvous and torch.distributed.is_initialized():
-            set_timeout = getattr(torch.distributed.distributed_c10d, "_set_pg_timeout", None)
-            if set_timeout is not None:
-                set_timeout(collective)
+            compat.set_collective_timeout(collective)
 
     @property
     def timeout_s(self) -> float | None:
@@ -151,7 +149,7 @@ class LaunchAware:
         info = getattr(strategy.cluster_environment, "info", None)
         source = info.launcher if info is not None else "lightning"
         limit = "torch's default" if self.timeout_s is None else f"{self.timeout_s:g} s"
-        trainer = getattr(strategy._lightning_module, "_trainer", None)
+        trainer = compat.attached_trainer(compat.strategy_module(strategy))
         rank, world = strategy.global_rank, strategy.world_size
         peer = lost_peer(str(exception), known(trainer), rank)
         message = (
@@ -163,5 +161,5 @@ class LaunchAware:
         if exception.args and isinstance(exception.args[0], str):
             exception.args = (message, *exception.args[1:])
         launcher = strategy.launcher
-        if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs:
+        if isinstance(launcher, compat.SubprocessScriptLauncher) and launcher.procs:
             launcher.kill(signal.SIGKILL)  # ranks Lightning started would otherwise outlive us

@@ -22,14 +22,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero_only
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.strategies.launchers.multiprocessing import (
-    _GlobalStateSnapshot,
-    _MultiProcessingLauncher,
-    _WorkerOutput,
-)
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
+from itwinai_lightning import compat
 from itwinai_lightning.cluster import ClusterInfo
 from itwinai_lightning.strategies.environment import LauncherEnvironment
 
@@ -167,7 +163,7 @@ class RayDDPStrategy(DDPStrategy):
         return device
 
 
-class _RayLauncher(_MultiProcessingLauncher):
+class _RayLauncher(compat.MultiProcessingLauncher):  # type: ignore[misc,name-defined]
     """Lightning's spawn launcher with Ray actors in place of local processes."""
 
     def __init__(self, strategy: RayDDPStrategy) -> None:
@@ -192,7 +188,7 @@ class _RayLauncher(_MultiProcessingLauncher):
         try:
             hosts = ray.get([actor.host.remote() for actor in actors])
             main_addr, main_port = ray.get(actors[0].free_port.remote())
-            payload = ray.put((trainer, function, args, kwargs, _GlobalStateSnapshot.capture()))
+            payload = ray.put((trainer, function, args, kwargs, compat.GlobalStateSnapshot.capture()))
             envs = _rank_envs(hosts, main_addr, main_port)
             outputs = ray.get(
                 [actor.run.remote(payload, env) for actor, env in zip(actors, envs, strict=True)]
@@ -206,8 +202,12 @@ class _RayLauncher(_MultiProcessingLauncher):
         self._recover_results_in_main_process(worker_output, trainer)
         return worker_output.trainer_results
 
+    def collect_rank_zero_results(self, trainer: pl.Trainer, results: Any) -> Any:
+        """What rank 0 ships back to the driver (called in the actor)."""
+        return self._collect_rank_zero_results(trainer, results)
+
     @override
-    def _collect_rank_zero_results(self, trainer: pl.Trainer, results: Any) -> _WorkerOutput | None:
+    def _collect_rank_zero_results(self, trainer: pl.Trainer, results: Any) -> Any:
         output = super()._collect_rank_zero_results(trainer, results)
         if output is None or output.weights_path is None:
             return output
@@ -218,7 +218,7 @@ class _RayLauncher(_MultiProcessingLauncher):
         return output._replace(weights_path=None, extra={**output.extra, "weights_bytes": weights})
 
     @override
-    def _recover_results_in_main_process(self, worker_output: _WorkerOutput, trainer: pl.Trainer) -> None:
+    def _recover_results_in_main_process(self, worker_output: Any, trainer: pl.Trainer) -> None:
         weights = worker_output.extra.get("weights_bytes")
         if weights is not None:
             state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
@@ -269,5 +269,5 @@ class _RayWorker:
         strategy = trainer.strategy
         strategy.cluster_environment = LauncherEnvironment(worker_info())
         results = function(*args, **kwargs)
-        output = strategy.launcher._collect_rank_zero_results(trainer, results)
+        output = strategy.launcher.collect_rank_zero_results(trainer, results)
         return output if env["RANK"] == "0" else None

@@ -21,6 +21,7 @@ import torch
 import yaml
 from typing_extensions import override
 
+from itwinai_lightning import compat
 from itwinai_lightning.secrets import redact
 from itwinai_lightning.tune.search_space import override_args, plain_values
 
@@ -122,9 +123,7 @@ def _current_lr(trainer: pl.Trainer) -> float | None:
 
 def _reset_optimizer_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
     """Keep the restored optimizer *state* (moments) but this trial's configured hyper-parameters."""
-    from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
-
-    fresh_optimizers, fresh_schedulers = _init_optimizers_and_lr_schedulers(pl_module)
+    fresh_optimizers, fresh_schedulers = compat.fresh_optimizers(pl_module)
     for restored, fresh in zip(trainer.optimizers, fresh_optimizers, strict=False):
         for group, fresh_group in zip(restored.param_groups, fresh.param_groups, strict=False):
             for key, value in fresh_group.items():
