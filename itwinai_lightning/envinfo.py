@@ -13,7 +13,6 @@ extra of the package is ``ok``, ``missing`` or ``broken``, and a problem comes w
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -22,7 +21,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from itwinai_lightning.errors import UserError, parse_command_args
+from itwinai_lightning.errors import CommandParser, UserError, parse_command_args
 
 #: distribution name -> what it enables
 BACKENDS: dict[str, str] = {
@@ -160,7 +159,7 @@ def _extras_lines(report: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="itwinai-lightning env",
         description="Print the detected launcher, ranks, devices and versions (one report per rank).",
     )

@@ -67,6 +67,16 @@ def require(module: str, extra: str, hint: str | None = None):  # type: ignore[n
         raise MissingExtraError(module, extra, hint) from err
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse for a subcommand: a mistake (unknown or missing argument, bad choice) is one
+    :class:`UserError` line naming the command and its ``--help``, never argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(
+            f"{self.prog.removeprefix('itwinai-lightning ')}: {message}; see '{self.prog} --help'"
+        )
+
+
 def parse_command_args(
     parser: argparse.ArgumentParser, argv: Sequence[str], command: str
 ) -> argparse.Namespace:

@@ -9,13 +9,12 @@ The gallery is package data (``itwinai_lightning/examples``; ``configs/`` in a c
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 from importlib import resources
 from pathlib import Path
 
-from itwinai_lightning.errors import UserError, parse_command_args
+from itwinai_lightning.errors import CommandParser, UserError, parse_command_args
 
 SUFFIXES = (".yaml", ".py")
 
@@ -81,7 +80,7 @@ def copy_to(target: Path, force: bool = False) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="itwinai-lightning examples",
         description="List the example configs shipped with itwinai-lightning, or copy them into a directory.",
         allow_abbrev=False,

@@ -8,14 +8,13 @@ a wheel once (about 5 minutes on 2 cores), caches it per torch/Python/flavour an
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
 from importlib import resources
 
-from itwinai_lightning.errors import UserError, parse_command_args
+from itwinai_lightning.errors import CommandParser, UserError, parse_command_args
 
 SCRIPT = "build-horovod.sh"
 
@@ -51,7 +50,7 @@ def _torch_cuda() -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="itwinai-lightning build-horovod",
         allow_abbrev=False,
         description="Build Horovod 0.28.1 against the installed torch (CPU/gloo by default) and install it "

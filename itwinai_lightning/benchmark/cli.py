@@ -17,19 +17,18 @@ Report (also written at the end of a grid)::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-from itwinai_lightning.errors import UserError
+from itwinai_lightning.errors import CommandParser, UserError
 from itwinai_lightning.sections import split_section
 
 USAGE = __doc__ or ""
 
 
 def report_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="itwinai-lightning benchmark report",
         description="Build the scalability report (CSV, PNG plots, HTML page) from the RunRecords in DIRs.",
     )

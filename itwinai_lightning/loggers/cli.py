@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from itwinai_lightning.errors import UserError
+from itwinai_lightning.errors import CommandParser, UserError
 from itwinai_lightning.loggers.backends import RunContext, build_backend
 from itwinai_lightning.loggers.backends.mlflow import normalise_uri
 from itwinai_lightning.loggers.registry import PENDING_FILENAME, register
@@ -22,7 +22,7 @@ from itwinai_lightning.loggers.spool import Spool, spool_dir
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="itwinai-lightning logs", description="Tracking spools of a run.")
+    parser = CommandParser(prog="itwinai-lightning logs", description="Tracking spools of a run.")
     sub = parser.add_subparsers(dest="action", required=True)
     replay = sub.add_parser("replay", help="deliver the records spooled in RUN_DIR/tracking_spool")
     replay.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or a root of runs (its latest)")

@@ -7,14 +7,13 @@ and the RunRecord sections ``pyspy`` / ``torch_profiler``, and prints the markdo
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from itwinai_lightning import records
-from itwinai_lightning.errors import UserError, exit_with_error
+from itwinai_lightning.errors import CommandParser, UserError, exit_with_error
 from itwinai_lightning.profiling import breakdown, hotspots, stacks
 from itwinai_lightning.profiling.report import SUBDIR, build_report
 
@@ -75,7 +74,7 @@ def report(run_dir: Path, top: int = 5) -> tuple[str, dict[str, Any], dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="itwinai-lightning profile", description="Profiling reports from a run directory."
     )
     sub = parser.add_subparsers(dest="action", required=True)

@@ -143,3 +143,23 @@ def test_env_under_a_real_launcher(
         assert report["accelerators"]["cpu_count"] >= 1
     if launcher == "srun":
         assert all(r["cluster"]["job_id"] for r in reports)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["profile", "report", "run", "--bogus"], "profile: unrecognized arguments: --bogus"),
+        (["profile"], "profile: the following arguments are required: action"),
+        (["logs", "replay", "run", "--bogus"], "logs: unrecognized arguments: --bogus"),
+        (["benchmark", "report", "--bogus"], "benchmark report: the following arguments are required: DIR"),
+        (["examples", "--bogus"], "examples: unknown argument(s) --bogus"),
+        (["env", "--bogus"], "env: unknown argument(s) --bogus"),
+    ],
+)
+def test_every_subcommand_refuses_a_bad_flag_in_one_line(
+    args: list[str], expected: str, tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    proc = _cli(args, python_env, tmp_path)
+    assert proc.returncode == 2 and "usage:" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"itwinai-lightning: error: {expected}") and "--help" in line
