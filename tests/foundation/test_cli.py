@@ -160,6 +160,8 @@ def test_every_subcommand_refuses_a_bad_flag_in_one_line(
     args: list[str], expected: str, tmp_path: Path, python_env: dict[str, str]
 ) -> None:
     proc = _cli(args, python_env, tmp_path)
-    assert proc.returncode == 2 and "usage:" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "usage:" not in proc.stderr and "Traceback" not in proc.stderr, (
+        proc.stderr
+    )
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"itwinai-lightning: error: {expected}") and "--help" in line
