@@ -138,14 +138,21 @@ class ItwinaiCLI(LightningCLI):
             from itwinai_lightning import quiet
 
             quiet.not_fitting()
-        section: Any = self.config.get(subcommand) if subcommand else None
-        if section is None or "ckpt_path" not in section:
+        # without subcommands (run=False: a tune trial) the config is the section itself
+        section: Any = self.config.get(subcommand) if subcommand else self.config
+        trainer = section.get("trainer") if section is not None else None
+        if trainer is None:
             return
+        root = run_dir.root_of(trainer.get("default_root_dir"))
+        stage = str(subcommand or "fit")
+        if "ckpt_path" in section:
+            self._resolve_ckpt(section, stage, root)
+        self._place(section, trainer, root, stage)
+
+    def _resolve_ckpt(self, section: Any, stage: str, root: Path) -> None:
         from itwinai_lightning.runs.ckpt_path import resolve
 
-        trainer = section.get("trainer")
-        root = run_dir.root_of(trainer.get("default_root_dir") if trainer is not None else None)
-        choice = resolve(section.get("ckpt_path"), str(subcommand), str(root))
+        choice = resolve(section.get("ckpt_path"), stage, str(root))
         _say(choice.note)
         section["ckpt_path"] = choice.path
         uri = choice.path
@@ -156,8 +163,6 @@ class ItwinaiCLI(LightningCLI):
             how = "downloaded to" if downloaded else "a cached copy reused from"
             _say(f"ckpt_path {uri}: {how} {path}")
             section["ckpt_path"] = str(path)
-        if trainer is not None:
-            self._place(section, trainer, root, str(subcommand))
 
     def _place(self, section: Any, trainer: Any, root: Path, stage: str) -> None:
         """Choose this run's directory; the Trainer is built with it as ``default_root_dir`` while the
