@@ -120,19 +120,19 @@ def decode(row: list[int]) -> RankPlace:
 
 def known(trainer: pl.Trainer | None) -> Placement | None:
     """The placement already gathered for this Trainer, if any (no collective)."""
-    from itwinai_lightning.records import PLACEMENT_ATTR
+    from itwinai_lightning.records import per_trainer
 
-    return getattr(trainer, PLACEMENT_ATTR, None)
+    return per_trainer.get(trainer, per_trainer.PLACEMENT)
 
 
 def of(trainer: pl.Trainer) -> Placement:
     """The placement gathered for this Trainer; gathered now (a collective) if it was not yet."""
-    from itwinai_lightning.records import PLACEMENT_ATTR
+    from itwinai_lightning.records import per_trainer
 
     placed = known(trainer)
     if placed is None:
         placed = gather(trainer)
-        setattr(trainer, PLACEMENT_ATTR, placed)
+        per_trainer.put(trainer, per_trainer.PLACEMENT, placed)
     return placed
 
 

@@ -28,7 +28,7 @@ from itwinai_lightning.records.schema import (
 from itwinai_lightning.records.store import amend, load, load_or_new, new_record, record_path, save
 
 if TYPE_CHECKING:
-    from itwinai_lightning.records.facts import FACTS_ATTR, PLACEMENT_ATTR, describe_trainer
+    from itwinai_lightning.records.facts import describe_trainer
     from itwinai_lightning.records.recorder import Recorder, contribute_to_run_dir
     from itwinai_lightning.records.writer import RecordWriter, contribute, end_fields, recorder_of
 
@@ -40,14 +40,10 @@ _LAZY = {
     "end_fields": "writer",
     "recorder_of": "writer",
     "describe_trainer": "facts",
-    "FACTS_ATTR": "facts",
-    "PLACEMENT_ATTR": "facts",
 }
 
 __all__ = [
-    "FACTS_ATTR",
     "FINISHED",
-    "PLACEMENT_ATTR",
     "RECORD_FILENAME",
     "SCHEMA_VERSION",
     "EpochEntry",

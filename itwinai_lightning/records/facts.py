@@ -1,7 +1,7 @@
 """What a Trainer can tell about a run: strategy, launcher, placement, devices, versions, CPU, parameters.
 
 The facts that do not change during a run (versions, CPU model, parameters) are looked up once per
-Trainer and cached on it (:data:`FACTS_ATTR`).
+Trainer and kept for it (:mod:`itwinai_lightning.records.per_trainer`).
 """
 
 from __future__ import annotations
@@ -10,13 +10,10 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from itwinai_lightning.records import per_trainer
+
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-
-#: Trainer attribute holding the :class:`~itwinai_lightning.placement.Placement` gathered at setup.
-PLACEMENT_ATTR = "_itwinai_placement"
-#: Trainer attribute caching the run's fixed facts (versions, CPU model, parameters).
-FACTS_ATTR = "_itwinai_facts"
 
 
 def describe_trainer(trainer: pl.Trainer) -> dict[str, Any]:
@@ -40,10 +37,10 @@ def describe_trainer(trainer: pl.Trainer) -> dict[str, Any]:
         "num_nodes": int(trainer.num_nodes),
         "devices_per_node": int(trainer.num_devices),
     }
-    placed = getattr(trainer, PLACEMENT_ATTR, None)
+    placed = per_trainer.get(trainer, per_trainer.PLACEMENT)
     if placed is not None:  # what every rank reported beats the Trainer's arguments
         where = placed.record_fields()
-    facts = getattr(trainer, FACTS_ATTR, None)
+    facts = per_trainer.get(trainer, per_trainer.FACTS)
     if facts is None:  # what does not change during a run is looked up once, not at every contribution
         facts = {
             "versions": {
@@ -58,7 +55,7 @@ def describe_trainer(trainer: pl.Trainer) -> dict[str, Any]:
             "threads_per_process": torch.get_num_threads(),  # rank 0's intra-op threads
             "parameters": _parameters(trainer),
         }
-        setattr(trainer, FACTS_ATTR, facts)
+        per_trainer.put(trainer, per_trainer.FACTS, facts)
     return {
         "strategy": name,
         **where,

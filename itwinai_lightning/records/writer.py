@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from itwinai_lightning.records import per_trainer
 from itwinai_lightning.records.facts import describe_trainer
 from itwinai_lightning.records.recorder import Recorder
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 #: Trainer attribute holding ``{stage: Recorder}``.
-RECORDERS_ATTR = "_itwinai_recorders"
 
 
 def stage_of(trainer: pl.Trainer) -> str:
@@ -36,10 +36,10 @@ def stage_of(trainer: pl.Trainer) -> str:
 def recorder_of(trainer: pl.Trainer) -> Recorder:
     """This Trainer's recorder for its current stage (created on first use; rank 0 only writes)."""
     stage = stage_of(trainer)
-    recorders: dict[str, Recorder] = getattr(trainer, RECORDERS_ATTR, None) or {}
+    recorders: dict[str, Recorder] = per_trainer.get(trainer, per_trainer.RECORDERS) or {}
     if stage not in recorders:
         recorders[stage] = Recorder(Path(trainer.default_root_dir), stage)
-        setattr(trainer, RECORDERS_ATTR, recorders)
+        per_trainer.put(trainer, per_trainer.RECORDERS, recorders)
         callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
         if not any(isinstance(cb, RecordWriter) for cb in callbacks):
             callbacks.append(RecordWriter())  # a plain Trainer: its hooks run from now on
@@ -96,7 +96,7 @@ class RecordWriter(Callback):
 
     def _flush(self, trainer: pl.Trainer) -> None:
         if trainer.global_rank == 0:
-            for recorder in (getattr(trainer, RECORDERS_ATTR, None) or {}).values():
+            for recorder in (per_trainer.get(trainer, per_trainer.RECORDERS) or {}).values():
                 recorder.flush()
 
     def _checkpoints(self, trainer: pl.Trainer) -> None:

@@ -214,3 +214,16 @@ def test_a_warm_process_keeps_only_its_newest_recorders(tmp_path: Path) -> None:
     newest = made[-1]
     recorder.contribute_to_run_dir(newest.run_dir, "tracking", {"delivered": 7})
     assert store.load(newest.run_dir)["sections"]["tracking"] == {"delivered": 7}  # still the live one
+
+
+def test_nothing_is_set_on_the_trainer(tmp_path: Path) -> None:
+    """The recorders, facts and placement are kept beside the Trainer, never as attributes on it."""
+    from itwinai_lightning.records import per_trainer
+
+    trainer = _trainer(tmp_path, [TimingMonitor()], epochs=1)
+    before = set(vars(trainer))
+    trainer.fit(SpectrogramDenoiser(width=8, depth=2), SpectrogramDataModule(**TINY_DATA))
+    added = {name for name in set(vars(trainer)) - before if "itwinai" in name}
+    assert added == set()
+    assert set(per_trainer.get(trainer, per_trainer.RECORDERS)) == {"fit"}
+    assert per_trainer.get(trainer, per_trainer.FACTS)["parameters"] > 0
