@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from typing_extensions import override
 
 from itwinai_lightning.errors import UserError, require
-from itwinai_lightning.strategies import process_group
-from itwinai_lightning.strategies.environment import check_strategy_launch, make_cluster_environment
+from itwinai_lightning.strategies.launch_aware import LaunchAware
 
 ZERO_STAGES = (0, 1, 2, 3)
 
@@ -50,7 +50,7 @@ def _load_config(config: str | Path | dict[str, Any] | None) -> dict[str, Any] |
     return loaded
 
 
-class HPCDeepSpeedStrategy(DeepSpeedStrategy):
+class HPCDeepSpeedStrategy(LaunchAware, DeepSpeedStrategy):
     """DeepSpeed ZeRO on CPU or CUDA, under any launcher (torchrun, srun, mpirun, Lightning's own).
 
     Arguments (all settable from YAML under ``trainer.strategy.init_args``):
@@ -63,6 +63,9 @@ class HPCDeepSpeedStrategy(DeepSpeedStrategy):
                                   config built from the arguments above (Lightning fills in batch sizes,
                                   precision and gradient clipping from the Trainer)
     ``process_group_backend``     ``gloo`` / ``nccl`` / ``ccl``; default: nccl on CUDA, gloo on CPU
+    ``timeout``, ``init_timeout`` as ``hpc_ddp``: the collective timeout in s (default 1800) and the first
+                                  rendezvous window (default ``max(timeout, 300 s)``); a lost peer is one
+                                  line naming it
     ``**kwargs``                  any other :class:`~lightning.pytorch.strategies.DeepSpeedStrategy` argument
     ============================  ==========================================================================
 
@@ -74,6 +77,8 @@ class HPCDeepSpeedStrategy(DeepSpeedStrategy):
     with ZeRO 1-3) and resume with ``ckpt_path``.
     """
 
+    label = "hpc_deepspeed"
+
     def __init__(
         self,
         stage: int = 2,
@@ -82,6 +87,8 @@ class HPCDeepSpeedStrategy(DeepSpeedStrategy):
         config: dict[str, Any] | str | None = None,
         process_group_backend: str | None = None,
         cluster_environment: ClusterEnvironment | None = None,
+        timeout: float | timedelta | None = 1800.0,
+        init_timeout: float | timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         require("deepspeed", "deepspeed")
@@ -98,8 +105,7 @@ class HPCDeepSpeedStrategy(DeepSpeedStrategy):
         raw = _load_config(config)
         if raw is not None and offload_optimizer:
             raw.setdefault("zero_force_ds_cpu_optimizer", False)
-        if cluster_environment is None:
-            cluster_environment = make_cluster_environment()
+        launch = self._launch_aware_kwargs(timeout, init_timeout, cluster_environment)
         super().__init__(
             zero_optimization=True,
             stage=stage,
@@ -107,7 +113,7 @@ class HPCDeepSpeedStrategy(DeepSpeedStrategy):
             offload_parameters=offload_parameters,
             config=raw,
             process_group_backend=process_group_backend,
-            cluster_environment=cluster_environment,
+            **launch,
             **kwargs,
         )
         if raw is None and offload_optimizer and self.config is not None:
@@ -138,17 +144,12 @@ class HPCDeepSpeedStrategy(DeepSpeedStrategy):
         DDPStrategy.setup_environment(self)  # the stock DeepSpeed strategy stops here on a CPU accelerator
 
     @override
-    def _configure_launcher(self) -> None:
-        check_strategy_launch(self)  # torchrun/srun/mpirun: the layout must match trainer.devices
-        super()._configure_launcher()
-
-    @override
     def setup_distributed(self) -> None:
-        process_group.close_at_exit()
-        if not self._on_cpu:
-            super().setup_distributed()
-            return
-        # on CPU every rank's device is "cpu": the stock device-index validation does not apply
-        reset_seed()
-        self.set_world_ranks()
-        self._init_deepspeed_distributed()
+        with self.rendezvous_window():  # init_timeout for the first rendezvous, then timeout
+            if not self._on_cpu:
+                super().setup_distributed()
+                return
+            # on CPU every rank's device is "cpu": the stock device-index validation does not apply
+            reset_seed()
+            self.set_world_ranks()
+            self._init_deepspeed_distributed()

@@ -1,7 +1,8 @@
-"""What makes a Lightning process-group strategy launcher-aware: one mixin shared by hpc_ddp and hpc_fsdp.
+"""What makes a Lightning process-group strategy launcher-aware: one mixin shared by hpc_ddp, hpc_fsdp and
+hpc_deepspeed.
 
 :class:`LaunchAware` goes in front of a Lightning ``ParallelStrategy`` subclass (``DDPStrategy``,
-``FSDPStrategy``) and adds
+``FSDPStrategy``, ``DeepSpeedStrategy``) and adds
 
 * the ``ClusterEnvironment`` of whatever launched the process (:func:`make_cluster_environment`);
 * the launch checks (``trainer.devices`` = processes per node, ...) before any process group exists;

@@ -9,16 +9,29 @@ from pathlib import Path
 import pytest
 
 from tests.foundation.conftest import fit_args, run_cli
+from tests.helpers.engines import require_module
 
 TIMEOUT_S = 5
 #: process start-up, teardown and a loaded 2-core CI machine, on top of the collective timeout
 SLACK_S = 40
+STRATEGY_CLASSES = {
+    "hpc_ddp": "itwinai_lightning.strategies.ddp.HPCDDPStrategy",
+    "hpc_deepspeed": "itwinai_lightning.strategies.deepspeed.HPCDeepSpeedStrategy",
+}
 
 
-@pytest.mark.parametrize("launcher,signal_name", [("lightning", "SIGSTOP"), ("srun", "SIGKILL")])
+@pytest.mark.parametrize(
+    "launcher,signal_name,strategy",
+    [
+        ("lightning", "SIGSTOP", "hpc_ddp"),
+        ("srun", "SIGKILL", "hpc_ddp"),
+        ("lightning", "SIGSTOP", "hpc_deepspeed"),
+    ],
+)
 def test_lost_rank_ends_the_run_within_the_timeout(
     launcher: str,
     signal_name: str,
+    strategy: str,
     request: pytest.FixtureRequest,
     tmp_path: Path,
     python_env: dict[str, str],
@@ -28,6 +41,7 @@ def test_lost_rank_ends_the_run_within_the_timeout(
         tmp_path,
         "--trainer.max_epochs",
         "1000",  # would run for many minutes: only the failure handling can end it early
+        f"--trainer.strategy={STRATEGY_CLASSES[strategy]}",
         f"--trainer.strategy.init_args.timeout={TIMEOUT_S}",
         "--trainer.callbacks+=tests.foundation.weights.SignalRank",
         "--trainer.callbacks.rank=1",
@@ -37,6 +51,8 @@ def test_lost_rank_ends_the_run_within_the_timeout(
     )
     env = dict(python_env)
     prefix: list[str] = []
+    if strategy == "hpc_deepspeed":
+        require_module("deepspeed", "bash scripts/setup.sh")
     if launcher == "srun":
         env["SLURM_CONF"] = request.getfixturevalue("slurm_cluster").env["SLURM_CONF"]
         prefix = ["srun", "-N", "1", "--ntasks-per-node=2"]  # no --kill-on-bad-exit: rank 0 must notice
@@ -46,7 +62,7 @@ def test_lost_rank_ends_the_run_within_the_timeout(
     assert run.returncode != 0
     signalled_at, pid = marker.read_text().split()
     assert ended - float(signalled_at) < TIMEOUT_S + SLACK_S
-    assert "hpc_ddp: rank 0 of 2" in run.stderr and "lost a peer" in run.stderr
+    assert f"{strategy}: rank 0 of 2" in run.stderr and "lost a peer" in run.stderr
     assert f"collective timeout {TIMEOUT_S} s" in run.stderr
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not (tmp_path / "weights_rank0.pt").exists()  # the fit did not "complete"
