@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 #: the versions every touch point below is tested with (kept equal to pyproject.toml's ranges)
 LIGHTNING_RANGE = ">=2.4,<2.7"
-TORCH_RANGE = ">=2.2,<2.14"
+TORCH_RANGE = ">=2.2,<2.15"
 YPROV_RANGE = "==3.2.3 or >=3.2.8,<3.3"
 
 

@@ -145,6 +145,7 @@ def _logged(run_dir: Path) -> dict[str, float]:
     return {k: float(v) for row in rows for k, v in row.items() if v and k not in ("step", "epoch")}
 
 
+@pytest.mark.serial  # its verdict is a share of the CPU: not beside another test
 def test_sleeping_dataset_is_data_loading_bound_single_process(tmp_path: Path) -> None:
     require_executable("py-spy", PYSPY_HOW)
     from itwinai_lightning.callbacks import PySpyProfiler, TorchProfilerBreakdown
@@ -168,6 +169,7 @@ def test_sleeping_dataset_is_data_loading_bound_single_process(tmp_path: Path) -
     assert logged["torch_profiler/compute_frac"] == pytest.approx(torch_section["fractions"]["compute"])
 
 
+@pytest.mark.serial  # its verdict is a share of the CPU: not beside another test
 def test_large_model_tiny_data_is_compute_bound(tmp_path: Path) -> None:
     require_executable("py-spy", PYSPY_HOW)
     from itwinai_lightning.callbacks import PySpyProfiler, TorchProfilerBreakdown
