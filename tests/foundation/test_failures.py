@@ -25,7 +25,6 @@ STRATEGY_CLASSES = {
     [
         ("lightning", "SIGSTOP", "hpc_ddp"),
         ("srun", "SIGKILL", "hpc_ddp"),
-        ("lightning", "SIGSTOP", "hpc_deepspeed"),
     ],
 )
 def test_lost_rank_ends_the_run_within_the_timeout(
