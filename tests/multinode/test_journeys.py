@@ -324,7 +324,7 @@ def test_benchmark_points_of_one_and_two_nodes(
 def test_slurm_bad_node_counts_are_one_line_before_submission(
     extra: list[str], fragment: str, two_nodes: Cluster, node_env: dict[str, str], tmp_path: Path
 ) -> None:
-    before = two_nodes.run("squeue", "-h", "-o", "%i").stdout
+    before = _next_job_id(two_nodes)
     proc = subprocess.run(
         [sys.executable, "-m", "itwinai_lightning", "slurm", "--config", str(TINY),
          "--trainer.default_root_dir", str(tmp_path), *extra, "--slurm.submit", "true"],
@@ -333,7 +333,16 @@ def test_slurm_bad_node_counts_are_one_line_before_submission(
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("itwinai-lightning: error:") and fragment in line
-    assert two_nodes.run("squeue", "-h", "-o", "%i").stdout == before  # nothing was submitted
+    assert _next_job_id(two_nodes) == before  # nothing was submitted
+
+
+def _next_job_id(cluster: Cluster) -> int:
+    """The id slurmctld gives the next job: unchanged when nothing was submitted, even by a job
+    that has already ended (an earlier test's job leaving the queue does not count)."""
+    config = cluster.run("scontrol", "show", "config").stdout
+    found = re.search(r"^NEXT_JOB_ID\s*=\s*(\d+)", config, re.MULTILINE)
+    assert found, config[:500]
+    return int(found.group(1))
 
 
 def test_predict_across_two_nodes_matches_one_process(
