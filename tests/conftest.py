@@ -36,8 +36,19 @@ def python_env() -> dict[str, str]:
 
 
 #: tests that share one engine run on one pytest-xdist worker (``--dist loadgroup``): one SLURM cluster,
-#: one 2-node cluster, one local Ray at a time; every other test goes to whichever worker is free
-ENGINE_GROUPS = (("multinode", "two_nodes"), ("slurm", "slurm_cluster"), ("ray", "ray_tmp"))
+#: one 2-node cluster, one local Ray at a time; so do the tests of one costly module fixture (a real
+#: benchmark grid, a wheel in a venv, a trained gallery), which would otherwise be built once per worker;
+#: every other test goes to whichever worker is free
+ENGINE_GROUPS = (
+    ("multinode", "two_nodes"),
+    ("slurm", "slurm_cluster"),
+    ("ray", "ray_tmp"),
+    ("grid", "grids"),
+    ("wheel", "venv_python"),
+    ("documented", "checkout"),
+    ("run-outputs", "gallery"),
+    ("predict-fit", "checkpoint"),
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
