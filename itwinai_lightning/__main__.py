@@ -1,6 +1,6 @@
 """``python -m itwinai_lightning`` entry point."""
 
-from itwinai_lightning.cli import main
+from itwinai_lightning.cli.main import main
 
 if __name__ == "__main__":
     main()

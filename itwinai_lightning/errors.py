@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, NoReturn
 
 EXIT_USAGE = 2
-#: how long a rank that does not print waits before it exits, so that the rank that prints exits first
-FOLLOWER_GRACE_S = 5.0
 #: the UserErrors created inside :func:`collecting` (a library may wrap them in its own error)
 _COLLECTED: ContextVar[list[UserError] | None] = ContextVar("itwinai_user_errors", default=None)
 
@@ -88,28 +84,3 @@ def parse_command_args(
             f"{command}: unknown argument(s) {' '.join(unknown)}; see 'itwinai-lightning {command} --help'"
         )
     return known
-
-
-def exit_with_error(message: str) -> NoReturn:
-    """Print one error line to stderr and exit with code 2.
-
-    Under a launcher every rank reads the same config and reaches the same error: only the first
-    process of each node (local rank 0) prints it, so the user reads it once per node, not once per rank.
-    The other ranks wait up to :data:`FOLLOWER_GRACE_S` before they exit: torchrun and mpirun kill the
-    whole job when its first process exits, and a silent rank that got there first would kill local
-    rank 0 before it printed (the user would read no reason at all).
-    """
-    if _local_rank() == 0:
-        print(f"itwinai-lightning: error: {message}", file=sys.stderr, flush=True)
-    else:
-        time.sleep(FOLLOWER_GRACE_S)
-    raise SystemExit(EXIT_USAGE)
-
-
-def _local_rank() -> int:
-    try:
-        from itwinai_lightning.cluster import detect
-
-        return int(detect().local_rank)
-    except Exception:  # an unreadable launcher environment must not hide the error
-        return 0

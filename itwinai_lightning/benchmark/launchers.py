@@ -4,19 +4,23 @@ Every grid point is the ordinary ``python -m itwinai_lightning fit`` with the us
 plus the strategy, the device count, the per-worker batch size, the monitoring callbacks and its own
 ``--run_dir`` (so it writes its own RunRecord there).
 
-The command of each launcher is the launcher table's (:mod:`itwinai_lightning.launchers`); a ``ray``
+The command of each launcher is the launcher table's (:mod:`itwinai_lightning.launch.table`); a ``ray``
 strategy (``ray_ddp``) runs under the ``local`` command, as Ray starts the workers itself.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from itwinai_lightning import launchers as table
+from itwinai_lightning.errors import UserError
+from itwinai_lightning.launch import sbatch, table
+from itwinai_lightning.slurm.options import SlurmOptions
 
 LAUNCHERS = table.NAMES
 #: Callbacks every grid point gets unless its config has one of the class (``--default_callbacks``;
@@ -82,49 +86,62 @@ def launch_command(
     return table.launch_command(launcher, workers, fit, python or sys.executable, extra)
 
 
-def slurm_layout(workers: int, tasks_per_node: int | None) -> tuple[int, int]:
-    """(nodes, tasks per node) for ``workers`` processes; raise ValueError if they do not divide."""
-    per_node = min(workers, tasks_per_node) if tasks_per_node else workers
-    if workers % per_node:
-        raise ValueError(f"{workers} workers do not split evenly into nodes of {per_node} tasks")
-    return workers // per_node, per_node
+#: ``benchmark.slurm`` keys of its own; every other key is a ``slurm:`` key (same name, same type)
+OWN_SLURM_KEYS = ("wait", "poll_s")
+#: ``slurm:`` keys each grid point decides for itself
+POINT_DECIDES = ("nodes", "command", "launcher", "submit", "test_only", "requeue", "job_name", "job_dir")
+#: earlier ``benchmark.slurm`` names -> the ``slurm:`` key that says the same
+RENAMED = {
+    "tasks_per_node": "ntasks_per_node",
+    "sbatch_options": "sbatch (a mapping, e.g. {qos: normal, exclusive: null})",
+    "qos": "sbatch: {qos: ...}",
+    "reservation": "sbatch: {reservation: ...}",
+}
 
 
-def render_sbatch(
-    point: GridPoint,
-    run_dir: str,
-    fit: Sequence[str],
-    *,
-    nodes: int,
-    tasks_per_node: int,
-    slurm: Mapping[str, Any],
-    python: str | None = None,
-) -> str:
-    """A plain sbatch script: one ``srun`` of the fit, then the runner's bookkeeping of the outcome."""
-    py = python or sys.executable
-    lines = [
-        "#!/bin/bash",
-        f"#SBATCH --job-name=bench-{point.name}",
-        f"#SBATCH --nodes={nodes}",
-        f"#SBATCH --ntasks-per-node={tasks_per_node}",
-        f"#SBATCH --output={run_dir}/slurm-%j.out",
-    ]
-    for key in ("partition", "account", "time", "qos", "reservation"):
-        if slurm.get(key):
-            lines.append(f"#SBATCH --{key}={slurm[key]}")
-    if slurm.get("gpus_per_node"):
-        lines.append(f"#SBATCH --gpus-per-node={slurm['gpus_per_node']}")
-    if slurm.get("cpus_per_task"):
-        lines.append(f"#SBATCH --cpus-per-task={slurm['cpus_per_task']}")
-    lines += [f"#SBATCH {opt}" for opt in slurm.get("sbatch_options") or []]
-    lines += ["", "set -u", *(slurm.get("setup") or [])]
-    step = ["srun", f"--ntasks-per-node={tasks_per_node}", py, "-m", "itwinai_lightning", *fit]
+def slurm_options(section: Mapping[str, Any]) -> SlurmOptions:
+    """The ``benchmark.slurm`` section as the ``slurm:`` options of a grid point's job (its preset merged,
+    validated); each error names ``benchmark.slurm.<key>``. Without a venv, conda, container or python of
+    its own, the job runs this interpreter."""
+    for key in section:
+        if key in RENAMED:
+            raise UserError(f"benchmark.slurm.{key} is now {RENAMED[key]}, as in the slurm: section")
+        if key in POINT_DECIDES:
+            raise UserError(f"benchmark.slurm.{key}: each grid point sets it; drop it")
+    own = {k: v for k, v in section.items() if k not in OWN_SLURM_KEYS}
+    try:
+        opts = SlurmOptions.from_section({**own, "requeue": False})
+    except UserError as err:
+        raise UserError(re.sub(r"(?<![\w.])slurm\.", "benchmark.slurm.", str(err))) from None
+    if not (own.get("python") or opts.venv or opts.conda or (opts.container or {}).get("image")):
+        opts.python = sys.executable
+    return opts
+
+
+def render_sbatch(point: GridPoint, run_dir: str, fit: Sequence[str], *, opts: SlurmOptions) -> str:
+    """The point's sbatch script (the one renderer: directives, environment, then one ``srun`` of the fit
+    and the runner's bookkeeping of its outcome). ``opts.nodes`` and ``opts.ntasks_per_node`` are the
+    point's."""
+    tasks = opts.ntasks_per_node or point.workers
+    where = Path(run_dir)
+    job = sbatch.JobLayout(
+        run_dir=where,
+        job_dir=where,
+        config_path=where / "config.yaml",
+        devices_per_node=tasks,
+        tasks_per_node=tasks,
+        cpus_per_task=opts.cpus_per_task
+        or (max(1, opts.cpus_per_node // tasks) if opts.cpus_per_node else 1),
+        gpus_per_node=opts.gpus_per_node,
+    )
     err = f"{run_dir}/fit.stderr"
-    lines += [
-        f"{shlex.join(step)} 2> >(tee {shlex.quote(err)} >&2)",
+    body = [
+        f"# --- the grid point {point.name}: one srun of the fit, then its record is marked done or failed",
+        f'{sbatch.srun(opts, job, tasks)} "${{PY[@]}}" -m itwinai_lightning {shlex.join(fit)}'
+        f" 2> >(tee {shlex.quote(err)} >&2)",
         "rc=$?",
-        f'{shlex.join([py, "-m", "itwinai_lightning.benchmark.finish", run_dir])} "$rc" {shlex.quote(err)}',
+        f'"${{PY[@]}}" -m itwinai_lightning.benchmark.finish {shlex.quote(run_dir)} "$rc" {shlex.quote(err)}',
         'exit "$rc"',
-        "",
     ]
-    return "\n".join(lines)
+    head = sbatch.header("'itwinai-lightning benchmark'", f"the grid point {point.name}")
+    return sbatch.script(opts, job, f"bench-{point.name}", head, body)

@@ -363,7 +363,7 @@ class GridRunner:
             progress.end(result)
             results.append(result)
         if self.settings.submit and self.settings.slurm.get("wait") and not self.settings.dry_run:
-            submit.wait_for(results, self.stream)
+            submit.wait_for(results, self.stream, float(self.settings.slurm.get("poll_s") or 2.0))
         return results
 
 

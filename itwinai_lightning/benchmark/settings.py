@@ -8,15 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from itwinai_lightning import settings_help
-from itwinai_lightning.benchmark.launchers import DEFAULT_CALLBACKS, LAUNCHERS
+from itwinai_lightning.benchmark.launchers import DEFAULT_CALLBACKS, LAUNCHERS, slurm_options
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.sections import deep_merge, load_yaml_file
 from itwinai_lightning.settings_help import defaults_of
-
-SLURM_KEYS = (
-    "tasks_per_node", "partition", "account", "time", "qos", "reservation", "gpus_per_node", "cpus_per_task",
-    "sbatch_options", "setup", "wait", "poll_s",
-)  # fmt: skip
 
 
 def _list(values: Mapping[str, Any], key: str, kind: type) -> list[Any]:
@@ -49,8 +44,9 @@ class Settings:
         timeout_s: a point running longer is killed and recorded as failed (seconds).
         launcher_args: extra arguments for the launcher, e.g. [--oversubscribe] for mpirun.
         submit: submit each point as an sbatch job instead of running it in place.
-        slurm: sbatch options for submit: tasks_per_node, partition, account, time, qos, reservation,
-            gpus_per_node, cpus_per_task, sbatch_options, setup, wait, poll_s.
+        slurm: the jobs of submit: any key of the slurm: section (preset, ntasks_per_node, partition,
+            account, time, modules, venv, sbatch, setup, ...; the points set nodes and the launch), plus
+            wait (block until the jobs end, then report) and poll_s (seconds between queue checks).
         report: write the report at the end.
         threshold_pct: the parallel efficiency (percent) below which the report says scaling stops paying.
         dry_run: print every point's command and write nothing.
@@ -179,19 +175,21 @@ def check_strategy(name: str) -> None:
 
 def check_devices(settings: Settings) -> list[str]:
     """Worker counts against what can run them, before any point starts: with ``submit``, each count must
-    split into SLURM nodes of ``slurm.tasks_per_node``; locally every worker runs on this node, so a GPU
+    split into SLURM nodes of ``slurm.ntasks_per_node``; locally every worker runs on this node, so a GPU
     grid needs that many visible GPUs (UserError). More CPU workers than cores run, but measure the
     contention: returned as a warning line."""
-    from itwinai_lightning.benchmark.launchers import slurm_layout
+    from itwinai_lightning.benchmark.launchers import slurm_options
+    from itwinai_lightning.launch.sbatch import split_into_nodes
 
     if settings.submit:
+        per_node = slurm_options(settings.slurm).ntasks_per_node
         for n in settings.workers:
             try:
-                slurm_layout(n, settings.slurm.get("tasks_per_node"))
+                split_into_nodes(n, per_node)
             except ValueError as err:
                 raise UserError(
                     f"benchmark.workers: {err}; choose worker counts that are multiples of "
-                    "benchmark.slurm.tasks_per_node"
+                    "benchmark.slurm.ntasks_per_node"
                 ) from None
         return []
     top = max(settings.workers)
@@ -248,11 +246,9 @@ def parse(values: Mapping[str, Any], lightning_argv: Sequence[str]) -> Settings:
         )
     if not isinstance(v["slurm"], Mapping):
         raise UserError(
-            "benchmark.slurm must be a mapping of sbatch options (partition, time, tasks_per_node, ...)"
+            "benchmark.slurm must be a mapping of slurm: keys (preset, ntasks_per_node, partition, time, ...)"
         )
-    bad = [k for k in v["slurm"] if k not in SLURM_KEYS]
-    if bad:
-        raise UserError(f"unknown option 'benchmark.slurm.{bad[0]}'; accepted: {', '.join(SLURM_KEYS)}")
+    slurm_options(v["slurm"])  # every key checked now, before any point starts
     threshold = float(v["threshold_pct"])
     if not 0 < threshold <= 100:
         raise UserError(f"benchmark.threshold_pct must be in (0, 100], got {threshold}")

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -15,6 +16,7 @@ from itwinai_lightning.benchmark.launchers import GridPoint
 from itwinai_lightning.benchmark.outcome import PointResult
 from itwinai_lightning.benchmark.settings import Settings
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.launch.sbatch import split_into_nodes
 
 
 class GridRunner(Protocol):
@@ -43,14 +45,14 @@ def job_pending(job_id: str) -> bool:
 def submit_point(runner: GridRunner, point: GridPoint, run_dir: Path) -> PointResult:
     """Render ``<run_dir>/job.sbatch`` and submit it; a still-queued earlier submission is not repeated."""
     settings = runner.settings
+    opts = launchers.slurm_options(settings.slurm)
     try:
-        nodes, per_node = launchers.slurm_layout(point.workers, settings.slurm.get("tasks_per_node"))
+        nodes, per_node = split_into_nodes(point.workers, opts.ntasks_per_node)
     except ValueError as err:
-        raise UserError(f"benchmark.slurm.tasks_per_node: {err}") from err
+        raise UserError(f"benchmark.slurm.ntasks_per_node: {err}") from err
     fit = runner.fit_args(point, run_dir, nodes=nodes, devices=per_node)
-    script = launchers.render_sbatch(
-        point, str(run_dir), fit, nodes=nodes, tasks_per_node=per_node, slurm=settings.slurm
-    )
+    opts = replace(opts, nodes=nodes, ntasks_per_node=per_node)
+    script = launchers.render_sbatch(point, str(run_dir), fit, opts=opts)
     if settings.dry_run:
         runner.stream.write(script + "\n")
         return PointResult(point, "dry-run")

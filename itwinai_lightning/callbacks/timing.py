@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
-from itwinai_lightning import placement, records
+from itwinai_lightning import records
+from itwinai_lightning.launch import placement
 from itwinai_lightning.monitoring import aggregate as agg
 from itwinai_lightning.monitoring import timing_figures as figures
 from itwinai_lightning.monitoring.flops import FlopCount

@@ -37,7 +37,7 @@ def environment_params() -> dict[str, Any]:
     import lightning
     import torch
 
-    from itwinai_lightning.cluster import detect
+    from itwinai_lightning.launch.where import detect
 
     info = detect()
     return {

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from itwinai_lightning import records
-from itwinai_lightning.errors import CommandParser, UserError, exit_with_error
+from itwinai_lightning.errors import CommandParser, UserError
 from itwinai_lightning.profiling import breakdown, hotspots, stacks
 from itwinai_lightning.profiling.report import SUBDIR, build_report
 
@@ -82,9 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("run_dir", type=Path, help="the run directory, or the root of runs (its latest run)")
     rep.add_argument("--top", type=int, default=5, help="top functions per category (default 5)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        text, _, _ = report(args.run_dir, args.top)
-    except UserError as err:
-        exit_with_error(str(err))
+    text, _, _ = report(args.run_dir, args.top)  # a UserError is the CLI's one line
     print(text)
     return 0

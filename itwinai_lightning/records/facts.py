@@ -1,7 +1,7 @@
 """What a Trainer can tell about a run: strategy, launcher, placement, devices, versions, CPU, parameters.
 
 The facts that do not change during a run (versions, CPU model, parameters) are looked up once per
-Trainer and kept for it (:mod:`itwinai_lightning.records.per_trainer`).
+Trainer and kept for it (:mod:`itwinai_lightning.per_trainer`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from itwinai_lightning.records import per_trainer
+from itwinai_lightning import per_trainer
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -22,7 +22,7 @@ def describe_trainer(trainer: pl.Trainer) -> dict[str, Any]:
     import torch
 
     from itwinai_lightning import __version__
-    from itwinai_lightning.cluster import detect
+    from itwinai_lightning.launch.where import detect
 
     strategy = trainer.strategy
     name = getattr(strategy, "short_name", None) or type(strategy).__name__

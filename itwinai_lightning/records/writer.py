@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from itwinai_lightning.records import per_trainer
+from itwinai_lightning import per_trainer
 from itwinai_lightning.records.facts import describe_trainer
 from itwinai_lightning.records.recorder import Recorder
 

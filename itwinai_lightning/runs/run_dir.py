@@ -187,8 +187,8 @@ def choose(
         return Placed(Path(pinned))
     if stage == "fit" and ckpt_path and (run := owning_run(Path(ckpt_path), root)) is not None:
         return Placed(run, f"fit continues in the checkpoint's run directory {run}")
-    from itwinai_lightning.cluster import detect
-    from itwinai_lightning.launchers import get
+    from itwinai_lightning.launch.table import get
+    from itwinai_lightning.launch.where import detect
 
     info = detect(env)
     if info.is_distributed:

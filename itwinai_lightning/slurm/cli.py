@@ -134,9 +134,10 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     """Render the job files; return ``(script_path, config_path, options_as_dict)``."""
     from dataclasses import asdict
 
+    from itwinai_lightning.launch.sbatch import JobLayout, cpus_per_task
     from itwinai_lightning.slurm import config as jobcfg
     from itwinai_lightning.slurm.options import SlurmOptions
-    from itwinai_lightning.slurm.script import JobLayout, render
+    from itwinai_lightning.slurm.script import render
 
     section, rest = split_section(argv, "slurm")
     opts = SlurmOptions.from_section(section)
@@ -178,7 +179,7 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
         tasks = 1
     uses_gpus = opts.gpus_per_node > 0 and accelerator in jobcfg.GPU_ACCELERATORS
     gpus = (opts.gpus_per_node if opts.launcher == "ray" else devices) if uses_gpus else 0
-    cpus = opts.cpus_per_task or (max(1, opts.cpus_per_node // tasks) if opts.cpus_per_node else 1)
+    cpus = cpus_per_task(opts, tasks)
     job_name = opts.job_name or f"itwinai-{opts.command}"
     run_dir = jobcfg.run_dir_of(config, job_name)
     job_dir = jobcfg.portable(Path(opts.job_dir).expanduser()) if opts.job_dir else run_dir / "slurm"

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.launchers import SLURM_LAUNCHERS as LAUNCHERS
+from itwinai_lightning.launch.table import SLURM_LAUNCHERS as LAUNCHERS
 from itwinai_lightning.sections import check_known_keys, deep_merge, load_yaml_file
 
 #: Short aliases for the shipped presets.

@@ -24,8 +24,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from itwinai_lightning import cluster
 from itwinai_lightning.errors import UserError, require
+from itwinai_lightning.launch import where as cluster
 from itwinai_lightning.strategies import horovod_rendezvous as rendezvous
 
 INSTALL_HINT = (

@@ -2,7 +2,7 @@
 
 A gloo-only Horovod build has no MPI controller: ``hvd.init()`` finds its peers through Horovod's HTTP
 rendezvous server and reads its place in the job from ``HOROVOD_*`` variables, both of which ``horovodrun``
-normally provides. :func:`prepare` provides them from :func:`itwinai_lightning.cluster.detect` instead:
+normally provides. :func:`prepare` provides them from :func:`itwinai_lightning.launch.where.detect` instead:
 
 =======================================  ==================================================================
 global rank 0                            starts Horovod's ``RendezvousServer`` in-process (a daemon thread),
@@ -30,10 +30,10 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from itwinai_lightning.cluster import ClusterInfo
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.launchers import HOROVOD_RENDEZVOUS, RENDEZVOUS_MARK
-from itwinai_lightning.strategies.environment import derived_port, main_address_for
+from itwinai_lightning.launch.environment import derived_port, main_address_for
+from itwinai_lightning.launch.table import HOROVOD_RENDEZVOUS, RENDEZVOUS_MARK
+from itwinai_lightning.launch.where import ClusterInfo
 
 _servers: list[Any] = []  # keeps rank 0's server alive for the life of the process
 

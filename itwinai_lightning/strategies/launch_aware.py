@@ -25,11 +25,11 @@ from typing import Any
 import torch
 
 from itwinai_lightning import compat
-from itwinai_lightning.cluster import default_backend
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.placement import known, lost_peer
+from itwinai_lightning.launch.environment import check_strategy_launch, make_cluster_environment
+from itwinai_lightning.launch.placement import known, lost_peer
+from itwinai_lightning.launch.where import default_backend
 from itwinai_lightning.strategies import process_group
-from itwinai_lightning.strategies.environment import check_strategy_launch, make_cluster_environment
 
 DEFAULT_INIT_TIMEOUT_S = 300.0
 

@@ -26,8 +26,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
 from itwinai_lightning import compat
-from itwinai_lightning.cluster import ClusterInfo
-from itwinai_lightning.strategies.environment import LauncherEnvironment
+from itwinai_lightning.launch.environment import LauncherEnvironment
+from itwinai_lightning.launch.where import ClusterInfo, detect_as
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -40,20 +40,9 @@ def in_ray_worker(env: Mapping[str, str] | None = None) -> bool:
 
 
 def worker_info(env: Mapping[str, str] | None = None) -> ClusterInfo:
-    """Rank layout a Ray worker was given (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``NODE_RANK``, ...)."""
-    env = os.environ if env is None else env
-    world = int(env.get("WORLD_SIZE", "1"))
-    port = env.get("MASTER_PORT")
-    return ClusterInfo(
-        launcher="ray",
-        rank=int(env.get("RANK", "0")),
-        local_rank=int(env.get("LOCAL_RANK", "0")),
-        world_size=world,
-        local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world))),
-        node_rank=int(env.get("NODE_RANK", "0")),
-        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-        master_port=int(port) if port else None,
-    )
+    """Rank layout a Ray worker was given (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``NODE_RANK``, ...),
+    read by the launcher table's ``ray`` reader."""
+    return detect_as("ray", env)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: str | None = None) -> Any:

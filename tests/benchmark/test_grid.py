@@ -245,7 +245,7 @@ def test_report_says_what_ran_where(grids: dict[str, object], tmp_path: Path) ->
             [
                 "--benchmark.submit",
                 "true",
-                "--benchmark.slurm.tasks_per_node",
+                "--benchmark.slurm.ntasks_per_node",
                 "2",
                 "--benchmark.scaling",
                 "weak",

@@ -54,7 +54,7 @@ def test_launcher_commands(tmp_path: Path, launcher: str, prefix: list[str]) -> 
 
 
 def test_sbatch_script_spans_nodes(tmp_path: Path) -> None:
-    slurm = {"tasks_per_node": 2, "partition": "booster", "time": "00:30:00", "setup": ["module load X"]}
+    slurm = {"ntasks_per_node": 2, "partition": "booster", "time": "00:30:00", "setup": ["module load X"]}
     script = _dry(tmp_path, launcher="srun", submit=True, slurm=slurm)
     assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=2" in script
     assert "#SBATCH --partition=booster" in script and "#SBATCH --time=00:30:00" in script
@@ -62,6 +62,41 @@ def test_sbatch_script_spans_nodes(tmp_path: Path) -> None:
     srun = next(ln for ln in script.splitlines() if ln.startswith("srun "))
     assert "--trainer.num_nodes 2" in srun and "--trainer.devices 2" in srun
     assert "itwinai_lightning.benchmark.finish" in script  # the job marks its own record done/failed
+
+
+def test_sbatch_script_takes_the_slurm_sections_keys_and_presets(tmp_path: Path) -> None:
+    """benchmark.slurm says what slurm: says (same key names and types), presets included: one renderer."""
+    slurm = {"preset": "juwels", "account": "proj1", "ntasks_per_node": 4, "sbatch": {"qos": "normal"}}
+    script = _dry(tmp_path, launcher="srun", submit=True, slurm=slurm)
+    from itwinai_lightning.slurm.options import load_preset
+
+    _, preset = load_preset("juwels")
+    assert f"#SBATCH --partition={preset['partition']}" in script and "#SBATCH --account=proj1" in script
+    assert "#SBATCH --qos=normal" in script and "#SBATCH --nodes=1" in script
+    assert all("module load" in script and m in script for m in preset["modules"])
+    assert "#SBATCH --requeue" not in script  # a grid point is measured once, not requeued
+
+
+@pytest.mark.parametrize(
+    ("slurm", "expected"),
+    [
+        (
+            {"tasks_per_node": 2},
+            "benchmark.slurm.tasks_per_node is now ntasks_per_node, as in the slurm: section",
+        ),
+        ({"nodes": 2}, "benchmark.slurm.nodes: each grid point sets it; drop it"),
+        ({"ntasks_per_node": 0}, "benchmark.slurm.ntasks_per_node must be a whole number >= 1, got 0"),
+        ({"preset": "nowhere"}, "benchmark.slurm.preset: no preset named 'nowhere'"),
+    ],
+)
+def test_bad_benchmark_slurm_keys_name_the_key(
+    tmp_path: Path, slurm: dict[str, object], expected: str
+) -> None:
+    from itwinai_lightning.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        parse({**BASE, "output_dir": str(tmp_path), "submit": True, "slurm": slurm}, [])
+    assert str(err.value).startswith(expected), str(err.value)
 
 
 def test_error_line_and_redaction() -> None:

@@ -255,7 +255,7 @@ def test_benchmark_help_lists_every_option_with_type_default_and_meaning(python_
     code = textwrap.dedent(
         """
         import contextlib, io, json, sys
-        from itwinai_lightning.cli import main
+        from itwinai_lightning.cli.main import main
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             try:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_lightning import gallery, inference
+from itwinai_lightning import inference
+from itwinai_lightning.gallery import cli as gallery
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -90,7 +91,7 @@ def test_the_docs_show_the_commands_a_user_pastes() -> None:
 
 def _check(args: list[str]) -> None:
     """What the CLI checks before it runs ``args``, without training: parse and validate."""
-    from itwinai_lightning.cli import LIGHTNING_COMMANDS, main, resolve_config
+    from itwinai_lightning.cli.main import LIGHTNING_COMMANDS, main, resolve_config
 
     command, rest = args[0], args[1:]
     if command in LIGHTNING_COMMANDS:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from itwinai_lightning import gallery, records
+from itwinai_lightning import records
+from itwinai_lightning.gallery import cli as gallery
 from tests.helpers.engines import require, require_module
 
 REPO = Path(__file__).resolve().parents[2]

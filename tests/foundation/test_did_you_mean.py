@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_lightning.cli import main
+from itwinai_lightning.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
@@ -62,7 +62,7 @@ def test_no_suggestion_when_nothing_is_close() -> None:
 
 
 def test_itwinai_cli_is_a_module_level_class_users_subclass(tmp_path: Path) -> None:
-    from itwinai_lightning.lightning_cli import ItwinaiCLI
+    from itwinai_lightning.cli.lightning import ItwinaiCLI
 
     class MyCLI(ItwinaiCLI):
         def add_arguments_to_parser(self, parser):  # type: ignore[no-untyped-def]
@@ -81,8 +81,8 @@ def test_itwinai_cli_is_a_module_level_class_users_subclass(tmp_path: Path) -> N
 
 
 def test_a_constructor_user_error_that_jsonargparse_wraps_is_the_one_line() -> None:
+    from itwinai_lightning.cli.lightning import user_error_in
     from itwinai_lightning.errors import UserError, collecting
-    from itwinai_lightning.lightning_cli import user_error_in
 
     with collecting() as created:
         original = UserError("srun started 2 tasks without --ntasks-per-node")

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from itwinai_lightning.cluster import detect
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.strategies.environment import (
+from itwinai_lightning.launch.environment import (
     LauncherEnvironment,
     derived_port,
     main_address_for,
     make_cluster_environment,
     validate_launch,
 )
+from itwinai_lightning.launch.where import detect
 
 
 def _openmpi(rank: int, size: int, per_node: int) -> dict[str, str]:
@@ -96,7 +96,7 @@ def test_environment_choice() -> None:
 
 def test_launcher_table_order_nested_launchers() -> None:
     """The first launcher of the table that recognises the process wins; nested launches resolve right."""
-    from itwinai_lightning import launchers
+    from itwinai_lightning.launch import table as launchers
 
     slurm = _srun(1, 2, 2, "1")
     # a Ray Train worker inside the srun step that started its raylet is a Ray rank

@@ -130,7 +130,7 @@ def test_the_human_report_shows_the_fix_under_the_extra(tmp_path: Path, python_e
 def test_build_horovod_runs_the_shipped_script_with_this_python(
     tmp_path: Path, python_env: dict[str, str]
 ) -> None:
-    from itwinai_lightning import horovod_build
+    from itwinai_lightning.build_horovod import cli as horovod_build
 
     script = Path(horovod_build.script_path())
     assert script.is_file() and script.parent.parent == Path(extras.__file__).parent  # inside the package
@@ -151,7 +151,7 @@ def test_build_horovod_runs_the_shipped_script_with_this_python(
 
 
 def test_build_horovod_names_the_toolkit_it_needs_before_building() -> None:
-    from itwinai_lightning.horovod_build import toolkit_problem
+    from itwinai_lightning.build_horovod.cli import toolkit_problem
 
     assert toolkit_problem(None, None, gpu=False) is None  # CPU torch, gloo build: what setup.sh does
     assert toolkit_problem("13.0", "/usr/local/cuda/bin/nvcc", gpu=True) is None

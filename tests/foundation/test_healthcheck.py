@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from itwinai_lightning.healthcheck import ONE_RANK, SIZES
+from itwinai_lightning.env.healthcheck import ONE_RANK, SIZES
 
 
 def test_one_rank_says_there_is_nothing_to_measure(python_env: dict[str, str]) -> None:

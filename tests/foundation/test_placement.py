@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from itwinai_lightning.placement import Placement, RankPlace, decode, encode, lost_peer
+from itwinai_lightning.launch.placement import Placement, RankPlace, decode, encode, lost_peer
 
 
 def test_encode_decode_round_trip_and_long_names() -> None:

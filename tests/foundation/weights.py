@@ -9,8 +9,8 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from itwinai_lightning.cluster import detect
 from itwinai_lightning.demo import SpectrogramDenoiser
+from itwinai_lightning.launch.where import detect
 from itwinai_lightning.strategies.weights import gathered_state_dict
 
 

@@ -274,7 +274,7 @@ def test_slurm_tune_on_a_ray_cluster_spanning_both_nodes(
     best = min(rows, key=lambda r: float(r["val_loss"]))
     import ray
 
-    from itwinai_lightning.cli import run_lightning_cli
+    from itwinai_lightning.cli.main import run_lightning_cli
 
     refit = [
         "fit",
@@ -298,7 +298,7 @@ def test_benchmark_points_of_one_and_two_nodes(
          "--benchmark.strategies", "[hpc_ddp]", "--benchmark.workers", "[1, 2]",
          "--benchmark.repetitions", "1", "--benchmark.batch_size", "8", "--benchmark.accelerator", "cpu",
          "--benchmark.output_dir", str(out), "--benchmark.submit", "true",
-         "--benchmark.slurm", '{"tasks_per_node": 1, "wait": true, "time": "00:10:00"}'],
+         "--benchmark.slurm", '{"ntasks_per_node": 1, "wait": true, "time": "00:10:00"}'],
         env=node_env, capture_output=True, text=True, timeout=400, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

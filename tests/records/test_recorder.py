@@ -218,7 +218,7 @@ def test_a_warm_process_keeps_only_its_newest_recorders(tmp_path: Path) -> None:
 
 def test_nothing_is_set_on_the_trainer(tmp_path: Path) -> None:
     """The recorders, facts and placement are kept beside the Trainer, never as attributes on it."""
-    from itwinai_lightning.records import per_trainer
+    from itwinai_lightning import per_trainer
 
     trainer = _trainer(tmp_path, [TimingMonitor()], epochs=1)
     before = set(vars(trainer))

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from itwinai_lightning.cluster import ClusterInfo
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.launch.where import ClusterInfo
 from tests.helpers.childenv import child_env
 from tests.helpers.engines import require_executable, require_module
 from tests.strategies.conftest import free_port, load_weights, run_launch

@@ -86,7 +86,7 @@ def test_options_are_checked() -> None:
 
 SCRIPT = r"""
 import contextlib, io, json, sys
-from itwinai_lightning.cli import main
+from itwinai_lightning.cli.main import main
 out = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()

@@ -18,7 +18,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from itwinai_lightning.errors import UserError, exit_with_error
+from itwinai_lightning.cli.messages import exit_with_error
+from itwinai_lightning.errors import UserError
 
 if TYPE_CHECKING:
     from lightning.pytorch.cli import LightningCLI
@@ -30,7 +31,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("itwinai_lightning.benchmark.cli", "scaling grid over strategies x workers, with a report"),
     "slurm": ("itwinai_lightning.slurm.cli", "render (and submit) an sbatch script for a config"),
     "env": (
-        "itwinai_lightning.envinfo",
+        "itwinai_lightning.env.cli",
         "what this node looks like: launcher, ranks, devices, versions, extras",
     ),
     "logs": (
@@ -38,9 +39,12 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
         "tracking spools: 'logs replay RUN_DIR' re-sends spooled data",
     ),
     "profile": ("itwinai_lightning.profiling.cli", "'profile report RUN_DIR' rebuilds the hotspot summary"),
-    "examples": ("itwinai_lightning.gallery", "list the example configs, or copy them: examples --to DIR"),
+    "examples": (
+        "itwinai_lightning.gallery.cli",
+        "list the example configs, or copy them: examples --to DIR",
+    ),
     "build-horovod": (
-        "itwinai_lightning.horovod_build",
+        "itwinai_lightning.build_horovod.cli",
         "build Horovod against the installed torch and install it (no extra can: see --help)",
     ),
 }
@@ -84,7 +88,7 @@ def _register_short_names() -> None:
 
 
 def _cli_class() -> type[LightningCLI]:
-    from itwinai_lightning.lightning_cli import ItwinaiCLI
+    from itwinai_lightning.cli.lightning import ItwinaiCLI
 
     return ItwinaiCLI
 
@@ -247,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             cli = run_lightning_cli(args, from_sys_argv=argv is None)
         except UserError as err:
-            from itwinai_lightning.suggest import hint
+            from itwinai_lightning.cli.suggest import hint
 
             named = _name_the_file(str(err), configs)
             raise UserError(named + hint(str(err), [data for _, data in configs], args)) from err
@@ -268,7 +272,7 @@ def _print_summary(cli: Any, subcommand: str) -> None:
         return
     from pathlib import Path
 
-    from itwinai_lightning import run_summary
+    from itwinai_lightning.runs import summary as run_summary
 
     log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
     print("\n".join(run_summary.lines(Path(trainer.default_root_dir), log_dir)), flush=True)

@@ -1,6 +1,6 @@
 """``ItwinaiCLI``: the LightningCLI behind ``fit | validate | test | predict``, importable and subclassable.
 
-    from itwinai_lightning.lightning_cli import ItwinaiCLI
+    from itwinai_lightning.cli.lightning import ItwinaiCLI
 
     class MyCLI(ItwinaiCLI):
         def add_arguments_to_parser(self, parser): ...
@@ -34,11 +34,11 @@ from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from itwinai_lightning.config_saving import RecordingSaveConfigCallback
+from itwinai_lightning.cli.messages import condense, trainer_error
 from itwinai_lightning.errors import UserError, collecting
 from itwinai_lightning.inference.model_source import is_registry_uri
-from itwinai_lightning.messages import condense, trainer_error
 from itwinai_lightning.runs import layout, run_dir
+from itwinai_lightning.runs.config_saving import RecordingSaveConfigCallback
 
 
 class ItwinaiParser(LightningArgumentParser):
@@ -89,7 +89,7 @@ def _say(note: str | None) -> None:
     """One line on stdout from the first process of the job (every rank resolves the same)."""
     if note is None:
         return
-    from itwinai_lightning.cluster import detect
+    from itwinai_lightning.launch.where import detect
 
     if detect().rank == 0:
         print(f"itwinai-lightning: {note}", flush=True)

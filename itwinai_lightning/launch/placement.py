@@ -11,7 +11,7 @@ import platform
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from itwinai_lightning.cluster import ClusterInfo, detect
+from itwinai_lightning.launch.where import ClusterInfo, detect
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -120,14 +120,14 @@ def decode(row: list[int]) -> RankPlace:
 
 def known(trainer: pl.Trainer | None) -> Placement | None:
     """The placement already gathered for this Trainer, if any (no collective)."""
-    from itwinai_lightning.records import per_trainer
+    from itwinai_lightning import per_trainer
 
     return per_trainer.get(trainer, per_trainer.PLACEMENT)
 
 
 def of(trainer: pl.Trainer) -> Placement:
     """The placement gathered for this Trainer; gathered now (a collective) if it was not yet."""
-    from itwinai_lightning.records import per_trainer
+    from itwinai_lightning import per_trainer
 
     placed = known(trainer)
     if placed is None:

@@ -42,7 +42,7 @@ BACKENDS: dict[str, str] = {
 
 def _executables() -> list[str]:
     """The launchers of the table that are programs, plus sbatch (to submit jobs)."""
-    from itwinai_lightning.launchers import TABLE
+    from itwinai_lightning.launch.table import TABLE
 
     return [spec.executable for spec in TABLE if spec.executable] + ["sbatch"]
 
@@ -78,7 +78,7 @@ def _lightning_environment(info: Any) -> str:
     """The ClusterEnvironment Lightning would use, or why there is none: the report must still come out
     when the launch is wrong or Lightning itself does not import (the case ``env`` exists to diagnose)."""
     try:
-        from itwinai_lightning.strategies.environment import make_cluster_environment
+        from itwinai_lightning.launch.environment import make_cluster_environment
 
         return type(make_cluster_environment(info)).__name__
     except UserError as err:  # a launch mistake
@@ -92,7 +92,7 @@ def _lightning_environment(info: Any) -> str:
 def collect() -> dict[str, Any]:
     """Everything ``env`` reports, as a JSON-serialisable dict."""
     from itwinai_lightning import extras
-    from itwinai_lightning.cluster import default_backend, detect
+    from itwinai_lightning.launch.where import default_backend, detect
 
     info = detect()
     accel = _accelerators()
@@ -177,7 +177,7 @@ def main(argv: list[str]) -> int:
     if known.timeout <= 0:
         raise UserError(f"env --timeout must be > 0 seconds, got {known.timeout:g}")
     if known.check:
-        from itwinai_lightning import healthcheck
+        from itwinai_lightning.env import healthcheck
 
         return healthcheck.main(known.timeout, known.json)
     report = collect()

@@ -1,9 +1,9 @@
 """THE launcher table: how each launcher is recognised, which variables carry rank/size/address, and how
 to start ``N`` processes with it. Everything else reads this table:
 
-* :mod:`itwinai_lightning.cluster` (``detect``) walks :data:`TABLE` in order; the first launcher whose
+* :mod:`itwinai_lightning.launch.where` (``detect``) walks :data:`TABLE` in order; the first launcher whose
   ``detect`` matches reads the process's place with its ``read``;
-* :mod:`itwinai_lightning.strategies.environment` derives a launch's port from ``launch_keys``;
+* :mod:`itwinai_lightning.launch.environment` derives a launch's port from ``launch_keys``;
 * :mod:`itwinai_lightning.benchmark` starts grid points with ``command`` (:func:`launch_command`);
 * ``itwinai-lightning env`` lists the ``executable`` of each; ``slurm`` accepts the names in
   :data:`SLURM_LAUNCHERS`.
@@ -38,6 +38,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from itwinai_lightning.launch.nodelist import first_host
+
 Env = Mapping[str, str]
 #: Set (to the real launcher's name) by our Horovod rendezvous when it exports ``HOROVOD_*`` itself.
 RENDEZVOUS_MARK = "ITWINAI_HOROVOD_RENDEZVOUS"
@@ -58,16 +60,6 @@ def env_int(env: Env, *names: str, default: int | None = None) -> int | None:
 def _i(env: Env, *names: str, default: int = 0) -> int:
     value = env_int(env, *names, default=default)
     return default if value is None else value
-
-
-def slurm_first_host(nodelist: str) -> str:
-    """First host name of a SLURM nodelist such as ``jwb[0001-0004,0010],jwc0001`` -> ``jwb0001``."""
-    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist
-    if "[" not in head:
-        return head.strip()
-    prefix, rest = head.split("[", 1)
-    first = rest.split("]", 1)[0].split(",")[0].split("-")[0]
-    return prefix + first
 
 
 def _common(env: Env) -> dict[str, Any]:
@@ -163,7 +155,7 @@ def _read_srun(env: Env) -> dict[str, Any]:
         "local_world_size": per_node or max(1, world // nodes),
         "node_rank": _i(env, "SLURM_NODEID"),
         "num_nodes": nodes,
-        "master_addr": env.get("MASTER_ADDR") or slurm_first_host(nodelist),
+        "master_addr": env.get("MASTER_ADDR") or first_host(nodelist),
         **_common(env),
     }
 

@@ -1,7 +1,7 @@
 """Where am I running? Detect the launcher and the process's place in the job from the environment.
 
 The launchers, their order and the variables each one sets are defined once, in
-:mod:`itwinai_lightning.launchers` (the launcher table); this module turns the match into a
+:mod:`itwinai_lightning.launch.table` (the launcher table); this module turns the match into a
 :class:`ClusterInfo`.
 
 Nothing here imports torch.distributed, MPI or Ray: reading the environment is enough and cheap.
@@ -15,10 +15,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from itwinai_lightning import launchers
-from itwinai_lightning.launchers import slurm_first_host
+from itwinai_lightning.launch import table as launchers
 
-__all__ = ["ClusterInfo", "Launcher", "default_backend", "detect", "slurm_first_host"]
+__all__ = ["ClusterInfo", "Launcher", "default_backend", "detect", "detect_as"]
 
 Launcher = Literal["torchrun", "horovodrun", "mpirun", "srun", "ray", "local"]
 
@@ -53,6 +52,12 @@ def detect(env: Mapping[str, str] | None = None) -> ClusterInfo:
     env = os.environ if env is None else env
     spec = launchers.find(env)
     return ClusterInfo(launcher=spec.name, **spec.read(env))  # type: ignore[arg-type]
+
+
+def detect_as(name: str, env: Mapping[str, str] | None = None) -> ClusterInfo:
+    """Read ``env`` with launcher ``name``'s reader from the table (a Ray worker knows it is one)."""
+    env = os.environ if env is None else env
+    return ClusterInfo(launcher=name, **launchers.get(name).read(env))  # type: ignore[arg-type]
 
 
 def default_backend(device_type: str) -> str:

@@ -1,7 +1,8 @@
 """Lightning ``ClusterEnvironment`` for whatever launched this process, and launch-mistake checks.
 
-:func:`make_cluster_environment` turns :func:`itwinai_lightning.cluster.detect`'s :class:`ClusterInfo` into
-the environment a Lightning strategy needs (``hpc_ddp``, ``hpc_deepspeed`` and ``horovod`` all use it):
+:func:`make_cluster_environment` turns :func:`itwinai_lightning.launch.where.detect`'s
+:class:`ClusterInfo` into the environment a Lightning strategy needs (``hpc_ddp``, ``hpc_fsdp``,
+``hpc_deepspeed`` and ``horovod`` all use it):
 
 ==============  =========================================  ==========================================
 launcher        environment                                 main address / port
@@ -36,9 +37,9 @@ from lightning.fabric.plugins.environments import ClusterEnvironment, LightningE
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
-from itwinai_lightning import launchers
-from itwinai_lightning.cluster import ClusterInfo, detect
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.launch import table as launchers
+from itwinai_lightning.launch.where import ClusterInfo, detect
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from itwinai_lightning.cluster import ClusterInfo, default_backend, detect
+from itwinai_lightning.launch import nodelist
+from itwinai_lightning.launch.where import ClusterInfo, default_backend, detect
 
 #: what a one-rank check says instead of a bandwidth table
 ONE_RANK = (
@@ -71,14 +70,9 @@ class Report:
 
 def expected_hosts(info: ClusterInfo) -> list[str]:
     """The host SLURM placed each rank on (block distribution), when this is an srun step; else []."""
-    nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
-    if info.launcher != "srun" or not nodelist or shutil.which("scontrol") is None:
+    if info.launcher != "srun":
         return []
-    out = subprocess.run(
-        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=False
-    ).stdout.split()
-    per_node = max(1, info.local_world_size)
-    return [out[r // per_node] if r // per_node < len(out) else "?" for r in range(info.world_size)]
+    return nodelist.rank_hosts(info.world_size, info.local_world_size)
 
 
 def _join(info: ClusterInfo, timeout: float, report: Report) -> Any:
@@ -87,7 +81,7 @@ def _join(info: ClusterInfo, timeout: float, report: Report) -> Any:
 
     import torch.distributed as dist
 
-    from itwinai_lightning.strategies.environment import derived_port, main_address_for
+    from itwinai_lightning.launch.environment import derived_port, main_address_for
 
     host, port = main_address_for(info), derived_port(info)
     # torchrun's agent already serves a store on MASTER_PORT: rank 0 joins it as a client instead of

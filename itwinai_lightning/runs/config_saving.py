@@ -11,7 +11,8 @@ import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 from typing_extensions import override
 
-from itwinai_lightning import placement, records
+from itwinai_lightning import records
+from itwinai_lightning.launch import placement
 from itwinai_lightning.records import store
 from itwinai_lightning.secrets import redact
 
@@ -19,7 +20,8 @@ from itwinai_lightning.secrets import redact
 class RecordingSaveConfigCallback(SaveConfigCallback):
     """Writes ``<run_dir>/config.yaml`` (redacted) and the RunRecord's ``config`` section, on rank 0.
 
-    At setup every rank reports its host and launch context (:mod:`itwinai_lightning.placement`), so the
+    At setup every rank reports its host and launch context
+    (:mod:`itwinai_lightning.launch.placement`), so the
     record's ``hostnames``, ``num_nodes``, ``devices_per_node`` and ``launcher`` are what really ran.
     The config and record of a ``validate``/``test``/``predict`` run are files of their own
     (``config.<stage>.yaml``, ``run_record.<stage>.json``): they never replace the fit's.

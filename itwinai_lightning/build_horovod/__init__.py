@@ -1,0 +1,1 @@
+"""``itwinai-lightning build-horovod``: build Horovod against the installed torch (:mod:`.cli`)."""

@@ -1,0 +1,1 @@
+"""``itwinai-lightning examples``: the shipped example gallery, listed or copied (:mod:`.cli`)."""

@@ -1,0 +1,274 @@
+"""The one renderer of sbatch scripts: ``#SBATCH`` directives, the job's environment, and the launch step
+(``srun`` of every rank, ``srun`` + torchrun per node, or a Ray cluster inside the allocation).
+
+``itwinai-lightning slurm`` (fit, predict, tune) and ``benchmark --benchmark.submit`` compose their scripts
+from these parts; both read the same ``slurm:`` keys (:class:`SbatchOptions`: what the renderer reads of
+:class:`itwinai_lightning.slurm.options.SlurmOptions`). Everything is data: no site-specific shell functions.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+#: The job's Ray token file (mode 600) in the job directory.
+RAY_TOKEN_NAME = "ray-auth-token"
+
+
+class SbatchOptions(Protocol):
+    """The keys of a ``slurm:`` section the renderer reads (see ``SlurmOptions`` for their meaning)."""
+
+    nodes: int
+    cpus_per_task: int | None
+    cpus_per_node: int | None
+    time: str
+    partition: str | None
+    account: str | None
+    requeue: bool | None
+    signal: str
+    signal_seconds: int
+    sbatch: dict[str, Any]
+    module_purge: bool
+    modules: list[str]
+    venv: str | None
+    conda: str | None
+    env: dict[str, Any]
+    setup: list[str]
+    container: dict[str, Any]
+    gpus_per_node: int
+    python: str
+    mpi: str | None
+    srun_args: list[str]
+    launcher: str | None
+    master_port: int
+    ray_port: int
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """Where the job's files live and how many ranks it runs."""
+
+    run_dir: Path
+    job_dir: Path
+    config_path: Path
+    devices_per_node: int
+    tasks_per_node: int
+    cpus_per_task: int
+    gpus_per_node: int
+    horovod: bool = False
+
+
+def split_into_nodes(workers: int, per_node: int | None) -> tuple[int, int]:
+    """(nodes, tasks per node) for ``workers`` processes of at most ``per_node`` a node (all on one node when
+    ``per_node`` is None); ValueError when they do not divide evenly."""
+    per = min(workers, per_node) if per_node else workers
+    if workers % per:
+        raise ValueError(f"{workers} workers do not split evenly into nodes of {per} tasks")
+    return workers // per, per
+
+
+def cpus_per_task(opts: SbatchOptions, tasks_per_node: int) -> int:
+    """``slurm.cpus_per_task``, else the node's cores shared by its tasks, else 1."""
+    if opts.cpus_per_task:
+        return opts.cpus_per_task
+    return max(1, opts.cpus_per_node // tasks_per_node) if opts.cpus_per_node else 1
+
+
+def q(value: object) -> str:
+    """``value`` quoted for the job's shell."""
+    return shlex.quote(str(value))
+
+
+def env_path(path: Path) -> str:
+    """A path for an exported variable: made absolute on the compute node (``$PWD`` is the submit
+    directory there), since the processes that read it may run elsewhere."""
+    return q(path) if path.is_absolute() else f'"$PWD"/{q(path)}'
+
+
+def directives(opts: SbatchOptions, job: JobLayout, job_name: str) -> list[str]:
+    d: dict[str, object | None] = {
+        "job-name": job_name,
+        "nodes": opts.nodes,
+        "ntasks-per-node": job.tasks_per_node,
+        "cpus-per-task": job.cpus_per_task,
+    }
+    if job.gpus_per_node > 0:
+        d["gpus-per-node"] = job.gpus_per_node
+    d["time"] = opts.time
+    if opts.partition:
+        d["partition"] = opts.partition
+    if opts.account:
+        d["account"] = opts.account
+    d["output"] = job.job_dir / "%x-%j.out"
+    d["error"] = job.job_dir / "%x-%j.err"
+    d["open-mode"] = "append"  # a requeued job appends to the same files
+    if opts.requeue:
+        d["signal"] = f"{opts.signal}@{opts.signal_seconds}"
+        d["requeue"] = None
+    for key, value in (opts.sbatch or {}).items():
+        d[str(key).lstrip("-").replace("_", "-")] = value
+    lines = []
+    for key, value in d.items():
+        lines.append(f"#SBATCH --{key}" if value is None else f"#SBATCH --{key}={value}")
+    return lines
+
+
+def _home(path: str) -> str:
+    """A path for the compute node's shell: ``~`` becomes ``$HOME`` there (not the render machine's home);
+    the rest is quoted."""
+    if path == "~" or path.startswith("~/"):
+        rest = path[2:]
+        return '"$HOME"' + (f"/{q(rest)}" if rest else "")
+    return q(path)
+
+
+def _or_stop(command: str, what: str, fix: str) -> str:
+    """``command``, and when it fails: one line naming it and the fix, and the job ends (exit 1)."""
+    said = f"itwinai-lightning: {what} failed on $(hostname); {fix}".replace('"', '\\"')
+    return f'{command} || {{ echo "{said}" >&2; exit 1; }}'
+
+
+def environment(opts: SbatchOptions) -> list[str]:
+    lines = ["# --- environment (preset + config); a step that fails ends the job with one line"]
+    if opts.module_purge:
+        lines.append("module purge")
+    if opts.modules:
+        names = " ".join(q(m) for m in opts.modules)
+        lines.append(_or_stop(f"module load {names}", f"'module load {names}'", "check slurm.modules"))
+    if opts.venv:
+        venv = str(opts.venv).rstrip("/")
+        lines.append(
+            _or_stop(f"source {_home(venv + '/bin/activate')}", f"activating {venv}", "check slurm.venv")
+        )
+    if opts.conda:
+        lines.append(
+            _or_stop(
+                "command -v conda >/dev/null",
+                "finding conda",
+                "load it first (slurm.modules, e.g. Miniconda3, or a slurm.setup line)",
+            )
+        )
+        lines.append('eval "$(conda shell.bash hook)"')
+        lines.append(
+            _or_stop(f"conda activate {q(opts.conda)}", f"'conda activate {opts.conda}'", "check slurm.conda")
+        )
+    for key, value in (opts.env or {}).items():
+        # values may use shell variables (${SLURM_JOB_ID}): double quotes keep them expanding
+        text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+        if text == "~" or text.startswith("~/"):  # the compute node's home, not the render machine's
+            text = "$HOME" + text[1:]
+        lines.append(f'export {key}="{text}"')
+    lines.append('export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"')
+    lines.extend(str(line) for line in opts.setup or [])
+    container = opts.container or {}
+    if container.get("image"):
+        parts = [str(container.get("runtime") or "apptainer"), "exec"]
+        if container.get("gpu_flag") and opts.gpus_per_node > 0:
+            parts.append(str(container["gpu_flag"]))
+        for bind in container.get("binds") or []:
+            parts += ["--bind", str(bind)]
+        parts += [str(a) for a in container.get("args") or []]
+        parts.append(str(container["image"]))
+        lines.append("CONTAINER=(" + " ".join(q(p) for p in parts) + ")")
+    else:
+        lines.append("CONTAINER=()")
+    lines.append(f'PY=("${{CONTAINER[@]}}" {q(opts.python)})')
+    return lines
+
+
+def srun(opts: SbatchOptions, job: JobLayout, tasks_per_node: int) -> str:
+    parts = ["srun", f"--nodes={opts.nodes}", f"--ntasks-per-node={tasks_per_node}"]
+    parts.append(f"--cpus-per-task={job.cpus_per_task}")
+    if job.horovod and opts.mpi:
+        parts.append(f"--mpi={opts.mpi}")
+    parts += [str(a) for a in opts.srun_args or []]
+    return " ".join(q(p) for p in parts)
+
+
+def launch_lines(opts: SbatchOptions, job: JobLayout, command: str) -> list[str]:
+    if opts.launcher == "torchrun":
+        return [
+            'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+            f'{srun(opts, job, 1)} "${{PY[@]}}" -m torch.distributed.run --nnodes="$SLURM_JOB_NUM_NODES" '
+            f"--nproc-per-node={job.devices_per_node} --rdzv-backend=c10d "
+            f'--rdzv-endpoint="$MASTER_ADDR:{opts.master_port}" --rdzv-id="$SLURM_JOB_ID" {command}',
+        ]
+    return [f'{srun(opts, job, job.tasks_per_node)} "${{PY[@]}}" {command}']
+
+
+def ray_cluster_lines(opts: SbatchOptions, job: JobLayout) -> list[str]:
+    gpus = job.gpus_per_node
+    cpus = job.cpus_per_task
+    port = opts.ray_port
+    token = job.job_dir / RAY_TOKEN_NAME
+    return [
+        "# --- a Ray cluster inside the allocation: head on the first node, one worker per other node",
+        f"CONFIG={q(job.config_path)}",
+        "# token authentication: a fresh token per job, readable by this user only; every Ray process of the",
+        "# job reads it from RAY_AUTH_TOKEN_PATH. Attach from a login node with the same two variables set.",
+        "export RAY_AUTH_MODE=token",
+        f"export RAY_AUTH_TOKEN_PATH={env_path(token)}",
+        '(umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d " \\n" > "$RAY_AUTH_TOKEN_PATH")',
+        'if [ ! -s "$RAY_AUTH_TOKEN_PATH" ]; then echo "itwinai-lightning: no Ray token" >&2; exit 1; fi',
+        'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+        'HEAD="${NODES[0]}"',
+        'HEAD_IP="$(srun --nodes=1 --ntasks=1 -w "$HEAD" hostname --ip-address | awk \'{print $1}\')"',
+        f'export RAY_ADDRESS="$HEAD_IP:{port}"',
+        f'srun --nodes=1 --ntasks=1 -w "$HEAD" "${{CONTAINER[@]}}" ray start --head '
+        f'--node-ip-address="$HEAD_IP" --port={port} --num-cpus={cpus} --num-gpus={gpus} --block &',
+        'for _ in $(seq 60); do "${CONTAINER[@]}" ray status --address "$RAY_ADDRESS" >/dev/null 2>&1'
+        " && break; sleep 2; done",
+        'for NODE in "${NODES[@]:1}"; do',
+        f'  srun --nodes=1 --ntasks=1 -w "$NODE" "${{CONTAINER[@]}}" ray start --address "$RAY_ADDRESS" '
+        f"--num-cpus={cpus} --num-gpus={gpus} --block &",
+        "done",
+        "sleep 5",
+        "",
+        "# --- launch (ray): the tune driver runs on the head node and uses the whole allocation",
+        '"${PY[@]}" -m itwinai_lightning tune --config "$CONFIG"',
+        "STATUS=$?",
+        '"${CONTAINER[@]}" ray stop --force >/dev/null 2>&1 || true',
+        'exit "$STATUS"',
+    ]
+
+
+def header(tool: str, runs: str) -> list[str]:
+    """The script's first lines: the shebang, who generated it and what it runs."""
+    return [
+        "#!/bin/bash",
+        f"# Generated by {tool}.",
+        f"# Runs: {runs}",
+        "# Relative paths are relative to the directory it was rendered in: submit it from there.",
+    ]
+
+
+#: Relative paths in the script and the job config are relative to the submit directory.
+SUBMIT_DIR = [
+    "# --- relative paths (below and in the job config) are relative to the submit directory",
+    'cd "${SLURM_SUBMIT_DIR:-.}" || exit 1',
+]
+
+
+def script(
+    opts: SbatchOptions, job: JobLayout, job_name: str, head: Sequence[str], body: Sequence[str]
+) -> str:
+    """A whole sbatch script: ``head``, directives, environment, the move to the submit dir, ``body``."""
+    parts = [*head, *directives(opts, job, job_name), "", *environment(opts), "", *SUBMIT_DIR, "", *body]
+    return "\n".join(parts) + "\n"
+
+
+__all__ = [
+    "JobLayout",
+    "SbatchOptions",
+    "cpus_per_task",
+    "directives",
+    "environment",
+    "launch_lines",
+    "ray_cluster_lines",
+    "script",
+    "split_into_nodes",
+    "srun",
+]  # fmt: skip
