@@ -22,7 +22,7 @@ GPU_ACCELERATORS = ("gpu", "cuda", "rocm", "auto")
 
 def resolve_lightning_config(lightning_argv: Sequence[str], subcommand: str = "fit") -> dict[str, Any]:
     """Parse ``<subcommand> <lightning_argv>`` with the project's LightningCLI; return the resolved config."""
-    from itwinai_lightning.cli.main import resolve_config
+    from itwinai_lightning.cli.run import resolve_config
 
     return resolve_config(lightning_argv, subcommand)
 

@@ -35,7 +35,7 @@ def _parse_base(
 
     Returns the base ``trainer.max_epochs``, the base trainer settings and the base run's loggers.
     """
-    from itwinai_lightning.cli.main import run_lightning_cli
+    from itwinai_lightning.cli.run import run_lightning_cli
 
     quiet = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in quiet]

@@ -159,7 +159,7 @@ def fit_trial(
     ``tracking`` (a :class:`~itwinai_lightning.tune.tracking.SweepTracking`) makes the run's MLflow run a
     child of the sweep's parent run.
     """
-    from itwinai_lightning.cli.main import run_lightning_cli
+    from itwinai_lightning.cli.run import run_lightning_cli
 
     params = plain_values(config)
     cli = run_lightning_cli([*trial_args(base_argv, params, run_dir), *extra_args], run=False)

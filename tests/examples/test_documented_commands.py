@@ -91,7 +91,8 @@ def test_the_docs_show_the_commands_a_user_pastes() -> None:
 
 def _check(args: list[str]) -> None:
     """What the CLI checks before it runs ``args``, without training: parse and validate."""
-    from itwinai_lightning.cli.main import LIGHTNING_COMMANDS, main, resolve_config
+    from itwinai_lightning.cli.main import LIGHTNING_COMMANDS, main
+    from itwinai_lightning.cli.run import resolve_config
 
     command, rest = args[0], args[1:]
     if command in LIGHTNING_COMMANDS:

@@ -169,7 +169,7 @@ def _config(run_dir: Path, **trainer: Any) -> dict[str, Any]:
 
 
 def test_cli_short_names_with_plus_equals(tmp_path: Path) -> None:
-    from itwinai_lightning.cli.main import run_lightning_cli
+    from itwinai_lightning.cli.run import run_lightning_cli
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(_config(tmp_path / "run", devices=1, max_epochs=1)))

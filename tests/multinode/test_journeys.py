@@ -274,7 +274,7 @@ def test_slurm_tune_on_a_ray_cluster_spanning_both_nodes(
     best = min(rows, key=lambda r: float(r["val_loss"]))
     import ray
 
-    from itwinai_lightning.cli.main import run_lightning_cli
+    from itwinai_lightning.cli.run import run_lightning_cli
 
     refit = [
         "fit",

@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import pytest
 import yaml
 
-from itwinai_lightning.cli.main import run_lightning_cli
+from itwinai_lightning.cli.run import run_lightning_cli
 from tests.tracking.readers import tensorboard_scalars, tensorboard_texts, wandb_history
 
 API_KEY = "sk-live-7f3a9c2e5b1d"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_lightning.cli.main import run_lightning_cli
+from itwinai_lightning.cli.run import run_lightning_cli
 from tests.tune.conftest import TINY
 
 pytestmark = [pytest.mark.ray]

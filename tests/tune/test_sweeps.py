@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from itwinai_lightning.cli.main import run_lightning_cli
+from itwinai_lightning.cli.run import run_lightning_cli
 from tests.tune.conftest import TINY, read_csv, read_params, run_tune, tune_command, tune_env, write_search
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
