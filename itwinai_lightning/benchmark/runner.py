@@ -88,7 +88,7 @@ def fold_predict(run_dir: str | Path) -> None:
         return
     skip = {"stage", "status", "error", "summary", "sections", "epochs", "config"}
     fields = {k: v for k, v in pred.items() if k not in skip}
-    rate = samples / loop_s
+    rate = derive.rate(samples, loop_s)
     epoch = {"train_time_s": loop_s, "wall_time_s": loop_s, "samples": samples, "samples_per_s": rate}
     records.amend(
         run_dir,

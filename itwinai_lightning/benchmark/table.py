@@ -110,19 +110,12 @@ def run_from_record(rec: Mapping[str, Any]) -> Run:
     """Extract one :class:`Run` from a RunRecord dict (schema in records/schema.py)."""
     bench = (rec.get("sections") or {}).get("benchmark") or {}
     summary = rec.get("summary") or {}
-    epochs = [e for e in rec.get("epochs") or [] if isinstance(e, Mapping)]
     timing = derive.training_epoch_time(rec, int(bench.get("warmup_epochs", DEFAULT_WARMUP_EPOCHS) or 0))
     energy_epoch = derive.energy_per_epoch(rec)
     per_sample = _num(summary.get("energy_per_sample_wh"))  # derived by the recorder (records.derive)
-    samples_per_s = _num(summary.get("samples_per_s"))
-    if samples_per_s is None:
-        samples_per_s = _mean(_num(e.get("samples_per_s")) for e in epochs)
-    gpu = _num(summary.get("gpu_util_mean_pct"))
-    if gpu is None:
-        gpu = _mean(_num(e.get("gpu_util_mean_pct")) for e in epochs)
-    cpu = _num(summary.get("cpu_util_mean_pct"))
-    if cpu is None:
-        cpu = _mean(_num(e.get("cpu_util_mean_pct")) for e in epochs)
+    samples_per_s = derive.run_figure(rec, "samples_per_s")
+    gpu = derive.run_figure(rec, "gpu_util_mean_pct")
+    cpu = derive.run_figure(rec, "cpu_util_mean_pct")
     prof = ((rec.get("sections") or {}).get("torch_profiler") or {}).get("fractions") or {}
     fractions = {k: v for k in FRACTIONS if (v := _num(prof.get(k))) is not None}
     workers = bench.get("workers") or rec.get("world_size") or 1

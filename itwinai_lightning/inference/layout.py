@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.records import derive
 
 INDEX = "index.json"
 POSITIONS = "positions.pt"
@@ -125,7 +126,7 @@ def write_index(directory: Path, expected: int | None, world_size: int, elapsed_
         "samples": [len(i) for i in indices],
         "duplicates_dropped": duplicates,
         "wall_time_s": elapsed_s,
-        "samples_per_s": n / elapsed_s if elapsed_s > 0 else 0.0,
+        "samples_per_s": derive.rate(n, elapsed_s) or 0.0,
     }
     (directory / INDEX).write_text(json.dumps(index, indent=1))
     return index

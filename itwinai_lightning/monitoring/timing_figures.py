@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from itwinai_lightning.monitoring import aggregate as agg
+from itwinai_lightning.records.derive import rate
 
 #: Per-rank epoch figures, gathered across ranks with ONE all_gather per epoch.
 GATHERED = (
@@ -67,7 +68,7 @@ def combine_ranks(cols: dict[str, list[float]], ranks: int, accumulate_grad_batc
     samples = agg.total(cols["samples"]) or 0.0
     out["samples"] = int(samples)
     train_time = out.get("train_time_s")
-    out["samples_per_s"] = samples / train_time if train_time else None
+    out["samples_per_s"] = rate(samples, train_time)
     ttfs = agg.min_mean_max(cols["time_to_first_step_s"])
     if ttfs is not None:
         out["time_to_first_step_s"] = ttfs["max"]
@@ -87,7 +88,7 @@ def run_summary(epochs: list[dict[str, Any]]) -> dict[str, Any]:
     train = sum(e.get("train_time_s", 0.0) for e in epochs)
     out["total_samples"] = total
     out["mean_epoch_time_s"] = sum(e.get("wall_time_s", 0.0) for e in epochs) / len(epochs)
-    out["samples_per_s"] = total / train if train > 0 else None
+    out["samples_per_s"] = rate(total, train)
     out["epochs_completed"] = len(epochs)
     first = epochs[0].get("time_to_first_step_s")
     if first is not None:

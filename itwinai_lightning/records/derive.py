@@ -1,6 +1,9 @@
 """Every figure computed from other figures, in one place: the recorder, the callbacks and the reports
 call these and never redo the arithmetic.
 
+* :func:`rate`: samples/s (or any amount per second) = ``amount / seconds``; every samples/s figure of a
+  record (an epoch's, the run's, a prediction pass's) is this.
+* :func:`run_figure`: a run's figure from its summary, else the mean of its epochs' values.
 * ``energy_per_sample_wh`` = ``energy_wh / total_samples``.
 * ``flops_per_s`` = ``flops_per_sample x samples_per_s`` (model FLOPs, forward + backward, all ranks).
 * ``mfu_pct`` = ``100 x flops_per_s / peak_flops_per_s`` (model FLOPs utilisation; the peak of all the
@@ -37,6 +40,27 @@ def number(value: Any) -> float | None:
 def mean(values: Iterable[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
+
+
+def rate(amount: float | None, seconds: float | None) -> float | None:
+    """``amount / seconds`` (samples/s when ``amount`` counts samples); None without a positive time."""
+    if amount is None or not seconds or seconds <= 0:
+        return None
+    return float(amount) / float(seconds)
+
+
+def run_figure(record: Mapping[str, Any], key: str) -> float | None:
+    """``summary[key]`` of a record, else the mean of its epochs' ``key`` (records whose summary lacks it);
+    a ``{min, mean, max}`` value counts as its mean."""
+
+    def value(node: Any) -> float | None:
+        return number(node.get("mean") if isinstance(node, Mapping) else node)
+
+    found = value((record.get("summary") or {}).get(key))
+    if found is not None:
+        return found
+    epochs = [e for e in record.get("epochs") or [] if isinstance(e, Mapping)]
+    return mean(value(e.get(key)) for e in epochs)
 
 
 def throughput(
