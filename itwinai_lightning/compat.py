@@ -112,6 +112,7 @@ OVERRIDDEN_HOOKS: tuple[tuple[str, str], ...] = (
     ("lightning.pytorch.strategies.ddp:DDPStrategy", "_get_process_group_backend"),
     ("lightning.pytorch.strategies.fsdp:FSDPStrategy", "_setup_model"),
     ("lightning.pytorch.strategies.deepspeed:DeepSpeedStrategy", "_configure_launcher"),
+    ("lightning.pytorch.strategies.parallel:ParallelStrategy", "_configure_launcher"),  # horovod
     ("lightning.pytorch.strategies.launchers.multiprocessing:_MultiProcessingLauncher",
      "_collect_rank_zero_results"),
     ("lightning.pytorch.strategies.launchers.multiprocessing:_MultiProcessingLauncher",

@@ -27,6 +27,7 @@ from typing_extensions import override
 from itwinai_lightning.errors import UserError, require
 from itwinai_lightning.launch import where as cluster
 from itwinai_lightning.strategies import horovod_rendezvous as rendezvous
+from itwinai_lightning.strategies.launch_aware import LaunchAware
 
 INSTALL_HINT = (
     "itwinai-lightning build-horovod (Horovod 0.28.1 is not on PyPI in a form that builds against torch 2.x; "
@@ -95,7 +96,7 @@ class HorovodEnvironment(ClusterEnvironment):
         return int(hvd().cross_rank())
 
 
-class HorovodStrategy(ParallelStrategy):
+class HorovodStrategy(LaunchAware, ParallelStrategy):
     """Horovod data parallelism: allreduce of gradients through ``hvd.DistributedOptimizer``.
 
     Arguments (YAML ``trainer.strategy.init_args``):
@@ -109,7 +110,13 @@ class HorovodStrategy(ParallelStrategy):
     ``gradient_predivide_factor`` split the averaging before/after the sum (``op: average`` only)
     ``rendezvous_port``           under ``mpirun``/``srun``: port of the gloo rendezvous server that rank 0
                                   starts (default ``MASTER_PORT``, else derived from the job id)
+    ``timeout``                   seconds a gloo collective waits for the other ranks
+                                  (``HOROVOD_GLOO_TIMEOUT_SECONDS``; default Horovod's 30 s); a peer that
+                                  died or hung is then named in one line, as with ``hpc_ddp``
     ============================  ==========================================================================
+
+    Shares the launch-aware mixin with ``hpc_ddp``, ``hpc_fsdp`` and ``hpc_deepspeed``: device pinning
+    (one GPU per local rank, or the only visible one), the launch check and the lost-peer message.
 
     At the start of fit, rank 0's parameters, optimizer hyper-parameters and (non-empty) optimizer state are
     broadcast to all ranks; learning rates are *not* scaled by the number of workers (same semantics as DDP:
@@ -119,6 +126,7 @@ class HorovodStrategy(ParallelStrategy):
     """
 
     strategy_name = "horovod"
+    label = "horovod"
 
     def __init__(
         self,
@@ -127,6 +135,7 @@ class HorovodStrategy(ParallelStrategy):
         backward_passes_per_step: int | None = None,
         gradient_predivide_factor: float = 1.0,
         rendezvous_port: int | None = None,
+        timeout: float | None = None,
         accelerator: Any = None,
         parallel_devices: list[torch.device] | None = None,
         checkpoint_io: CheckpointIO | None = None,
@@ -149,10 +158,12 @@ class HorovodStrategy(ParallelStrategy):
             raise UserError(
                 f"strategy.init_args.op: adasum needs Horovod built with MPI; rebuild: {INSTALL_HINT}"
             )
+        launch = self._launch_aware_kwargs(timeout, None, HorovodEnvironment())
+        self._timeout = launch["timeout"]
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
-            cluster_environment=HorovodEnvironment(),
+            cluster_environment=launch["cluster_environment"],
             checkpoint_io=checkpoint_io,
             precision_plugin=precision_plugin,
         )
@@ -170,6 +181,8 @@ class HorovodStrategy(ParallelStrategy):
         launched = cluster.detect()
         if not horovod.is_initialized() and rendezvous.needs_rendezvous(launched):
             rendezvous.prepare(launched, port=self.rendezvous_port)  # mpirun/srun: gloo rendezvous
+        if self.timeout_s is not None and not horovod.is_initialized():
+            os.environ["HOROVOD_GLOO_TIMEOUT_SECONDS"] = str(max(1, round(self.timeout_s)))
         horovod.init()
         if launched.world_size > 1 and horovod.size() != launched.world_size:
             raise UserError(
@@ -197,13 +210,6 @@ class HorovodStrategy(ParallelStrategy):
     @property
     def is_distributed(self) -> bool:
         return True
-
-    @property
-    @override
-    def root_device(self) -> torch.device:
-        if isinstance(self.accelerator, CUDAAccelerator):
-            return torch.device("cuda", self.local_rank)  # pin one GPU per process by local rank
-        return torch.device("cpu")
 
     @property
     @override

@@ -1,5 +1,5 @@
-"""What makes a Lightning process-group strategy launcher-aware: one mixin shared by hpc_ddp, hpc_fsdp and
-hpc_deepspeed.
+"""What makes a Lightning strategy launcher-aware: one mixin shared by hpc_ddp, hpc_fsdp, hpc_deepspeed,
+horovod and ray_ddp (through hpc_ddp).
 
 :class:`LaunchAware` goes in front of a Lightning ``ParallelStrategy`` subclass (``DDPStrategy``,
 ``FSDPStrategy``, ``DeepSpeedStrategy``) and adds
@@ -28,7 +28,7 @@ from itwinai_lightning import compat
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.launch.environment import check_strategy_launch, make_cluster_environment
 from itwinai_lightning.launch.placement import known, lost_peer
-from itwinai_lightning.launch.where import default_backend
+from itwinai_lightning.launch.where import default_backend, detect
 from itwinai_lightning.strategies import process_group
 
 DEFAULT_INIT_TIMEOUT_S = 300.0
@@ -44,6 +44,7 @@ _PEER_FAILURE = (
     "nccl communicator was aborted",
     "watchdog caught collective operation timeout",
     "has already been aborted",
+    "horovod has been shut down",  # Horovod, after a rank failed or left
 )
 
 
@@ -148,7 +149,7 @@ class LaunchAware:
             return
         strategy: Any = self
         info = getattr(strategy.cluster_environment, "info", None)
-        source = info.launcher if info is not None else "lightning"
+        source = info.launcher if info is not None else detect().launcher
         limit = "torch's default" if self.timeout_s is None else f"{self.timeout_s:g} s"
         trainer = compat.attached_trainer(compat.strategy_module(strategy))
         rank, world = strategy.global_rank, strategy.world_size

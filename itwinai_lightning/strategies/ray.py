@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero_only
-from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
 from itwinai_lightning import compat
 from itwinai_lightning.launch.environment import LauncherEnvironment
 from itwinai_lightning.launch.where import ClusterInfo, detect_as
+from itwinai_lightning.strategies.ddp import HPCDDPStrategy
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -80,7 +80,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: 
     return ray
 
 
-class RayDDPStrategy(DDPStrategy):
+class RayDDPStrategy(HPCDDPStrategy):
     """DDP over Ray actors (driver side) or over Ray processes that already are the ranks (worker side).
 
     Args:
@@ -88,7 +88,8 @@ class RayDDPStrategy(DDPStrategy):
         address: Ray cluster to use (``auto``, ``host:port``); default ``$RAY_ADDRESS`` or a local Ray.
         cpus_per_worker / gpus_per_worker: Ray resources per actor (GPU default: 1 on CUDA, else 0).
         num_cpus: CPUs of a locally started Ray (default: all).
-        Other keyword arguments go to Lightning's ``DDPStrategy`` (``timeout``, ...).
+        Other keyword arguments go to ``hpc_ddp`` (``timeout``, ``init_timeout``, ...): the workers share
+        its launch-aware mixin (collective timeout, rendezvous window, the lost-peer message).
 
     Logs nothing itself; ``launcher`` in the RunRecord reads ``ray`` on the workers.
     """

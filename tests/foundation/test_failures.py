@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.foundation.conftest import fit_args, run_cli
-from tests.helpers.engines import require_module
+from tests.helpers.engines import require_executable, require_module
 
 TIMEOUT_S = 5
 #: process start-up, teardown and a loaded 2-core CI machine, on top of the collective timeout
@@ -17,6 +17,7 @@ SLACK_S = 40
 STRATEGY_CLASSES = {
     "hpc_ddp": "itwinai_lightning.strategies.ddp.HPCDDPStrategy",
     "hpc_deepspeed": "itwinai_lightning.strategies.deepspeed.HPCDeepSpeedStrategy",
+    "horovod": "itwinai_lightning.strategies.horovod.HorovodStrategy",
 }
 
 
@@ -25,6 +26,7 @@ STRATEGY_CLASSES = {
     [
         ("lightning", "SIGSTOP", "hpc_ddp"),
         ("srun", "SIGKILL", "hpc_ddp"),
+        ("horovodrun", "SIGSTOP", "horovod"),  # the gloo timeout of the shared mixin's timeout
     ],
 )
 def test_lost_rank_ends_the_run_within_the_timeout(
@@ -52,6 +54,10 @@ def test_lost_rank_ends_the_run_within_the_timeout(
     prefix: list[str] = []
     if strategy == "hpc_deepspeed":
         require_module("deepspeed", "bash scripts/setup.sh")
+    if strategy == "horovod":
+        horovodrun = require_executable("horovodrun", "itwinai-lightning build-horovod")
+        prefix = [horovodrun, "--gloo", "-np", "2", "-H", "localhost:2"]
+        args[args.index("--trainer.devices") + 1] = "1"  # one process per device under horovodrun
     if launcher == "srun":
         env["SLURM_CONF"] = request.getfixturevalue("slurm_cluster").env["SLURM_CONF"]
         prefix = ["srun", "-N", "1", "--ntasks-per-node=2"]  # no --kill-on-bad-exit: rank 0 must notice
