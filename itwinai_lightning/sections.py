@@ -1,4 +1,5 @@
-"""Split a subcommand's own section (``tune:``, ``benchmark:``, ``slurm:``) out of LightningCLI arguments.
+"""Split a subcommand's own section (``tune:``, ``benchmark:``, ``slurm:``) out of LightningCLI arguments,
+and parse it into its typed dataclass (:func:`parse_section`, jsonargparse: the one way sections are parsed).
 
 ``tune``/``benchmark``/``slurm`` take the same ``--config`` files and dotted overrides as ``fit``, plus a
 section of their own, given in any of the YAML files or as ``--<section>.<key> VALUE`` flags. This module
@@ -8,15 +9,19 @@ config files rewritten (to a temporary copy) only when they contained the sectio
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-from itwinai_lightning.errors import UserError
+from itwinai_lightning.errors import UserError, collecting
+
+T = TypeVar("T")
 
 CONFIG_FLAGS = ("--config", "-c")
 
@@ -173,3 +178,38 @@ def check_known_keys(values: Mapping[str, Any], known: Sequence[str], section: s
     unknown = [k for k in values if k not in known]
     if unknown:
         raise UserError(f"unknown option '{section}.{unknown[0]}'; accepted: {', '.join(sorted(known))}")
+
+
+def parse_section(cls: type[T], values: Mapping[str, Any], name: str) -> T:
+    """The ``name:`` section as one ``cls`` (a dataclass), parsed and validated by jsonargparse: the types
+    come from the dataclass's annotations (the same class gives ``--help``), its ``__post_init__`` checks
+    what spans keys. Every mistake is one :class:`UserError` naming ``name.key``."""
+    from jsonargparse import ArgumentParser
+
+    check_known_keys(values, [f.name for f in fields(cls)], name)  # type: ignore[arg-type]
+    parser = ArgumentParser(exit_on_error=False, env_prefix=False, default_env=False)
+    parser.add_class_arguments(cls, name)
+    build = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    with collecting() as created:
+        try:
+            return build(parser.parse_object({name: dict(values)}))[name]  # type: ignore[no-any-return]
+        except UserError:
+            raise
+        except Exception as err:
+            if created:  # a check of the dataclass, wrapped by jsonargparse
+                raise created[0] from None
+            raise UserError(jsonargparse_line(str(err), name)) from None
+
+
+def jsonargparse_line(message: str, name: str) -> str:
+    """One line from a jsonargparse error: ``<name>.<key>: expected <type>, got <value>``."""
+    key = re.search(r'Parser key "([^"]+)"', message)
+    expected = re.findall(r"Expected an? (?:<class '([^']+)'>|([^.\n]+?))(?:\. Got value: ([^\n]+))?$",
+                          message, re.MULTILINE)  # fmt: skip
+    where = key.group(1) if key else name
+    if not expected:
+        return f"{where}: {message.strip().splitlines()[-1].strip()}"
+    kind, other, value = next((e for e in expected if e[2]), expected[0])
+    given = re.search(r"Given value: ([^\n]+)", message)
+    got = value or (given.group(1) if given else "")
+    return f"{where}: expected {kind or other}" + (f", got {got}" if got else "")

@@ -10,18 +10,8 @@ from typing import Any
 from itwinai_lightning import settings_help
 from itwinai_lightning.benchmark.launchers import DEFAULT_CALLBACKS, LAUNCHERS, slurm_options
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.sections import deep_merge, load_yaml_file
+from itwinai_lightning.sections import deep_merge, load_yaml_file, parse_section
 from itwinai_lightning.settings_help import defaults_of
-
-
-def _list(values: Mapping[str, Any], key: str, kind: type) -> list[Any]:
-    raw = values[key]
-    items = raw if isinstance(raw, list | tuple) else [raw]
-    if not items or not all(isinstance(v, kind) and not isinstance(v, bool) for v in items):
-        raise UserError(
-            f"benchmark.{key} must be a non-empty list of {kind.__name__}s, e.g. [1, 2]; got {raw!r}"
-        )
-    return list(items)
 
 
 @dataclass
@@ -74,6 +64,52 @@ class Settings:
     threshold_pct: float = 70.0
     dry_run: bool = False
     mode: str = "fit"
+
+    def __post_init__(self) -> None:
+        """What the types cannot say, checked across keys; one line naming the key (UserError)."""
+        self.strategies = [str(s) for s in _as_list(self.strategies, "strategies", "str")]
+        for name in self.strategies:
+            check_strategy(name)
+        workers = [int(n) for n in _as_list(self.workers, "workers", "int")]
+        if any(n < 1 for n in workers):
+            raise UserError(f"benchmark.workers must be positive integers, got {workers}")
+        self.workers = sorted(set(workers))
+        choices = {"launcher": LAUNCHERS, "scaling": ("strong", "weak"), "mode": ("fit", "predict")}
+        meaning = {"scaling": "'strong' (fixed global batch) or 'weak'", "mode": "'fit' (training) or "
+                   "'predict' (inference)"}  # fmt: skip
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                said = meaning.get(key) or f"one of: {', '.join(allowed)}"
+                raise UserError(f"benchmark.{key} must be {said}, got {getattr(self, key)!r}")
+        if self.repetitions < 1:
+            raise UserError(f"benchmark.repetitions must be an integer >= 1, got {self.repetitions!r}")
+        if self.warmup_epochs < 0:
+            raise UserError(
+                f"benchmark.warmup_epochs must be an integer >= 0 (epochs left out of the epoch time), "
+                f"got {self.warmup_epochs!r}"
+            )
+        slurm_options(self.slurm)  # every benchmark.slurm key checked now, before any point starts
+        if not 0 < self.threshold_pct <= 100:
+            raise UserError(f"benchmark.threshold_pct must be in (0, 100], got {self.threshold_pct}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"benchmark.batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.accelerator in ("", "none"):
+            self.accelerator = None
+        if self.scaling == "strong":
+            self._check_strong_scaling()
+
+    def _check_strong_scaling(self) -> None:
+        if self.batch_size is None:
+            raise UserError(
+                f"strong scaling needs the global batch size: set --benchmark.batch_size or {self.batch_key} "
+                "in the config (or choose --benchmark.scaling weak)"
+            )
+        bad = [n for n in self.workers if self.batch_size % n]  # type: ignore[union-attr]
+        if bad:
+            raise UserError(
+                f"strong scaling: global batch size {self.batch_size} does not divide by {bad[0]} workers; "
+                "change benchmark.batch_size or benchmark.workers"
+            )
 
     def per_worker_batch(self, workers: int) -> int | None:
         """Strong scaling: global batch / N; weak scaling: the batch size itself."""
@@ -212,84 +248,19 @@ def check_devices(settings: Settings) -> list[str]:
     return []
 
 
+def _as_list(value: list[Any], key: str, kind: str) -> list[Any]:
+    items = list(value)
+    if not items:
+        raise UserError(f"benchmark.{key} must be a non-empty list of {kind}s, e.g. [1, 2]; got {value!r}")
+    return list(items)
+
+
 def parse(values: Mapping[str, Any], lightning_argv: Sequence[str]) -> Settings:
-    """Validate the merged ``benchmark:`` section; every error names the key and what to do."""
-    v = deep_merge(DEFAULTS, values)
-    unknown = [k for k in v if k not in DEFAULTS]
-    if unknown:
-        raise UserError(f"unknown option 'benchmark.{unknown[0]}'; accepted: {', '.join(sorted(DEFAULTS))}")
-    strategies = [str(s) for s in _list(v, "strategies", str)]
-    for name in strategies:
-        check_strategy(name)
-    workers = _list(v, "workers", int)
-    if any(n < 1 for n in workers):
-        raise UserError(f"benchmark.workers must be positive integers, got {workers}")
-    if v["launcher"] not in LAUNCHERS:
-        raise UserError(
-            f"benchmark.launcher {v['launcher']!r} is unknown; choose one of: {', '.join(LAUNCHERS)}"
-        )
-    if v["scaling"] not in ("strong", "weak"):
-        raise UserError(
-            f"benchmark.scaling must be 'strong' (fixed global batch) or 'weak', got {v['scaling']!r}"
-        )
-    if v["mode"] not in ("fit", "predict"):
-        raise UserError(
-            f"benchmark.mode must be 'fit' (training) or 'predict' (inference), got {v['mode']!r}"
-        )
-    if not isinstance(v["repetitions"], int) or v["repetitions"] < 1:
-        raise UserError(f"benchmark.repetitions must be an integer >= 1, got {v['repetitions']!r}")
-    warmup = v["warmup_epochs"]
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise UserError(
-            f"benchmark.warmup_epochs must be an integer >= 0 (epochs left out of the epoch time), "
-            f"got {v['warmup_epochs']!r}"
-        )
-    if not isinstance(v["slurm"], Mapping):
-        raise UserError(
-            "benchmark.slurm must be a mapping of slurm: keys (preset, ntasks_per_node, partition, time, ...)"
-        )
-    slurm_options(v["slurm"])  # every key checked now, before any point starts
-    threshold = float(v["threshold_pct"])
-    if not 0 < threshold <= 100:
-        raise UserError(f"benchmark.threshold_pct must be in (0, 100], got {threshold}")
-    batch = (
-        v["batch_size"]
-        if v["batch_size"] is not None
-        else batch_size_from_args(lightning_argv, v["batch_key"])
-    )
-    if batch is not None and (not isinstance(batch, int) or batch < 1):
-        raise UserError(f"benchmark.batch_size must be a positive integer, got {batch!r}")
-    if v["scaling"] == "strong":
-        if batch is None:
-            raise UserError(
-                f"strong scaling needs the global batch size: set --benchmark.batch_size or {v['batch_key']} "
-                "in the config (or choose --benchmark.scaling weak)"
-            )
-        bad_n = [n for n in workers if batch % n]
-        if bad_n:
-            raise UserError(
-                f"strong scaling: global batch size {batch} does not divide by {bad_n[0]} workers; "
-                "change benchmark.batch_size or benchmark.workers"
-            )
-    return Settings(
-        strategies=strategies,
-        workers=sorted(set(workers)),
-        launcher=v["launcher"],
-        scaling=v["scaling"],
-        batch_size=batch,
-        batch_key=str(v["batch_key"]),
-        repetitions=int(v["repetitions"]),
-        warmup_epochs=int(v["warmup_epochs"]),
-        output_dir=str(v["output_dir"]),
-        profile=bool(v["profile"]),
-        callbacks=[str(c) for c in v["callbacks"] or []],
-        accelerator=None if v["accelerator"] in (None, "", "none") else str(v["accelerator"]),
-        timeout_s=float(v["timeout_s"]),
-        launcher_args=[str(a) for a in v["launcher_args"] or []],
-        submit=bool(v["submit"]),
-        slurm=dict(v["slurm"]),
-        report=bool(v["report"]),
-        threshold_pct=threshold,
-        mode=str(v["mode"]),
-        dry_run=bool(v["dry_run"]),
-    )
+    """The ``benchmark:`` section as :class:`Settings`, parsed and validated by jsonargparse (one line
+    naming the key for each mistake); without ``batch_size``, the batch the configs and overrides give."""
+    batch_key = str(values.get("batch_key") or DEFAULTS["batch_key"])
+    values = {k: [v] if k in ("strategies", "workers") and not isinstance(v, list) else v  # one = [one]
+              for k, v in values.items()}  # fmt: skip
+    if values.get("batch_size") is None:
+        values = {**values, "batch_size": batch_size_from_args(lightning_argv, batch_key)}
+    return parse_section(Settings, values, "benchmark")

@@ -143,3 +143,32 @@ def test_error_line_finds_the_root_cause_under_real_torchrun(tmp_path: Path, how
     )  # fmt: skip
     assert done.returncode != 0 and "ChildFailedError" in done.stderr
     assert error_line(done.stderr).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"repetitions": "two"}, "benchmark.repetitions: expected int, got two"),
+        ({"workers": [1, "x"]}, "benchmark.workers: expected int, got x"),
+        ({"workers": []}, "benchmark.workers must be a non-empty list of ints"),
+        ({"launcher": "qsub"}, "benchmark.launcher must be one of: torchrun, ray, horovodrun"),
+        ({"threshold_pct": 0}, "benchmark.threshold_pct must be in (0, 100], got 0"),
+        ({"worker": [2]}, "unknown option 'benchmark.worker'"),
+    ],
+)
+def test_the_section_is_parsed_by_jsonargparse_into_one_line(
+    tmp_path: Path, values: dict[str, object], expected: str
+) -> None:
+    """Types from the Settings dataclass (the same one gives --help), cross-key checks in it: one line."""
+    from itwinai_lightning.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        parse({**BASE, "output_dir": str(tmp_path), **values}, [])
+    assert str(err.value).startswith(expected), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_one_worker_count_or_strategy_may_be_given_without_a_list(tmp_path: Path) -> None:
+    settings = parse({**BASE, "output_dir": str(tmp_path), "workers": 2, "strategies": "hpc_ddp"}, [])
+    assert settings.workers == [2] and settings.strategies == ["hpc_ddp"]
+    assert settings.per_worker_batch(2) == 32
