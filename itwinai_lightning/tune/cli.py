@@ -128,9 +128,9 @@ def main(argv: list[str]) -> int:
     """Run the sweep; 0 when at least one trial finished, 1 when all failed, 2 on bad input."""
     if any(a in ("-h", "--help") for a in argv):
         from itwinai_lightning.settings_help import help_text
-        from itwinai_lightning.tune.settings import TuneSection
+        from itwinai_lightning.tune.settings import TuneSettings
 
-        print(help_text("itwinai-lightning tune", HELP_INTRO, TuneSection, "tune"))
+        print(help_text("itwinai-lightning tune", HELP_INTRO, TuneSettings, "tune"))
         return 0
     if not config_paths(argv):
         raise UserError(

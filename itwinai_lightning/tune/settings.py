@@ -34,14 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.sections import check_known_keys
+from itwinai_lightning.sections import check_known_keys, parse_section
 from itwinai_lightning.settings_help import defaults_of
 from itwinai_lightning.tune.search_space import Distribution, parse_search_space
 
 
 @dataclass
-class TuneSection:
-    """The ``tune:`` section as written: a Ray Tune sweep over any fit config (docs/tune.md).
+class TuneSettings:
+    """The ``tune:`` section: a Ray Tune sweep over any fit config (docs/tune.md), parsed and validated by
+    jsonargparse (:func:`parse_settings`); the same class gives ``tune --help``.
 
     Args:
         search_space: dotted config key -> distribution, e.g. {model.init_args.lr: {loguniform: [1.0e-4,
@@ -85,9 +86,55 @@ class TuneSection:
     seed: int | None = None
     ray: dict[str, Any] = field(default_factory=lambda: {"address": None, "num_cpus": None, "temp_dir": None})
 
+    def __post_init__(self) -> None:
+        """Every check across keys; the first problem raises :class:`UserError` naming the key. After it,
+        ``scheduler`` and ``search_alg`` are names, ``output_dir`` is absolute."""
+        # derived (not options): the distributions, and the scheduler's and search algorithm's options
+        self.space: dict[str, Distribution] = parse_search_space(self.search_space)
+        if self.mode not in ("min", "max"):
+            raise UserError(f"tune.mode must be 'min' or 'max', got {self.mode!r}")
+        if not self.metric:
+            raise UserError(f"tune.metric must name a logged metric such as val_loss, got {self.metric!r}")
+        self.scheduler, options = _typed_option(self.scheduler, SCHEDULERS, "scheduler")
+        self.scheduler_options: dict[str, Any] = options
+        self.search_alg, options = _typed_option(self.search_alg, SEARCH_ALGS, "search_alg")
+        self.search_alg_options: dict[str, Any] = options
+        if self.search_alg != "random" and any(d.is_grid for d in self.space.values()):
+            grid_key = next(k for k, d in self.space.items() if d.is_grid)
+            raise UserError(
+                f"tune.search_space.{grid_key}: grid works only with search_alg random; "
+                f"use choice with {self.search_alg}"
+            )
+        if self.scheduler == "pbt" and self.search_alg != "random":
+            raise UserError(
+                "tune.scheduler pbt works only with search_alg random (PBT mutates trials itself)"
+            )
+        check_known_keys(self.ray or {}, RAY_KEYS, "tune.ray")
+        self.ray = {"address": None, "num_cpus": None, "temp_dir": None, **(self.ray or {})}
+        for key in ("num_samples", "workers_per_trial", "keep_checkpoints", "max_concurrent_trials"):
+            _at_least(self, key, 1)
+        _at_least(self, "max_failures", 0)
+        for key in ("time_budget_s", "cpus_per_worker", "gpus_per_worker"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise UserError(f"tune.{key} must be a non-negative number, got {value!r}")
+        self.output_dir = str(Path(str(self.output_dir or "runs/tune")).expanduser().resolve())
+        if self.scheduler == "pbt":
+            self.mutations  # noqa: B018 -- validates hyperparam_mutations before Ray starts
+
+    @property
+    def experiment_dir(self) -> Path:
+        return Path(str(self.output_dir)) / self.name
+
+    @property
+    def mutations(self) -> dict[str, Distribution]:
+        """PBT's mutations: ``scheduler.hyperparam_mutations`` if given, else the whole search space."""
+        raw = self.scheduler_options.get("hyperparam_mutations")
+        return parse_search_space(raw) if raw else dict(self.space)
+
 
 #: the section's defaults, from the one typed class
-DEFAULTS: dict[str, Any] = defaults_of(TuneSection)
+DEFAULTS: dict[str, Any] = defaults_of(TuneSettings)
 
 SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
@@ -111,110 +158,17 @@ def _typed_option(raw: Any, allowed: tuple[str, ...], key: str) -> tuple[str, di
     return name, options
 
 
-@dataclass
-class TuneSettings:
-    """Validated ``tune:`` section."""
-
-    space: dict[str, Distribution]
-    metric: str
-    mode: str
-    num_samples: int
-    max_concurrent_trials: int | None
-    time_budget_s: float | None
-    scheduler: str
-    scheduler_options: dict[str, Any]
-    search_alg: str
-    search_alg_options: dict[str, Any]
-    workers_per_trial: int
-    cpus_per_worker: float
-    gpus_per_worker: float
-    max_failures: int
-    keep_checkpoints: int
-    output_dir: Path
-    name: str
-    resume: bool
-    seed: int | None
-    ray: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def experiment_dir(self) -> Path:
-        return self.output_dir / self.name
-
-    @property
-    def mutations(self) -> dict[str, Distribution]:
-        """PBT's mutations: ``scheduler.hyperparam_mutations`` if given, else the whole search space."""
-        raw = self.scheduler_options.get("hyperparam_mutations")
-        return parse_search_space(raw) if raw else dict(self.space)
-
-
-def _positive_int(values: dict[str, Any], key: str, minimum: int = 1) -> int:
-    value = values[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def _at_least(settings: TuneSettings, key: str, minimum: int) -> None:
+    value = getattr(settings, key)
+    if value is not None and value < minimum:
         raise UserError(f"tune.{key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _number(values: dict[str, Any], key: str, allow_none: bool = False) -> float | None:
-    value = values[key]
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise UserError(f"tune.{key} must be a non-negative number, got {value!r}")
-    return float(value)
 
 
 def parse_settings(values: dict[str, Any], root_dir: str | None = None) -> TuneSettings:
-    """Check every ``tune.*`` option; the first problem raises :class:`UserError` naming the key.
+    """The ``tune:`` section as :class:`TuneSettings`, parsed and validated by jsonargparse; the first
+    problem raises :class:`UserError` naming the key.
 
     ``root_dir``: the base config's ``trainer.default_root_dir``; the default ``output_dir`` is under it."""
-    check_known_keys(values, list(DEFAULTS), "tune")
-    space = parse_search_space(values["search_space"])
-    if values["mode"] not in ("min", "max"):
-        raise UserError(f"tune.mode must be 'min' or 'max', got {values['mode']!r}")
-    if not isinstance(values["metric"], str) or not values["metric"]:
-        raise UserError(f"tune.metric must name a logged metric such as val_loss, got {values['metric']!r}")
-    scheduler, scheduler_options = _typed_option(values["scheduler"], SCHEDULERS, "scheduler")
-    search_alg, search_alg_options = _typed_option(values["search_alg"], SEARCH_ALGS, "search_alg")
-    if search_alg != "random" and any(d.is_grid for d in space.values()):
-        grid_key = next(k for k, d in space.items() if d.is_grid)
-        raise UserError(
-            f"tune.search_space.{grid_key}: grid works only with search_alg random; "
-            f"use choice with {search_alg}"
-        )
-    if scheduler == "pbt" and search_alg != "random":
-        raise UserError("tune.scheduler pbt works only with search_alg random (PBT mutates trials itself)")
-    ray_options = values["ray"] or {}
-    if not isinstance(ray_options, dict):
-        raise UserError(f"tune.ray must be a mapping with {', '.join(RAY_KEYS)}, got {ray_options!r}")
-    check_known_keys(ray_options, RAY_KEYS, "tune.ray")
-    concurrent = values["max_concurrent_trials"]
-    seed = values["seed"]
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise UserError(f"tune.seed must be an integer or null, got {seed!r}")
-    settings = TuneSettings(
-        space=space,
-        metric=values["metric"],
-        mode=values["mode"],
-        num_samples=_positive_int(values, "num_samples"),
-        max_concurrent_trials=None if concurrent is None else _positive_int(values, "max_concurrent_trials"),
-        time_budget_s=_number(values, "time_budget_s", allow_none=True),
-        scheduler=scheduler,
-        scheduler_options=scheduler_options,
-        search_alg=search_alg,
-        search_alg_options=search_alg_options,
-        workers_per_trial=_positive_int(values, "workers_per_trial"),
-        cpus_per_worker=_number(values, "cpus_per_worker") or 0.0,
-        gpus_per_worker=_number(values, "gpus_per_worker") or 0.0,
-        max_failures=_positive_int(values, "max_failures", minimum=0),
-        keep_checkpoints=_positive_int(values, "keep_checkpoints"),
-        output_dir=Path(str(values["output_dir"] or Path(root_dir or "runs") / "tune"))
-        .expanduser()
-        .resolve(),
-        name=str(values["name"]),
-        resume=bool(values["resume"]),
-        seed=seed,
-        ray={**DEFAULTS["ray"], **ray_options},
-    )
-    if scheduler == "pbt":
-        settings.mutations  # noqa: B018 -- validates hyperparam_mutations before Ray starts
-    return settings
+    if not values.get("output_dir"):
+        values = {**values, "output_dir": str(Path(root_dir or "runs") / "tune")}
+    return parse_section(TuneSettings, values, "tune")

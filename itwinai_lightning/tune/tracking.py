@@ -89,8 +89,8 @@ def start_parent(loggers: Sequence[Any], settings: TuneSettings) -> SweepTrackin
     params.update(
         metric=settings.metric,
         mode=settings.mode,
-        scheduler=settings.scheduler,
-        search_alg=settings.search_alg,
+        scheduler=str(settings.scheduler),
+        search_alg=str(settings.search_alg),
         num_samples=str(settings.num_samples),
         workers_per_trial=str(settings.workers_per_trial),
     )
