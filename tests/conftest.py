@@ -38,23 +38,28 @@ def python_env() -> dict[str, str]:
 #: tests that share one engine run on one pytest-xdist worker (``--dist loadgroup``): one SLURM cluster,
 #: one 2-node cluster, one local Ray at a time; so do the tests of one costly module fixture (a real
 #: benchmark grid, a wheel in a venv, a trained gallery), which would otherwise be built once per worker;
-#: every other test goes to whichever worker is free
+#: every other test goes to whichever worker is free. Largest groups first: they are handed out first, and
+#: the single tests fill the gaps (longest-first keeps the two workers' ends close).
 ENGINE_GROUPS = (
+    ("ray", "ray_tmp"),
     ("multinode", "two_nodes"),
     ("slurm", "slurm_cluster"),
-    ("ray", "ray_tmp"),
-    ("grid", "grids"),
     ("wheel", "venv_python"),
+    ("grid", "grids"),
     ("documented", "checkout"),
     ("run-outputs", "gallery"),
     ("predict-fit", "checkpoint"),
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (it suffixes node ids with them)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank: dict[str, int] = {}
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        for group, fixture in ENGINE_GROUPS:
+        for index, (group, fixture) in enumerate(ENGINE_GROUPS):
             if fixture in fixtures or item.get_closest_marker(group) is not None:
                 item.add_marker(pytest.mark.xdist_group(group))
+                rank[item.nodeid] = index
                 break
+    items.sort(key=lambda item: rank.get(item.nodeid, len(ENGINE_GROUPS)))  # stable: groups first

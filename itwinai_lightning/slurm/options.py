@@ -16,7 +16,7 @@ import yaml
 
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.launch.table import SLURM_LAUNCHERS as LAUNCHERS
-from itwinai_lightning.sections import check_known_keys, deep_merge, load_yaml_file
+from itwinai_lightning.sections import check_known_keys, deep_merge, load_yaml_file, parse_section
 
 #: Short aliases for the shipped presets.
 ALIASES = {"juwels": "juwels_booster", "lumi": "lumi_g", "booster": "juwels_booster"}
@@ -127,6 +127,8 @@ class SlurmOptions:
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> SlurmOptions:
+        """The ``slurm:`` section over its preset, parsed and validated by jsonargparse (one line naming
+        the key for each mistake)."""
         known = [f.name for f in fields(cls)]
         check_known_keys(section, known, "slurm")
         preset_name = str(section.get("preset") or "generic")
@@ -134,11 +136,13 @@ class SlurmOptions:
         check_known_keys(preset, known, f"slurm (preset {name})")
         merged = deep_merge(preset, section)
         merged["preset"] = name
-        options = cls(**merged)
-        options.validate()
-        return options
+        return parse_section(cls, merged, "slurm")
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
+        """Checks across keys, and the defaults that depend on other keys (launcher, requeue)."""
         if not isinstance(self.nodes, int) or self.nodes < 1:
             raise UserError(f"slurm.nodes must be a whole number >= 1, got {self.nodes!r}")
         if self.command not in COMMANDS:
