@@ -43,23 +43,39 @@ def config_paths(argv: Sequence[str]) -> list[str]:
     return [path for _, path, _ in config_positions(argv)]
 
 
-def value_of(argv: Sequence[str], dotted: str) -> Any:
+#: what :func:`get_dotted` returns for a key the mapping does not hold
+MISSING: Any = object()
+
+
+def get_dotted(data: Any, dotted: str, default: Any = None) -> Any:
+    """``data["a"]["b"]["c"]`` for ``"a.b.c"`` (mappings and jsonargparse namespaces alike), else
+    ``default``: the one walk over a dotted key."""
+    node = data
+    for part in dotted.split("."):
+        try:
+            node = node[part]
+        except (KeyError, TypeError, IndexError):
+            return default
+    return node
+
+
+def value_of(argv: Sequence[str], dotted: str, *aliases: str) -> Any:
     """The value of ``dotted`` (e.g. ``trainer.default_root_dir``) that a command line's ``--config`` files
-    and ``--dotted`` flags give, later wins; ``None`` when none gives it. For callers that need one key
-    before (or without) building the LightningCLI."""
+    and ``--dotted`` flags (or ``--alias`` flags, e.g. ``data.batch_size`` for
+    ``data.init_args.batch_size``) give, later wins; ``None`` when none gives it. The one scan of argv
+    for callers that need one key before (or without) building the LightningCLI."""
     files = {at: path for at, path, _ in config_positions(argv)}
-    flag = f"--{dotted}"
+    flags = {f"--{name}" for name in (dotted, *aliases)}
     found: Any = None
     for i, arg in enumerate(argv):
+        key, eq, inline = arg.partition("=")
         if i in files:
-            node: Any = load_yaml_file(files[i])
-            for part in dotted.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            found = node if node is not None else found
-        elif arg == flag and i + 1 < len(argv):
+            from_file = get_dotted(load_yaml_file(files[i]), dotted)
+            found = from_file if from_file is not None else found
+        elif key in flags and eq:
+            found = inline
+        elif arg in flags and i + 1 < len(argv):
             found = argv[i + 1]
-        elif arg.startswith(f"{flag}="):
-            found = arg.split("=", 1)[1]
     return found
 
 
@@ -96,6 +112,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 
 def set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    """``target["a"]["b"]["c"] = value`` for ``"a.b.c"``, making the mappings on the way."""
     parts = dotted.split(".")
     node = target
     for part in parts[:-1]:

@@ -10,7 +10,7 @@ from typing import Any
 from itwinai_lightning import settings_help
 from itwinai_lightning.benchmark.launchers import DEFAULT_CALLBACKS, LAUNCHERS, slurm_options
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.sections import deep_merge, load_yaml_file, parse_section
+from itwinai_lightning.sections import parse_section, value_of
 from itwinai_lightning.settings_help import defaults_of
 
 
@@ -144,32 +144,9 @@ USAGE = (
 )
 
 
-def _get_dotted(data: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def batch_size_from_args(argv: Sequence[str], batch_key: str) -> int | None:
     """The batch size the user's configs and overrides give (later wins), to split or keep per worker."""
-    merged: dict[str, Any] = {}
-    found: Any = None
-    batch_flags = (f"--{batch_key}", f"--{batch_key.replace('.init_args.', '.')}")
-    i = 0
-    while i < len(argv):
-        key, eq, inline = argv[i].partition("=")
-        takes_value = key in ("--config", "-c", *batch_flags)
-        value = inline if eq else (argv[i + 1] if takes_value and i + 1 < len(argv) else None)
-        if key in ("--config", "-c") and value is not None:
-            merged = deep_merge(merged, load_yaml_file(value))
-            from_file = _get_dotted(merged, batch_key)
-            found = from_file if from_file is not None else found
-        elif key in batch_flags and value is not None:
-            found = value
-        i += 2 if takes_value and not eq else 1
+    found = value_of(argv, batch_key, batch_key.replace(".init_args.", "."))
     try:
         return int(found) if found is not None else None
     except (TypeError, ValueError):

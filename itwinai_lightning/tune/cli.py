@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from itwinai_lightning.errors import UserError
-from itwinai_lightning.sections import config_paths, split_section, value_of
+from itwinai_lightning.sections import MISSING, config_paths, get_dotted, split_section, value_of
 from itwinai_lightning.tune.guard_marker import check_aborted, replace_aborted
 from itwinai_lightning.tune.search_space import Distribution, override_args
 from itwinai_lightning.tune.settings import DEFAULTS, TuneSettings, parse_settings
@@ -53,29 +53,16 @@ def _parse_base(
                 config = parser.parse_args([*lightning_argv, *override_args({key: value})])
             except UserError as err:
                 raise UserError(f"tune.search_space.{key} (value {value!r}): {err}") from None
-            if _lookup(config, key) is _MISSING:
+            if get_dotted(config, key, MISSING) is MISSING:
                 raise UserError(
                     f"tune.search_space.{key}: not a key of the LightningCLI config; "
                     "check the spelling (e.g. model.init_args.lr) with: itwinai-lightning fit --print_config"
                 )
     max_epochs = cli.trainer.max_epochs
-    trainer = {"enable_progress_bar": _lookup(cli.config, "trainer.enable_progress_bar")}
+    trainer = {"enable_progress_bar": get_dotted(cli.config, "trainer.enable_progress_bar", MISSING)}
     if max_epochs is None or max_epochs < 1:
         max_epochs = 1000
     return int(max_epochs), trainer, list(cli.trainer.loggers)
-
-
-_MISSING = object()
-
-
-def _lookup(config: Any, dotted: str) -> Any:
-    node = config
-    for part in dotted.split("."):
-        try:
-            node = node[part]
-        except (KeyError, TypeError):
-            return _MISSING
-    return node
 
 
 def prepare(argv: list[str]) -> tuple[TuneSettings, list[str], int, dict[str, Any], list[Any]]:
