@@ -190,6 +190,20 @@ def split_section(
     return values, rest
 
 
+def keep_rewritten_configs(argv: Sequence[str], workdir: Path, keep: Path) -> list[str]:
+    """``argv`` with every config file :func:`split_section` rewrote under ``workdir`` copied to ``keep``
+    (same names) and named there; the other arguments unchanged."""
+    out = list(argv)
+    for at, path, inline in config_positions(argv):
+        if Path(path).parent != workdir:
+            continue
+        keep.mkdir(parents=True, exist_ok=True)
+        kept = keep / Path(path).name
+        kept.write_text(Path(path).read_text())
+        out[at] = f"--config={kept}" if inline else str(kept)
+    return out
+
+
 def check_known_keys(values: Mapping[str, Any], known: Sequence[str], section: str) -> None:
     """Raise a UserError naming an unknown ``section.key`` and listing the accepted ones."""
     unknown = [k for k in values if k not in known]

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from itwinai_lightning.errors import CommandParser, UserError
-from itwinai_lightning.sections import split_section
+from itwinai_lightning.sections import keep_rewritten_configs, split_section
 
 USAGE = __doc__ or ""
 
@@ -70,14 +70,14 @@ def main(argv: list[str]) -> int:
     from itwinai_lightning.benchmark.settings import check_devices, parse
 
     with tempfile.TemporaryDirectory(prefix="itwinai-benchmark-") as tmp:
-        values, checked_argv = split_section(argv, "benchmark", workdir=tmp)
-        checked = parse(values, checked_argv)  # every check before anything is written under output_dir
-        for warning in check_devices(checked):
+        values, lightning_argv = split_section(argv, "benchmark", workdir=tmp)
+        settings = parse(values, lightning_argv)  # every check before anything is written under output_dir
+        for warning in check_devices(settings):
             print(warning, file=sys.stderr)
-    out_dir = Path(str(values.get("output_dir") or "runs/benchmark"))
-    # configs holding a benchmark: section are rewritten without it, beside the runs (SLURM jobs read them)
-    values, lightning_argv = split_section(argv, "benchmark", workdir=out_dir / "configs")
-    settings = parse(values, lightning_argv)
+        out_dir = Path(settings.output_dir)
+        # configs that held a benchmark: section, rewritten without it, live beside the runs (SLURM jobs
+        # read them after this command has ended)
+        lightning_argv = keep_rewritten_configs(lightning_argv, Path(tmp), out_dir / "configs")
     if not any(a.startswith(("--config", "-c", "--model", "--data")) for a in lightning_argv):
         raise UserError("benchmark needs the training config: pass --config base.yaml (as for 'fit')")
     try:
