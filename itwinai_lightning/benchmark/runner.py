@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from itwinai_lightning import records
 from itwinai_lightning.benchmark import launchers, submit
@@ -30,6 +30,7 @@ from itwinai_lightning.benchmark.outcome import PointResult
 from itwinai_lightning.benchmark.process_tree import terminate_tree
 from itwinai_lightning.benchmark.settings import Settings
 from itwinai_lightning.records import derive
+from itwinai_lightning.records.schema import EpochEntry, RunRecord
 from itwinai_lightning.secrets import REDACTED, is_secret_key
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -64,7 +65,7 @@ def finish_point(
     if stderr_path is not None and Path(stderr_path).is_file():
         tail = Path(stderr_path).read_text(errors="replace")[-TAIL_CHARS:]
     current = records.load_or_new(run_dir)
-    fields: dict[str, Any]
+    fields: RunRecord
     if returncode == 0 and current.get("status") != "failed":
         fields = {"status": "completed", "error": None}
     else:
@@ -87,13 +88,14 @@ def fold_predict(run_dir: str | Path) -> None:
     if not loop_s or not samples:
         return
     skip = {"stage", "status", "error", "summary", "sections", "epochs", "config"}
-    fields = {k: v for k, v in pred.items() if k not in skip}
-    rate = derive.rate(samples, loop_s)
-    epoch = {"train_time_s": loop_s, "wall_time_s": loop_s, "samples": samples, "samples_per_s": rate}
+    fields = cast(RunRecord, {k: v for k, v in pred.items() if k not in skip})  # a record's own keys
+    rate = derive.rate(samples, loop_s) or 0.0
+    epoch: EpochEntry = {"train_time_s": loop_s, "wall_time_s": loop_s, "samples": int(samples),
+                         "samples_per_s": rate}  # fmt: skip
     records.amend(
         run_dir,
         fields=fields,
-        summary={"samples_per_s": rate, "total_samples": samples},
+        summary={"samples_per_s": rate, "total_samples": int(samples)},
         epoch=0,
         epoch_values=epoch,
         section="benchmark",

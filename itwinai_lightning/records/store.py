@@ -18,7 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from itwinai_lightning.records.schema import FINISHED, LATEST_LINK, RECORD_FILENAME, SCHEMA_VERSION, RunRecord
+from itwinai_lightning.records.schema import (
+    FINISHED,
+    LATEST_LINK,
+    RECORD_FILENAME,
+    SCHEMA_VERSION,
+    EpochEntry,
+    RunRecord,
+    Summary,
+)
 
 
 def now() -> str:
@@ -158,37 +166,51 @@ def _json_default(obj: Any) -> Any:
 def merge(
     record: RunRecord,
     *,
-    fields: Mapping[str, Any] | None = None,
-    summary: Mapping[str, Any] | None = None,
+    fields: RunRecord | None = None,
+    summary: Summary | None = None,
     epoch: int | None = None,
-    epoch_values: Mapping[str, Any] | None = None,
+    epoch_values: EpochEntry | None = None,
     section: str | None = None,
     section_values: Mapping[str, Any] | None = None,
 ) -> None:
-    """Merge contributions into ``record`` in memory. Top-level ``fields`` replace, the rest merge."""
+    """Merge contributions into ``record`` in memory. Top-level ``fields`` replace, the rest merge.
+
+    ``fields``, ``summary`` and ``epoch_values`` are typed by the schema (:mod:`.schema`): a key it does not
+    name fails type-checking; a section's values are the section's own."""
     if fields:
-        record.update(fields)  # type: ignore[typeddict-item]
+        record.update(fields)
     if summary:
-        record.setdefault("summary", {}).update(summary)  # type: ignore[typeddict-item]
+        record.setdefault("summary", {}).update(summary)
     if epoch is not None and epoch_values:
         epochs = record.setdefault("epochs", [])
         for entry in epochs:
             if entry.get("epoch") == epoch:
-                entry.update(epoch_values)  # type: ignore[typeddict-item]
+                entry.update(epoch_values)
                 break
         else:
-            epochs.append({"epoch": epoch, **epoch_values})  # type: ignore[typeddict-item]
+            epochs.append({**epoch_values, "epoch": epoch})
             epochs.sort(key=lambda e: e.get("epoch", 0))
     if section is not None and section_values is not None:
         record.setdefault("sections", {}).setdefault(section, {}).update(section_values)
 
 
-def amend(run_dir: str | os.PathLike[str], *, stage: str = "fit", **contribution: Any) -> RunRecord:
-    """Read-merge-write the record in ``run_dir`` from *outside* a run (see :func:`merge` for the keys)."""
+def amend(
+    run_dir: str | os.PathLike[str],
+    *,
+    stage: str = "fit",
+    fields: RunRecord | None = None,
+    summary: Summary | None = None,
+    epoch: int | None = None,
+    epoch_values: EpochEntry | None = None,
+    section: str | None = None,
+    section_values: Mapping[str, Any] | None = None,
+) -> RunRecord:
+    """Read-merge-write the record in ``run_dir`` from *outside* a run (the keys typed as in :func:`merge`)."""
     from itwinai_lightning.records.derive import derive
 
     record = load_or_new(run_dir, stage)
-    merge(record, **contribution)
+    merge(record, fields=fields, summary=summary, epoch=epoch, epoch_values=epoch_values, section=section,
+          section_values=section_values)  # fmt: skip
     derive(record)
     save(record, run_dir, stage)
     return record
