@@ -23,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from itwinai_lightning.benchmark import report, table  # noqa: E402
+from itwinai_lightning.benchmark.report import build as report  # noqa: E402
+from itwinai_lightning.benchmark.report import table  # noqa: E402
 from tests.benchmark import synthetic  # noqa: E402  (test-only: never in the wheel)
 
 TARGET_S = 5.0

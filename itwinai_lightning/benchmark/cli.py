@@ -43,7 +43,7 @@ def report_main(argv: list[str]) -> int:
 
 
 def _print_report(dirs: list[str], out: str | None, threshold: float) -> None:
-    from itwinai_lightning.benchmark.report import build, recommendation_lines
+    from itwinai_lightning.benchmark.report.build import build, recommendation_lines
 
     report = build(dirs, out, threshold)
     for warning in report.warnings:

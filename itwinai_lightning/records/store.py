@@ -205,7 +205,7 @@ def amend(
     section: str | None = None,
     section_values: Mapping[str, Any] | None = None,
 ) -> RunRecord:
-    """Read-merge-write the record in ``run_dir`` from *outside* a run (the keys typed as in :func:`merge`)."""
+    """Read-merge-write the record in ``run_dir`` from *outside* a run (keys typed as in :func:`merge`)."""
     from itwinai_lightning.records.derive import derive
 
     record = load_or_new(run_dir, stage)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from itwinai_lightning.benchmark.scaling import basis
+from itwinai_lightning.benchmark.report.scaling import basis
 from itwinai_lightning.records.recorder import Recorder
 
 #: model FLOPs per sample and one device's peak FLOP/s of the synthetic workload (MFU of a few percent)

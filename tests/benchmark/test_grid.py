@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from itwinai_lightning import records
-from itwinai_lightning.benchmark.plots import PLOTS
+from itwinai_lightning.benchmark.report.plots import PLOTS
 from tests.helpers.engines import require_module
 
 REPO = Path(__file__).resolve().parents[2]
@@ -216,7 +216,7 @@ def test_report_says_what_ran_where(grids: dict[str, object], tmp_path: Path) ->
     import json
     import platform
 
-    from itwinai_lightning.benchmark import report
+    from itwinai_lightning.benchmark.report import build as report
     from itwinai_lightning.records.facts import cpu_model
 
     built = report.build([Path(str(grids["root"])) / "torchrun"], out=tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from itwinai_lightning import records
-from itwinai_lightning.benchmark import report
+from itwinai_lightning.benchmark.report import build as report
 from itwinai_lightning.records import derive
 
 REPO = Path(__file__).resolve().parents[2]

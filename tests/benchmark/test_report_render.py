@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from itwinai_lightning.benchmark import plots, report
+from itwinai_lightning.benchmark.report import build as report
+from itwinai_lightning.benchmark.report import plots
 from tests.benchmark import synthetic
 from tests.helpers.engines import require
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from itwinai_lightning import records
-from itwinai_lightning.benchmark import report, scaling
-from itwinai_lightning.benchmark.findings import recommend
-from itwinai_lightning.benchmark.plots import PLOTS
-from itwinai_lightning.benchmark.report import recommendation_lines
+from itwinai_lightning.benchmark.report import build as report
+from itwinai_lightning.benchmark.report import scaling
+from itwinai_lightning.benchmark.report.build import recommendation_lines
+from itwinai_lightning.benchmark.report.findings import recommend
+from itwinai_lightning.benchmark.report.plots import PLOTS
+from itwinai_lightning.benchmark.report.table import Row
 from itwinai_lightning.benchmark.settings import parse
-from itwinai_lightning.benchmark.table import Row
 from itwinai_lightning.errors import UserError
 from tests.benchmark import synthetic
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from itwinai_lightning.benchmark.table import Row, Run, accuracy_target
+from itwinai_lightning.benchmark.report.table import Row, Run, accuracy_target
 
 
 def efficiency_band(row: Row) -> tuple[float, float] | None:

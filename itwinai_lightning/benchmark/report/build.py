@@ -20,10 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from itwinai_lightning.benchmark import plots, report_html, scaling
-from itwinai_lightning.benchmark.findings import recommend
-from itwinai_lightning.benchmark.report_data import Report
-from itwinai_lightning.benchmark.table import (
+from itwinai_lightning.benchmark.report import html as report_html
+from itwinai_lightning.benchmark.report import plots, scaling
+from itwinai_lightning.benchmark.report.data import Report
+from itwinai_lightning.benchmark.report.findings import recommend
+from itwinai_lightning.benchmark.report.table import (
     RUN_COLUMNS,
     SUMMARY_COLUMNS,
     Row,

@@ -1,7 +1,7 @@
 """The benchmark report's HTML page (one self-contained file) and its tables.
 
-:func:`page` renders what :func:`itwinai_lightning.benchmark.report.build` computed; nothing here measures
-or derives figures (``table.py`` and ``derive`` do), it only lays them out.
+:func:`page` renders what :func:`itwinai_lightning.benchmark.report.build.build` computed; nothing here
+measures or derives figures (``table.py`` and ``derive`` do), it only lays them out.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from itwinai_lightning.benchmark import plots, scaling
-from itwinai_lightning.benchmark.table import Row, Run, series_label
+from itwinai_lightning.benchmark.report import plots, scaling
+from itwinai_lightning.benchmark.report.table import Row, Run, series_label
 
 if TYPE_CHECKING:
-    from itwinai_lightning.benchmark.report_data import Report
+    from itwinai_lightning.benchmark.report.data import Report
 
 
 def fmt(value: Any, digits: int = 4) -> str:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from itwinai_lightning.benchmark import scaling
-from itwinai_lightning.benchmark.table import Row, Run
+from itwinai_lightning.benchmark.report import scaling
+from itwinai_lightning.benchmark.report.table import Row, Run
 
 
 @dataclass

@@ -10,8 +10,8 @@ import io
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from itwinai_lightning.benchmark import scaling
-from itwinai_lightning.benchmark.table import FRACTIONS, Row, Run, accuracy_target, series_label
+from itwinai_lightning.benchmark.report import scaling
+from itwinai_lightning.benchmark.report.table import FRACTIONS, Row, Run, accuracy_target, series_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
