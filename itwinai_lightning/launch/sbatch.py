@@ -230,7 +230,10 @@ def ray_cluster_lines(opts: SbatchOptions, job: JobLayout) -> list[str]:
         "# --- launch (ray): the tune driver runs on the head node and uses the whole allocation",
         '"${PY[@]}" -m itwinai_lightning tune --config "$CONFIG"',
         "STATUS=$?",
-        '"${CONTAINER[@]}" ray stop --force >/dev/null 2>&1 || true',
+        "# --- end this job's Ray and nothing else: its srun steps pass SIGTERM to 'ray start --block',",
+        "# which stops that node's Ray processes ('ray stop' would stop every Ray of the user on the node)",
+        "kill $(jobs -p) 2>/dev/null",
+        "wait",
         'exit "$STATUS"',
     ]
 

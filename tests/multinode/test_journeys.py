@@ -263,6 +263,12 @@ def test_slurm_tune_on_a_ray_cluster_spanning_both_nodes(
     assert token.stat().st_mode & 0o077 == 0 and len(token.read_text().strip()) == 64  # the user's only
     script = (job_dir / "job.sbatch").read_text()
     assert "export RAY_AUTH_MODE=token" in script and "RAY_AUTH_TOKEN_PATH" in script
+    commands = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("ray stop" in line for line in commands)  # would stop all the user's Rays on the node
+    deadline = time.time() + 60
+    while _processes_with(f"RAY_AUTH_TOKEN_PATH={token}") and time.time() < deadline:
+        time.sleep(1)
+    assert _processes_with(f"RAY_AUTH_TOKEN_PATH={token}") == []  # the job's Ray ended with the job
 
     rows = list(csv.DictReader((out / "sweep" / "results.csv").open()))
     assert sorted(row["status"] for row in rows) == ["completed", "completed"]
@@ -334,6 +340,18 @@ def test_slurm_bad_node_counts_are_one_line_before_submission(
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("itwinai-lightning: error:") and fragment in line
     assert _next_job_id(two_nodes) == before  # nothing was submitted
+
+
+def _processes_with(variable: str) -> list[int]:
+    """Processes whose environment holds ``variable`` (NAME=value) exactly: one job's own processes."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and variable.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return found
 
 
 def _next_job_id(cluster: Cluster) -> int:
