@@ -242,10 +242,10 @@ def test_breakdown_cuda_trace_uses_kernels(tmp_path: Path) -> None:
 def test_profile_report_without_a_profile_is_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from itwinai_lightning.profiling import cli
+    from itwinai_lightning.cli.main import main  # the command table: subcommands raise, it says one line
 
     with pytest.raises(SystemExit) as exc:
-        cli.main(["report", str(tmp_path)])
+        main(["profile", "report", str(tmp_path)])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(tmp_path) in err and "PySpyProfiler" in err
