@@ -130,8 +130,7 @@ def render_sbatch(point: GridPoint, run_dir: str, fit: Sequence[str], *, opts: S
         config_path=where / "config.yaml",
         devices_per_node=tasks,
         tasks_per_node=tasks,
-        cpus_per_task=opts.cpus_per_task
-        or (max(1, opts.cpus_per_node // tasks) if opts.cpus_per_node else 1),
+        cpus_per_task=sbatch.cpus_per_task(opts, tasks),
         gpus_per_node=opts.gpus_per_node,
     )
     err = f"{run_dir}/fit.stderr"
