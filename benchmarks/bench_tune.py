@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from itwinai_lightning.strategies.ray import init_ray
+    from itwinai_lightning.strategies.ray_launcher import init_ray
 
     init_ray(num_cpus=2)
     results: dict[str, list[float]] = {"ours": [], "plain": [], "ours_ddp": [], "plain_ddp": []}

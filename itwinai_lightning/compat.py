@@ -63,24 +63,6 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
         LIGHTNING_RANGE,
     ),
     TouchPoint(
-        "lightning.pytorch.strategies.launchers.multiprocessing",
-        "_MultiProcessingLauncher",
-        "ray_ddp: Lightning's spawn launcher with Ray actors in place of local processes",
-        LIGHTNING_RANGE,
-    ),
-    TouchPoint(
-        "lightning.pytorch.strategies.launchers.multiprocessing",
-        "_GlobalStateSnapshot",
-        "ray_ddp: the driver's global state (seeds, flags) restored in each actor",
-        LIGHTNING_RANGE,
-    ),
-    TouchPoint(
-        "lightning.pytorch.strategies.launchers.multiprocessing",
-        "_WorkerOutput",
-        "ray_ddp: rank 0's results shipped back to the driver",
-        LIGHTNING_RANGE,
-    ),
-    TouchPoint(
         "lightning.pytorch.strategies.ddp",
         "DDPStrategy()._lightning_module",
         "the module a strategy holds while reporting a lost peer (the public property may be unset then)",
@@ -113,10 +95,6 @@ OVERRIDDEN_HOOKS: tuple[tuple[str, str], ...] = (
     ("lightning.pytorch.strategies.fsdp:FSDPStrategy", "_setup_model"),
     ("lightning.pytorch.strategies.deepspeed:DeepSpeedStrategy", "_configure_launcher"),
     ("lightning.pytorch.strategies.parallel:ParallelStrategy", "_configure_launcher"),  # horovod
-    ("lightning.pytorch.strategies.launchers.multiprocessing:_MultiProcessingLauncher",
-     "_collect_rank_zero_results"),
-    ("lightning.pytorch.strategies.launchers.multiprocessing:_MultiProcessingLauncher",
-     "_recover_results_in_main_process"),
 )  # fmt: skip
 
 
@@ -151,16 +129,11 @@ def fresh_optimizers(module: Any) -> tuple[list[Any], list[Any]]:
 
 _CLASSES = {
     "SubprocessScriptLauncher": ("lightning.pytorch.strategies.launchers", "_SubprocessScriptLauncher"),
-    "MultiProcessingLauncher": ("lightning.pytorch.strategies.launchers.multiprocessing",
-                                "_MultiProcessingLauncher"),
-    "GlobalStateSnapshot": ("lightning.pytorch.strategies.launchers.multiprocessing", "_GlobalStateSnapshot"),
-    "WorkerOutput": ("lightning.pytorch.strategies.launchers.multiprocessing", "_WorkerOutput"),
 }  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    """``SubprocessScriptLauncher``, ``MultiProcessingLauncher``, ``GlobalStateSnapshot``, ``WorkerOutput``:
-    Lightning's private classes, imported on first use."""
+    """``SubprocessScriptLauncher``: Lightning's private class, imported on first use."""
     if name not in _CLASSES:
         raise AttributeError(name)
     import importlib

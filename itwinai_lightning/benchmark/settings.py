@@ -10,8 +10,10 @@ from typing import Any
 from itwinai_lightning import settings_help
 from itwinai_lightning.benchmark.launchers import DEFAULT_CALLBACKS, LAUNCHERS, slurm_options
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.launch.sbatch import split_into_nodes
 from itwinai_lightning.sections import parse_section, value_of
 from itwinai_lightning.settings_help import defaults_of
+from itwinai_lightning.slurm.options import SlurmOptions
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Settings:
     threshold_pct: float = 70.0
     dry_run: bool = False
     mode: str = "fit"
+    #: ``slurm`` parsed (set by ``__post_init__``; not a key of the section)
+    sbatch: SlurmOptions = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         """What the types cannot say, checked across keys; one line naming the key (UserError)."""
@@ -88,7 +92,7 @@ class Settings:
                 f"benchmark.warmup_epochs must be an integer >= 0 (epochs left out of the epoch time), "
                 f"got {self.warmup_epochs!r}"
             )
-        slurm_options(self.slurm)  # every benchmark.slurm key checked now, before any point starts
+        self.sbatch = slurm_options(self.slurm)  # every benchmark.slurm key checked now, parsed once
         if not 0 < self.threshold_pct <= 100:
             raise UserError(f"benchmark.threshold_pct must be in (0, 100], got {self.threshold_pct}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -191,11 +195,9 @@ def check_devices(settings: Settings) -> list[str]:
     split into SLURM nodes of ``slurm.ntasks_per_node``; locally every worker runs on this node, so a GPU
     grid needs that many visible GPUs (UserError). More CPU workers than cores run, but measure the
     contention: returned as a warning line."""
-    from itwinai_lightning.benchmark.launchers import slurm_options
-    from itwinai_lightning.launch.sbatch import split_into_nodes
 
     if settings.submit:
-        per_node = slurm_options(settings.slurm).ntasks_per_node
+        per_node = settings.sbatch.ntasks_per_node
         for n in settings.workers:
             try:
                 split_into_nodes(n, per_node)

@@ -45,7 +45,7 @@ def job_pending(job_id: str) -> bool:
 def submit_point(runner: GridRunner, point: GridPoint, run_dir: Path) -> PointResult:
     """Render ``<run_dir>/job.sbatch`` and submit it; a still-queued earlier submission is not repeated."""
     settings = runner.settings
-    opts = launchers.slurm_options(settings.slurm)
+    opts = settings.sbatch
     try:
         nodes, per_node = split_into_nodes(point.workers, opts.ntasks_per_node)
     except ValueError as err:

@@ -49,7 +49,8 @@ class TimingMonitor(Callback):
 
     **FLOPs** are counted once, on the first training batch (forward and backward, ``torch``'s FLOP
     counter; that step is left out of the step times). The peak per device comes from
-    :mod:`itwinai_lightning.records.peaks` (A100, H100, H200, MI250X, MI300X) or ``peak_flops_per_s``.
+    Lightning's ``get_available_flops`` for the NVIDIA GPUs it knows, else
+    :mod:`itwinai_lightning.records.peaks` (GH200, MI250X, MI300X, ...), or ``peak_flops_per_s``.
 
     **Requeue**: ``state_dict`` keeps the finished epochs, the elapsed fit time and the interrupted
     epoch's progress, so a run resumed from a checkpoint reports totals over every epoch.
@@ -137,11 +138,7 @@ class TimingMonitor(Callback):
         per_device = self.peak_flops_per_s
         root = getattr(trainer.strategy, "root_device", None)
         if per_device is None and root is not None and root.type == "cuda":
-            import torch
-
-            tf32 = torch.get_float32_matmul_precision() != "highest"
-            name = torch.cuda.get_device_name(root)
-            per_device = peaks.peak_flops_per_s(name, str(trainer.precision), tf32)
+            per_device = peaks.device_peak_flops_per_s(root, str(trainer.precision))
         return per_device * trainer.world_size if per_device else None
 
     @override

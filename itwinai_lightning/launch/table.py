@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from itwinai_lightning.launch.nodelist import first_host
+from itwinai_lightning.launch.ray_ranks import in_ray_worker
 
 Env = Mapping[str, str]
 #: Set (to the real launcher's name) by our Horovod rendezvous when it exports ``HOROVOD_*`` itself.
@@ -161,8 +162,10 @@ def _read_srun(env: Env) -> dict[str, Any]:
 
 
 def _read_ray(env: Env) -> dict[str, Any]:
-    """Ray Train sets torch's variables; its node index is ``NODE_RANK`` only."""
-    return {**_read_torchrun(env), "node_rank": _i(env, "NODE_RANK")}
+    """Ray Train sets torch's variables; its node index is ``NODE_RANK`` only. The node count is torchrun's
+    ``GROUP_WORLD_SIZE`` where set (our ranks, which may be spread unevenly over the hosts)."""
+    read = {**_read_torchrun(env), "node_rank": _i(env, "NODE_RANK")}
+    return {**read, "num_nodes": _i(env, "GROUP_WORLD_SIZE", default=read["num_nodes"])}
 
 
 def _read_local(env: Env) -> dict[str, Any]:
@@ -231,7 +234,7 @@ TABLE: tuple[Launcher, ...] = (
     Launcher("torchrun", "torch.distributed.run (elastic agent per node)", "torchrun",
              lambda env: env.get("TORCHELASTIC_RUN_ID") is not None and "RANK" in env,
              _read_torchrun, _cmd_torchrun, ("TORCHELASTIC_RUN_ID",), in_slurm_job=True),
-    Launcher("ray", "a Ray Train worker", "ray", lambda env: env.get("RAY_TRAIN_WORKER") is not None,
+    Launcher("ray", "a Ray Train worker", "ray", in_ray_worker,
              _read_ray, _cmd_module, in_slurm_job=True),
     Launcher("horovodrun", "Horovod's launcher (gloo controller)", "horovodrun", _is_horovodrun,
              _read_horovodrun, _cmd_horovodrun,

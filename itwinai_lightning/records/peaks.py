@@ -1,11 +1,20 @@
 """Peak dense FLOP/s per device and precision, for model FLOPs utilisation (MFU).
 
-Vendor datasheet figures, dense (no structured sparsity), tensor/matrix cores where the precision uses
+For a CUDA device Lightning's public ``get_available_flops`` answers first (the NVIDIA GPUs it knows, TF32
+decided by the matmul precision); :data:`PEAKS` holds this package's additions (GH200, AMD MI250X and
+MI300X under ROCm, H100/H200 names Lightning does not parse) and answers the rest. Our figures are vendor
+datasheet figures, dense (no structured sparsity), tensor/matrix cores where the precision uses
 them. ``32`` means FP32 without TF32; with ``torch.set_float32_matmul_precision("high")`` the TF32 peak
 applies. Override with ``TimingMonitor(peak_flops_per_s=...)`` for any other device or clock.
 """
 
 from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 TERA = 1e12
 
@@ -40,3 +49,20 @@ def peak_flops_per_s(device_name: str, precision: str, tf32: bool = False) -> fl
         if pattern in name:
             return peaks.get(precision_family(precision, tf32))
     return None
+
+
+def device_peak_flops_per_s(device: torch.device, precision: str) -> float | None:
+    """The peak FLOP/s of one CUDA (or ROCm) ``device`` at ``precision``: Lightning's figure where it knows
+    the GPU, else :func:`peak_flops_per_s` by the device's name; None where neither knows it."""
+    import torch
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    family = precision_family(precision)
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(family, torch.float32)
+    with warnings.catch_warnings():  # "FLOPs not found for ...": our table answers next
+        warnings.simplefilter("ignore")
+        known = get_available_flops(device, dtype)
+    if known:
+        return float(known)
+    tf32 = torch.get_float32_matmul_precision() != "highest"
+    return peak_flops_per_s(torch.cuda.get_device_name(device), precision, tf32)

@@ -26,11 +26,11 @@ from typing_extensions import override
 
 from itwinai_lightning import compat, records
 from itwinai_lightning.runs.newest import PARTIAL_SUFFIX
+from itwinai_lightning.slurm.script import REQUEUE_FLAG_ENV
 from itwinai_lightning.slurm.vote import StopVote
 
 #: Exit status of ranks that stopped to be requeued (EX_TEMPFAIL: "try again later").
 EXIT_REQUEUE = 75
-FLAG_ENV = "ITWINAI_REQUEUE_FLAG"
 
 
 class RequeueExit(SystemExit):
@@ -197,7 +197,7 @@ class SlurmRequeue(Callback):
         return final
 
     def _request_requeue(self, request: dict[str, Any]) -> None:
-        flag = os.environ.get(FLAG_ENV)
+        flag = os.environ.get(REQUEUE_FLAG_ENV)
         mode = self.requeue if self.requeue != "auto" else ("script" if flag else "self")
         if mode == "script" and flag:
             Path(flag).write_text(json.dumps(request))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from itwinai_lightning.errors import require
-from itwinai_lightning.strategies.ray import init_ray
+from itwinai_lightning.strategies.ray_launcher import init_ray
 from itwinai_lightning.tune.guard_marker import mark_aborted
 from itwinai_lightning.tune.search_space import to_param_space
 from itwinai_lightning.tune.settings import TuneSettings

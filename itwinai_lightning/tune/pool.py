@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from itwinai_lightning.strategies.ray import _rank_envs
+from itwinai_lightning.launch.ray_ranks import rank_envs as envs_of_ranks
 from itwinai_lightning.tune.trial import fit_trial
 
 #: extra arguments of every rank's fit: the ``ray_ddp`` strategy in worker mode, one device per process
@@ -165,7 +165,7 @@ def rank_envs(world: int) -> list[dict[str, str]]:
     with socket.socket() as sock:
         sock.bind(("", 0))
         port = int(sock.getsockname()[1])
-    return _rank_envs(hosts, hosts[0], port)
+    return envs_of_ranks(hosts, hosts[0], port, os.environ)
 
 
 def watch(pending: list[Any], finished: threading.Event, grace_s: float = DEAD_RANK_GRACE_S) -> None:

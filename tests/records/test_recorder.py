@@ -189,7 +189,7 @@ def test_mfu_on_a_gpu_uses_the_peak_table(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     name = torch.cuda.get_device_name(0)
-    peak = peaks.peak_flops_per_s(name, "bf16-mixed")
+    peak = peaks.device_peak_flops_per_s(torch.device("cuda", 0), "bf16-mixed")
     if peak is None:
         pytest.skip(f"{name} is not in the peak table")
     trainer = pl.Trainer(

@@ -40,6 +40,7 @@ def test_ray_ddp_fit_matches_single_process_global_batch(tmp_path: Path, local_r
             "--trainer.strategy=ray_ddp",
             "--trainer.devices=2",
             "--data.init_args.batch_size=16",
+            "--trainer.enable_checkpointing=true",
             f"--trainer.default_root_dir={tmp_path / 'ray'}",
         ]
     )
@@ -54,3 +55,6 @@ def test_ray_ddp_fit_matches_single_process_global_batch(tmp_path: Path, local_r
         single.model.state_dict().items(), on_ray.model.state_dict().items(), strict=True
     ):
         assert a.allclose(b, atol=1e-5), name
+    # the best checkpoint rank 0 wrote is named on the driver's checkpoint callback
+    best = Path(on_ray.trainer.checkpoint_callback.best_model_path)
+    assert best.is_file() and best.is_relative_to(tmp_path / "ray")
