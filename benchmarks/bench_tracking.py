@@ -190,7 +190,7 @@ def main() -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    from tests.tracking.conftest import MLflowServer, free_port
+    from tests.loggers.conftest import MLflowServer, free_port
 
     root = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
     server = MLflowServer(root / "mlflow", free_port())

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 from weakref import WeakKeyDictionary
 
-#: the keys of what is kept
-RECORDERS, FACTS, PLACEMENT = "recorders", "facts", "placement"
+#: the keys of what is kept (HANG_REPORTED: the watchdog's line, once a hang ends the run)
+RECORDERS, FACTS, PLACEMENT, HANG_REPORTED = "recorders", "facts", "placement", "hang_reported"
 
 _KEPT: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
 

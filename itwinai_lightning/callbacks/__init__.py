@@ -8,9 +8,11 @@ from itwinai_lightning.callbacks.pyspy import PySpyProfiler
 from itwinai_lightning.callbacks.redact import RedactCheckpointSecrets
 from itwinai_lightning.callbacks.timing import TimingMonitor
 from itwinai_lightning.callbacks.torch_profiler import TorchProfilerBreakdown
+from itwinai_lightning.callbacks.watchdog import HangWatchdog
 
 __all__ = [
     "GPUMonitor",
+    "HangWatchdog",
     "PySpyProfiler",
     "RedactCheckpointSecrets",
     "TimingMonitor",

@@ -2,8 +2,10 @@
 
 A ``fit`` gets :class:`~itwinai_lightning.callbacks.TimingMonitor` by default, so every run's record and
 end-of-run summary carry its wall time and samples/s (its cost is measured in
-``benchmarks/bench_default_timing.py``). ``benchmark`` asks for its monitoring callbacks the same way, so a
-config's own TimingMonitor (its ``monitor``, mode and options) is kept instead of duplicated.
+``benchmarks/bench_monitoring.py``), and :class:`~itwinai_lightning.callbacks.HangWatchdog` (20 min
+without a finished batch ends the run naming the stuck rank; cost in ``benchmarks/bench_watchdog.py``).
+``benchmark`` asks for its monitoring callbacks the same way, so a config's own TimingMonitor (its
+``monitor``, mode and options) is kept instead of duplicated.
 ``--default_callbacks []`` turns the defaults off.
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 from itwinai_lightning.errors import UserError
 
 #: ``--default_callbacks`` of a ``fit`` when the command line does not set it
-FIT_DEFAULTS = ("TimingMonitor",)
+FIT_DEFAULTS = ("TimingMonitor", "HangWatchdog")
 #: where a short class name (no dot) is looked up
 SHORT_NAME_MODULE = "itwinai_lightning.callbacks"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from itwinai_lightning import compat
+from itwinai_lightning import compat, per_trainer
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.launch.environment import check_strategy_launch, make_cluster_environment
 from itwinai_lightning.launch.placement import known, lost_peer
@@ -148,10 +148,12 @@ class LaunchAware:
         if not is_peer_failure(exception):
             return
         strategy: Any = self
+        trainer = compat.attached_trainer(compat.strategy_module(strategy))
+        if per_trainer.get(trainer, per_trainer.HANG_REPORTED):
+            return  # the hang watchdog ended the run and said why; peers leaving is its consequence
         info = getattr(strategy.cluster_environment, "info", None)
         source = info.launcher if info is not None else detect().launcher
         limit = "torch's default" if self.timeout_s is None else f"{self.timeout_s:g} s"
-        trainer = compat.attached_trainer(compat.strategy_module(strategy))
         rank, world = strategy.global_rank, strategy.world_size
         peer = lost_peer(str(exception), known(trainer), rank)
         message = (

@@ -114,3 +114,67 @@ def test_the_line_is_said_when_local_rank_0_is_the_last_to_get_there(
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("itwinai-lightning: error:")]
     assert run.returncode != 0 and len(lines) == 1, run.stderr[-3000:]
     assert "torchrun started 2 processes" in lines[0]
+
+
+HANG_TIMEOUT_S = 5
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
+def test_a_hung_rank_ends_the_run_naming_its_host_and_frame(
+    launcher: str, tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    """Rank 1 sleeps inside a step; rank 0 waits in the gradient all-reduce. Within hang_timeout_s + 30 s
+    every rank wrote its stack, rank 0 said which rank is stuck where, and the launcher ended the run."""
+    import socket
+
+    from itwinai_lightning import records
+    from tests.foundation.conftest import free_port
+
+    marker = tmp_path / "hung"
+    args = fit_args(
+        tmp_path,
+        "--trainer.max_epochs=1000",  # only the watchdog can end it early
+        "--trainer.strategy.init_args.timeout=600",  # the collective timeout is not what ends it
+        "--trainer.callbacks+=HangWatchdog",
+        f"--trainer.callbacks.hang_timeout_s={HANG_TIMEOUT_S}",
+        "--trainer.callbacks.poll_s=0.5",
+        "--trainer.callbacks+=tests.foundation.weights.HangRank",
+        "--trainer.callbacks.rank=1",
+        "--trainer.callbacks.at_step=3",
+        f"--trainer.callbacks.marker={marker}",
+    )
+    prefix: list[str] = []
+    if launcher == "torchrun":
+        require_executable("torchrun", "pip install torch")
+        prefix = ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    run = run_cli(prefix, args, python_env, tmp_path, timeout=240)
+    ended = time.time()
+
+    assert run.returncode != 0
+    assert ended - float(marker.read_text()) < HANG_TIMEOUT_S + 30, run.stderr[-3000:]
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("itwinai-lightning: error: hang:")]
+    assert len(lines) == 1, run.stderr[-3000:]
+    host = socket.gethostname()
+    assert f"no step finished for {HANG_TIMEOUT_S} s" in lines[0]
+    assert f"rank 1 on {host} is stuck in on_train_batch_start (weights.py:" in lines[0], lines[0]
+    assert "the other ranks wait in backward (the gradient all-reduce)" in lines[0]
+    ours = [ln for ln in run.stderr.splitlines() if ln.startswith("itwinai-lightning:")]
+    assert (
+        ours[-1] == lines[0]
+    )  # the last word of the package: no rank's traceback or lost-peer line after it
+    assert (
+        "[rank0]:" not in run.stderr and "[rank1]:" not in run.stderr
+    )  # torchrun's tags of a rank's traceback
+    if launcher == "lightning":
+        assert "Traceback" not in run.stderr
+    record = records.load(tmp_path)
+    hang_dir = Path(record["run_dir"]) / "hang"
+    assert str(hang_dir) in lines[0]
+    stacks = {p.name: p.read_text() for p in hang_dir.glob("rank*.txt")}
+    assert sorted(stacks) == ["rank0.txt", "rank1.txt"]  # every rank's stack
+    assert "in on_train_batch_start" in stacks["rank1.txt"]  # faulthandler's frames of the hung thread
+    assert "backward" in stacks["rank0.txt"]  # rank 0 is in the gradient all-reduce
+    assert record["status"] == "failed" and record["error"].startswith("hang:")
+    section = record["sections"]["hang"]
+    assert section["ranks"]["1"]["state"] == "stuck" and section["ranks"]["0"]["state"] == "waiting"
+    assert section["timeout_s"] == HANG_TIMEOUT_S

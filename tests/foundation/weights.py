@@ -74,6 +74,26 @@ class SignalRank(pl.Callback):
             os.kill(os.getpid(), getattr(signal, self.signal_name))
 
 
+class HangRank(pl.Callback):
+    """Makes ``rank`` hang (sleep for an hour) at training step ``at_step``; writes ``<marker>`` with the
+    wall-clock time the hang began."""
+
+    def __init__(self, rank: int, at_step: int, marker: str) -> None:
+        self.rank = rank
+        self.at_step = at_step
+        self.marker = Path(marker)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, idx: int
+    ) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.at_step:
+            import time
+
+            self.marker.write_text(f"{time.time()}\n")
+            time.sleep(3600)
+
+
 class NoTestStep(SpectrogramDenoiser):
     """The demo model without a ``test_step`` (as many users' modules are)."""
 

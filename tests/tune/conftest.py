@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.helpers.engines import require_module
-from tests.tracking.conftest import mlflow_server  # noqa: F401 -- the real MLflow server fixture, shared
+from tests.loggers.conftest import mlflow_server  # noqa: F401 -- the real MLflow server fixture, shared
 
 TINY = Path(__file__).with_name("tiny.yaml")
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from itwinai_lightning.cli.run import run_lightning_cli
-from tests.tracking.readers import tensorboard_scalars, tensorboard_texts, wandb_history
+from tests.loggers.readers import tensorboard_scalars, tensorboard_texts, wandb_history
 
 API_KEY = "sk-live-7f3a9c2e5b1d"
 PASSWORD = "hunter2-9d8e7f"
@@ -72,7 +72,7 @@ def _config(
             ],
         },
         "model": {
-            "class_path": "tests.tracking.helpers.KeyedDenoiser",
+            "class_path": "tests.loggers.helpers.KeyedDenoiser",
             "init_args": {"width": 8, "depth": 2, "api_key": API_KEY, "service": {"password": PASSWORD}},
         },
         "data": {

@@ -66,7 +66,7 @@ class SignalTrackingProcess(pl.Callback):
 
 
 def test_backends_run_in_a_child_process_that_ends_with_the_run(tmp_path: Path) -> None:
-    logger = MultiLogger(backends=["csv", {"type": "tests.tracking.helpers:PidBackend", "name": "where"}])
+    logger = MultiLogger(backends=["csv", {"type": "tests.loggers.helpers:PidBackend", "name": "where"}])
     signaller = SignalTrackingProcess(logger)
     _fit(tmp_path, logger, [signaller])
     assert len(signaller.sent) == 3 and logger._link is not None

@@ -14,9 +14,9 @@ import torch
 from itwinai_lightning.demo import SpectrogramDataModule, SpectrogramDenoiser
 from itwinai_lightning.loggers import MultiLogger
 from itwinai_lightning.loggers.spool import Spool, spool_dir
-from tests.tracking.helpers import ExplodingBackend, SlowBackend
+from tests.loggers.helpers import ExplodingBackend, SlowBackend
 
-HELPERS = "tests.tracking.helpers"
+HELPERS = "tests.loggers.helpers"
 
 
 def _fit(run_dir: Path, logger: MultiLogger | bool, max_epochs: int = 2) -> SpectrogramDenoiser:
@@ -111,7 +111,7 @@ def test_bad_backend_config_is_one_clear_error() -> None:
 
 
 def test_automatic_retry_delivers_everything_once_backend_recovers(tmp_path: Path) -> None:
-    from tests.tracking.helpers import FlakyBackend
+    from tests.loggers.helpers import FlakyBackend
 
     flaky = FlakyBackend(failures=3)
     logger = MultiLogger(

@@ -59,13 +59,13 @@ def test_prov_json_per_rank_under_torchrun(tmp_path: Path, python_env: dict[str,
     import subprocess
     import sys
 
-    from tests.tracking.conftest import free_port
+    from tests.loggers.conftest import free_port
 
     require_module("yprov4ml", "pip install yprov4ml==3.2.3 --no-deps")
     port = str(free_port())
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-         "-m", "tests.tracking.helpers", str(tmp_path)],
+         "-m", "tests.loggers.helpers", str(tmp_path)],
         env=python_env, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
