@@ -6,6 +6,7 @@ Only light imports here (no NVML init, no py-spy process, no torch.profiler star
 from itwinai_lightning.callbacks.device_monitor import GPUMonitor
 from itwinai_lightning.callbacks.pyspy import PySpyProfiler
 from itwinai_lightning.callbacks.redact import RedactCheckpointSecrets
+from itwinai_lightning.callbacks.timed_checkpoint import TimedCheckpoint
 from itwinai_lightning.callbacks.timing import TimingMonitor
 from itwinai_lightning.callbacks.torch_profiler import TorchProfilerBreakdown
 from itwinai_lightning.callbacks.watchdog import HangWatchdog
@@ -15,6 +16,7 @@ __all__ = [
     "HangWatchdog",
     "PySpyProfiler",
     "RedactCheckpointSecrets",
+    "TimedCheckpoint",
     "TimingMonitor",
     "TorchProfilerBreakdown",
 ]

@@ -1,0 +1,121 @@
+"""Checkpoint files written atomically, and on request in the background.
+
+:class:`BackgroundCheckpointIO` wraps a strategy's checkpoint IO (Lightning's public ``CheckpointIO``
+interface). Every local write goes to ``<name>.partial`` and is renamed to ``<name>`` once complete and
+flushed to disk, so a process killed while writing leaves no ``*.ckpt`` that a resume could pick
+(:func:`itwinai_lightning.runs.newest.latest_checkpoint` skips ``.partial``). Inside
+:meth:`BackgroundCheckpointIO.in_background` a save only copies the state's tensors to CPU memory (the time
+training is blocked) and a writer thread does the rest; one write is in flight at a time (the next save,
+a load or a removal waits for it), so memory holds at most one extra copy of the state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
+
+from itwinai_lightning.runs.newest import PARTIAL_SUFFIX
+
+
+def _is_local(path: Any) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def _to_cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True)
+
+
+class BackgroundCheckpointIO(CheckpointIO):
+    """Atomic checkpoint writes; in the background inside :meth:`in_background`.
+
+    ``blocked_s`` and ``written_s`` hold, per background save, the seconds training waited (the copy) and
+    the seconds the writer took (serialising and writing), for the RunRecord.
+    """
+
+    def __init__(self, inner: CheckpointIO | None = None) -> None:
+        self.inner = inner if inner is not None else TorchCheckpointIO()
+        self._background = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+        self.saves = 0  # every save that came through this IO (a strategy that saves its own way makes none)
+        self.blocked_s: list[float] = []
+        self.written_s: list[float] = []
+
+    @contextmanager
+    def in_background(self, on: bool = True) -> Iterator[None]:
+        """Saves inside the block return once the state is copied; the writer thread writes the file."""
+        before, self._background = self._background, on
+        try:
+            yield
+        finally:
+            self._background = before
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        self.wait()
+        self.saves += 1
+        if not self._background:
+            self._write(checkpoint, path, storage_options)
+            return
+        started = time.perf_counter()
+        copy = apply_to_collection(checkpoint, torch.Tensor, _to_cpu_copy)
+        self.blocked_s.append(time.perf_counter() - started)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itwinai-checkpoint-writer")
+        self._pending = self._executor.submit(self._timed_write, copy, path, storage_options)
+
+    def _timed_write(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None) -> None:
+        started = time.perf_counter()
+        self._write(checkpoint, path, storage_options)
+        self.written_s.append(time.perf_counter() - started)
+
+    def _write(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None) -> None:
+        if type(self.inner) is not TorchCheckpointIO or not _is_local(path) or storage_options is not None:
+            self.inner.save_checkpoint(checkpoint, path, storage_options)  # its own way (remote, custom)
+            return
+        final = Path(str(path).removeprefix("file://"))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        with open(partial, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, final)
+
+    def wait(self) -> None:
+        """Until the write in flight (if any) is on disk; its error, if it failed, is raised here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        self.wait()
+        kwargs: dict[str, Any] = {} if map_location is None else {"map_location": map_location}
+        if weights_only is not None:
+            kwargs["weights_only"] = weights_only
+        return self.inner.load_checkpoint(path, **kwargs)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        self.wait()
+        self.inner.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            self.inner.teardown()

@@ -1,0 +1,94 @@
+"""Checkpoints by time, written in the background and atomically (``TimedCheckpoint``,
+``runs/checkpoint_io.BackgroundCheckpointIO``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from itwinai_lightning import records
+from itwinai_lightning.runs.checkpoint_io import BackgroundCheckpointIO
+from itwinai_lightning.runs.newest import latest_checkpoint
+from tests.foundation.conftest import fit_args, free_port, run_cli
+from tests.helpers.engines import require_executable
+
+
+def test_a_background_save_writes_the_state_as_it_was_when_saved(tmp_path: Path) -> None:
+    io = BackgroundCheckpointIO()
+    weights = torch.arange(1_000_000, dtype=torch.float32)
+    with io.in_background():
+        io.save_checkpoint({"w": weights, "step": 3}, tmp_path / "a.ckpt")
+    weights.add_(1)  # training goes on while the writer writes
+    io.teardown()
+    saved = torch.load(tmp_path / "a.ckpt")
+    assert saved["step"] == 3 and torch.equal(saved["w"], torch.arange(1_000_000, dtype=torch.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt"]  # no .partial left
+    assert len(io.blocked_s) == 1 and len(io.written_s) == 1
+
+
+def test_a_write_killed_midway_is_never_resumed_from(tmp_path: Path) -> None:
+    """The process dies while the writer is writing: the newest complete checkpoint is the previous one."""
+    child = textwrap.dedent(
+        f"""
+        import os, time, torch
+        from pathlib import Path
+        from itwinai_lightning.runs.checkpoint_io import BackgroundCheckpointIO
+        run = Path({str(tmp_path)!r})
+        io = BackgroundCheckpointIO()
+        io.save_checkpoint({{"step": 1}}, run / "checkpoints" / "timed-step=1.ckpt")
+        time.sleep(0.05)
+        with io.in_background():
+            big = {{"w": torch.ones(100_000_000), "step": 2}}
+            io.save_checkpoint(big, run / "checkpoints" / "timed-step=2.ckpt")
+        partial = run / "checkpoints" / "timed-step=2.ckpt.partial"
+        while not partial.exists():
+            time.sleep(0.001)
+        os._exit(0)  # killed while writing
+        """
+    )
+    subprocess.run([sys.executable, "-c", child], check=True, timeout=120)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["timed-step=1.ckpt", "timed-step=2.ckpt.partial"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "timed-step=1.ckpt"
+
+
+@pytest.mark.parametrize("launcher", ["torchrun"])
+def test_timed_checkpoints_under_torchrun_keep_the_newest_and_resume(
+    launcher: str, tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    require_executable("torchrun", "pip install torch")
+    prefix = ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    timed = [
+        "--trainer.max_epochs=3",  # 24 optimizer steps
+        "--trainer.callbacks+=TimedCheckpoint",
+        "--trainer.callbacks.every_min=0.001",  # every 60 ms of training, looked at every 2 steps
+        "--trainer.callbacks.check_every_n_steps=2",
+        "--trainer.callbacks.keep=2",
+    ]
+    run = run_cli(prefix, fit_args(tmp_path / "a", *timed), python_env, tmp_path / "a", timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    record = records.load(tmp_path / "a")
+    run_dir = Path(record["run_dir"])
+    files = sorted((run_dir / "checkpoints").glob("timed-step=*.ckpt"), key=lambda p: p.stat().st_mtime)
+    section = record["sections"]["timed_checkpoints"]
+    assert section["saves"] >= 3 and section["background"] is True, section
+    assert [p.name for p in files] == section["kept"] and len(files) == 2  # the newest two
+    steps = [int(p.stem.split("=")[1]) for p in files]
+    assert all(step % 2 == 0 for step in steps) and steps[0] < steps[1] <= 24
+    assert not list(run_dir.rglob("*.partial"))
+    assert 0 < section["blocked_s_median"] <= section["blocked_s_max"]
+    newest = torch.load(files[-1], weights_only=False)
+    assert newest["global_step"] == steps[-1]
+
+    # a new run resumes from the newest timed checkpoint and ends at the same step count
+    resumed = run_cli(
+        prefix, fit_args(tmp_path / "b", "--trainer.max_epochs=3", f"--ckpt_path={files[-1]}"), python_env,
+        tmp_path / "b", timeout=240,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.launch(0)["steps"] == 24 and resumed.launch(1)["steps"] == 24
