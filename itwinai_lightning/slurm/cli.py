@@ -192,6 +192,7 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
         signal_name=opts.signal,
         check_every_n_steps=opts.check_every_n_steps,
         time_limit_margin_s=opts.time_limit_margin_s,
+        checkpoint_every_min=opts.checkpoint_every_min if opts.command == "fit" else 0.0,
     )
     if opts.command == "tune":  # trials start fresh: 'tune' accepts none of fit's own arguments
         config = jobcfg.without_fit_arguments(config)

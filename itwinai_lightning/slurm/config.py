@@ -17,6 +17,7 @@ from itwinai_lightning.errors import UserError
 from itwinai_lightning.inference.model_source import is_registry_uri
 
 REQUEUE_CALLBACK = "itwinai_lightning.slurm.requeue.SlurmRequeue"
+TIMED_CALLBACK = "itwinai_lightning.callbacks.timed_checkpoint.TimedCheckpoint"
 GPU_ACCELERATORS = ("gpu", "cuda", "rocm", "auto")
 
 
@@ -129,8 +130,10 @@ def adapt_for_job(
     signal_name: str,
     check_every_n_steps: int,
     time_limit_margin_s: float | None = None,
+    checkpoint_every_min: float = 0.0,
 ) -> dict[str, Any]:
-    """Set nodes/devices/run dir and add the requeue callback (once) to the resolved config."""
+    """Set nodes/devices/run dir and add the requeue callback (once) to the resolved config, and a
+    TimedCheckpoint every ``checkpoint_every_min`` minutes unless the config has one (0: none)."""
     out = dict(config)
     trainer = dict(out.get("trainer") or {})
     trainer["num_nodes"] = num_nodes
@@ -139,6 +142,8 @@ def adapt_for_job(
     trainer["default_root_dir"] = str(run_dir)
     callbacks = list(trainer.get("callbacks") or [])
     callbacks = [c for c in callbacks if not _is_requeue(c)]
+    if checkpoint_every_min > 0 and not any(_is_timed(c) for c in callbacks):
+        callbacks.append({"class_path": TIMED_CALLBACK, "init_args": {"every_min": checkpoint_every_min}})
     if requeue:
         callbacks.append(
             {
@@ -153,6 +158,11 @@ def adapt_for_job(
     trainer["callbacks"] = callbacks or None
     out["trainer"] = trainer
     return out
+
+
+def _is_timed(callback: Any) -> bool:
+    name = callback.get("class_path", "") if isinstance(callback, dict) else ""
+    return name in (TIMED_CALLBACK, "TimedCheckpoint")
 
 
 def _is_requeue(callback: Any) -> bool:

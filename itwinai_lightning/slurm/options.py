@@ -83,6 +83,8 @@ class SlurmOptions:
         requeue: checkpoint, requeue and resume on the signal (default: on for srun).
         check_every_n_steps: how often the ranks vote on stopping.
         time_limit_margin_s: also stop this close to the time limit (from squeue).
+        checkpoint_every_min: a TimedCheckpoint every this many minutes of training, written in the
+            background (fit jobs; 0 turns it off; a config's own TimedCheckpoint is kept).
         master_port: the rendezvous port of torchrun/DDP.
         ray_port: the Ray head's port (tune jobs).
         submit: run sbatch and print the job id.
@@ -120,6 +122,7 @@ class SlurmOptions:
     requeue: bool | None = None  # default: on for the srun launcher
     check_every_n_steps: int = 1
     time_limit_margin_s: float | None = None
+    checkpoint_every_min: float = 30.0
     master_port: int = 29500
     ray_port: int = 6379
     submit: bool = False
@@ -168,6 +171,11 @@ class SlurmOptions:
             )
         if self.venv and self.conda:
             raise UserError("slurm.venv and slurm.conda are both set: choose one Python environment")
+        if self.checkpoint_every_min < 0:
+            raise UserError(
+                f"slurm.checkpoint_every_min must be >= 0 minutes (0: no timed checkpoints), "
+                f"got {self.checkpoint_every_min!r}"
+            )
         for key in ("ntasks_per_node", "cpus_per_task", "signal_seconds"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):

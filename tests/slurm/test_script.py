@@ -74,6 +74,8 @@ def test_gpu_preset_renders_two_node_job(tmp_path: Path, preset: str) -> None:
     assert config["seed_everything"] == 42 and config["model"]["init_args"]["width"] == 32
     classes = [c["class_path"] for c in trainer["callbacks"]]
     assert classes[-1] == "itwinai_lightning.slurm.requeue.SlurmRequeue"
+    timed = trainer["callbacks"][-2]  # a checkpoint every 30 min of training, by default in a fit job
+    assert timed["class_path"].endswith("TimedCheckpoint") and timed["init_args"]["every_min"] == 30.0
     assert "lightning.pytorch.callbacks.ModelCheckpoint" in classes
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
 
