@@ -13,7 +13,8 @@ the same step.
 
 Logs nothing to the loggers. The RunRecord's ``timed_checkpoints`` section: ``every_min`` (min),
 ``saves``, ``background`` (bool), ``blocked_s_median`` / ``blocked_s_max`` (s training waited per save, on
-rank 0), ``written_s_median`` (s the writer took per file), ``kept`` (file names).
+rank 0: gathering the state, the copy, the ranks' barrier), ``copy_s_median`` (s of that spent copying the
+state to CPU memory), ``written_s_median`` (s the writer took per file), ``kept`` (file names).
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class TimedCheckpoint(Callback):
         if io is not None:
             io.wait()
         written = io.written_s if io is not None else []
+        copies = io.blocked_s if io is not None else []
         records.contribute(
             trainer,
             section="timed_checkpoints",
@@ -139,6 +141,7 @@ class TimedCheckpoint(Callback):
                 "background": self.background and not self._own_way,
                 "blocked_s_median": statistics.median(self._blocked) if self._blocked else None,
                 "blocked_s_max": max(self._blocked) if self._blocked else None,
+                "copy_s_median": statistics.median(copies) if copies else None,
                 "written_s_median": statistics.median(written) if written else None,
                 "kept": [p.name for p in self._files],
             },

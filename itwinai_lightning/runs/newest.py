@@ -16,6 +16,9 @@ from pathlib import Path
 
 #: Suffix of checkpoints being written; never resumed from.
 PARTIAL_SUFFIX = ".partial"
+#: what a directory checkpoint holds once complete: torch's distributed checkpoint (FSDP's sharded state)
+#: writes ``.metadata`` after every shard, DeepSpeed writes ``latest`` after its files
+COMPLETE_MARKERS = (".metadata", "latest")
 
 
 def latest_checkpoint(run_dir: str | os.PathLike[str], since: float | None = None) -> Path | None:
@@ -23,8 +26,8 @@ def latest_checkpoint(run_dir: str | os.PathLike[str], since: float | None = Non
     with ``since`` (a time stamp), only those modified after it.
 
     Every checkpoint under a run directory belongs to that run (epoch-end ``last.ckpt``, top-k, and the
-    requeue checkpoint), so the newest one is the furthest the run got. Half-written files (``.partial``)
-    and empty files are skipped.
+    requeue checkpoint), so the newest one is the furthest the run got. Half-written files (``.partial``),
+    empty files and directories without their completion marker (:data:`COMPLETE_MARKERS`) are skipped.
     """
     root = Path(run_dir)
     if not root.is_dir():
@@ -33,8 +36,8 @@ def latest_checkpoint(run_dir: str | os.PathLike[str], since: float | None = Non
     for path in root.rglob("*.ckpt"):
         if path.is_file() and path.stat().st_size == 0:
             continue
-        if path.is_dir() and not any(path.iterdir()):
-            continue
+        if path.is_dir() and not any((path / marker).exists() for marker in COMPLETE_MARKERS):
+            continue  # a sharded checkpoint whose writing never finished
         if any(part.endswith(PARTIAL_SUFFIX) for part in path.parts):
             continue
         # within a DeepSpeed checkpoint directory, only the directory itself counts

@@ -99,7 +99,18 @@ def test_latest_checkpoint_prefers_newest_and_skips_partial(tmp_path: Path) -> N
     os.utime(deepspeed, (900, 900))
     assert latest_checkpoint(tmp_path) == new
     os.utime(deepspeed, (2000, 2000))
+    assert latest_checkpoint(tmp_path) == new  # DeepSpeed has not written its 'latest' yet: incomplete
+    (deepspeed / "latest").write_text("checkpoint")
+    os.utime(deepspeed, (2000, 2000))
     assert latest_checkpoint(tmp_path) == deepspeed
+    sharded = tmp_path / "fsdp" / "epoch=2.ckpt"  # torch's distributed checkpoint writes .metadata last
+    sharded.mkdir(parents=True)
+    (sharded / "__0_0.distcp").write_bytes(b"x")
+    os.utime(sharded, (3000, 3000))
+    assert latest_checkpoint(tmp_path) == deepspeed
+    (sharded / ".metadata").write_bytes(b"x")
+    os.utime(sharded, (3000, 3000))
+    assert latest_checkpoint(tmp_path) == sharded
 
 
 def test_job_end_time_from_squeue(
