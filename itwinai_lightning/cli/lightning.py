@@ -148,6 +148,23 @@ class ItwinaiCLI(LightningCLI):
         if "ckpt_path" in section:
             self._resolve_ckpt(section, stage, root)
         self._place(section, trainer, root, stage)
+        if stage == "fit" and self.run_dir is not None and not section.get("ckpt_path"):
+            self._resume_a_restart(section)
+
+    def _resume_a_restart(self, section: Any) -> None:
+        """A torchrun restart of this run resumes from the run's newest complete checkpoint."""
+        from itwinai_lightning.launch.where import detect
+        from itwinai_lightning.runs import restarts
+
+        restart = restarts.restart_number()
+        if not restart or self.run_dir is None:
+            return
+        checkpoint, note = restarts.resume_point(self.run_dir, restart)
+        _say(note)
+        if checkpoint is not None:
+            section["ckpt_path"] = str(checkpoint)
+        if detect().rank == 0:
+            restarts.record_restart(self.run_dir, restart, checkpoint)
 
     def _resolve_ckpt(self, section: Any, stage: str, root: Path) -> None:
         from itwinai_lightning.runs.ckpt_path import resolve

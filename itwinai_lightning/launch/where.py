@@ -63,3 +63,13 @@ def detect_as(name: str, env: Mapping[str, str] | None = None) -> ClusterInfo:
 def default_backend(device_type: str) -> str:
     """nccl on CUDA (and ROCm, where torch calls RCCL "nccl"), gloo on CPU."""
     return "nccl" if device_type == "cuda" else "gloo"
+
+
+#: torchrun's count of how often it restarted this worker group (``--max-restarts``)
+RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
+
+
+def restart_number(env: Mapping[str, str] | None = None) -> int:
+    """Which restart of its worker group this process is (0: the first attempt, or no elastic launcher)."""
+    value = (os.environ if env is None else env).get(RESTART_ENV, "0")
+    return int(value) if value.isdigit() else 0

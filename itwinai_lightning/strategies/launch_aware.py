@@ -15,6 +15,7 @@ horovod and ray_ddp (through hpc_ddp).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from itwinai_lightning import compat, per_trainer
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.launch.environment import check_strategy_launch, make_cluster_environment
 from itwinai_lightning.launch.placement import known, lost_peer
-from itwinai_lightning.launch.where import default_backend, detect
+from itwinai_lightning.launch.where import default_backend, detect, restart_number
 from itwinai_lightning.strategies import process_group
 
 DEFAULT_INIT_TIMEOUT_S = 300.0
@@ -66,6 +67,17 @@ def is_peer_failure(exception: BaseException) -> bool:
     return any(fragment in text for fragment in _PEER_FAILURE)
 
 
+def _restart_note() -> str:
+    """What happens next under torchrun with restarts left (``--max-restarts``)."""
+    restart, most = restart_number(), os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    if most.isdigit() and restart < int(most):
+        return (
+            f" torchrun restarts the group (restart {restart + 1} of {most}); it resumes from the run's "
+            "newest complete checkpoint."
+        )
+    return ""
+
+
 class LaunchAware:
     """Mixin for a Lightning ParallelStrategy subclass: ``class S(LaunchAware, DDPStrategy)``.
 
@@ -100,12 +112,33 @@ class LaunchAware:
         rendezvous = self._init_timeout or (max(collective, floor) if collective is not None else None)
         self._timeout = rendezvous
         try:
+            self._join_a_restarted_group(rendezvous)
             yield
         finally:
             self._timeout = collective
         process_group.close_at_exit()
         if collective is not None and collective != rendezvous and torch.distributed.is_initialized():
             compat.set_collective_timeout(collective)
+
+    def _join_a_restarted_group(self, timeout: timedelta | None) -> None:
+        """A worker torchrun restarted (``--max-restarts``) creates its process group on keys of its own
+        attempt: torch's rendezvous store is shared across attempts (pytorch/pytorch#135712), and a rank
+        reading the previous attempt's address of a peer would wait for a process that is gone."""
+        env = os.environ
+        restart = restart_number(env)
+        if not restart or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+            return
+        dist = torch.distributed
+        if dist.is_initialized():
+            return
+        limit = timeout or timedelta(seconds=DEFAULT_INIT_TIMEOUT_S)
+        store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=limit)
+        strategy: Any = self
+        own_keys = dist.PrefixStore(f"itwinai/attempt_{restart}", store)
+        dist.init_process_group(
+            strategy._get_process_group_backend(), store=own_keys, rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]), timeout=limit,
+        )  # fmt: skip
 
     @property
     def timeout_s(self) -> float | None:
@@ -159,7 +192,7 @@ class LaunchAware:
         message = (
             f"{self.label}: rank {rank} of {world} ({source}) lost a peer in a collective: "
             f"{peer} died or stopped responding (collective timeout {limit}). "
-            f"Check the other ranks' logs for the first error. Original error: {exception}"
+            f"Check the other ranks' logs for the first error.{_restart_note()} Original error: {exception}"
         )
         print(f"itwinai-lightning: error: {message.splitlines()[0]}", file=sys.stderr, flush=True)
         if exception.args and isinstance(exception.args[0], str):

@@ -94,6 +94,25 @@ class HangRank(pl.Callback):
             time.sleep(3600)
 
 
+class KillOnFirstAttempt(pl.Callback):
+    """SIGKILLs ``rank`` at training step ``at_step``, on torchrun's first attempt only (a crashed worker)."""
+
+    def __init__(self, rank: int, at_step: int) -> None:
+        self.rank = rank
+        self.at_step = at_step
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, idx: int
+    ) -> None:
+        import os
+        import signal
+
+        first = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if first and trainer.global_rank == self.rank and trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class NoTestStep(SpectrogramDenoiser):
     """The demo model without a ``test_step`` (as many users' modules are)."""
 

@@ -92,3 +92,45 @@ def test_timed_checkpoints_under_torchrun_keep_the_newest_and_resume(
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.launch(0)["steps"] == 24 and resumed.launch(1)["steps"] == 24
+
+
+def test_a_torchrun_restart_resumes_from_the_newest_checkpoint(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    """torchrun --max-restarts 1: rank 1 is killed at step 12; the restarted group resumes from the newest
+    timed checkpoint in the same run directory and ends with the uninterrupted run's 24 steps."""
+    require_executable("torchrun", "pip install torch")
+    prefix = [
+        "torchrun",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--max-restarts",
+        "1",
+        "--monitor-interval",
+        "0.2",
+    ]
+    args = fit_args(
+        tmp_path,
+        "--trainer.max_epochs=3",  # 24 optimizer steps
+        "--trainer.callbacks+=TimedCheckpoint",
+        "--trainer.callbacks.every_min=0.001",
+        "--trainer.callbacks.check_every_n_steps=2",
+        "--trainer.callbacks+=tests.foundation.weights.KillOnFirstAttempt",
+        "--trainer.callbacks.rank=1",
+        "--trainer.callbacks.at_step=12",
+    )
+    run = run_cli(prefix, args, python_env, tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.launch(0)["steps"] == 24 and run.launch(1)["steps"] == 24
+    record = records.load(tmp_path)
+    assert record["status"] == "completed"
+    restarts = record["sections"]["restarts"]
+    assert restarts["count"] == 1 and restarts["attempts"][0]["restart"] == 1
+    resumed_from = Path(restarts["attempts"][0]["checkpoint"])
+    assert resumed_from.parent == Path(record["run_dir"]) / "checkpoints"  # the same run directory
+    step = int(resumed_from.stem.split("=")[1])
+    assert 2 <= step <= 12 and 12 - step <= 8  # steps lost: at most a few checks of the clock
+    assert f"torchrun restart 1: resuming from {resumed_from}" in run.stdout
+    assert "torchrun restarts the group (restart 1 of 1)" in run.stderr  # the lost-peer line says what comes
+    assert len(list(tmp_path.glob("version_*"))) == 1  # one run, one directory, across the restart
