@@ -29,14 +29,14 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "foundation" / "tiny.yaml"
+PKG = "itwinai_lightning.strategies"
 STRATEGIES = {
-    "hpc_ddp (1 rank)": [
-        "--trainer.strategy=hpc_ddp",
-        "--trainer.devices=1",
-        "--data.init_args.batch_size=8",
+    "hpc_ddp (1 rank)": ["--trainer.devices=1", "--data.init_args.batch_size=8"],
+    "hpc_ddp": [],  # the tiny config's strategy
+    "hpc_fsdp (full)": [
+        f"--trainer.strategy={PKG}.fsdp.HPCFSDPStrategy",
+        "--trainer.strategy.init_args.state_dict_type=full",
     ],
-    "hpc_ddp": ["--trainer.strategy=hpc_ddp"],
-    "hpc_fsdp (full)": ["--trainer.strategy=hpc_fsdp", "--trainer.strategy.state_dict_type=full"],
     "hpc_fsdp (sharded)": ["--trainer.strategy=hpc_fsdp"],
     "hpc_deepspeed": ["--trainer.strategy=hpc_deepspeed"],
 }

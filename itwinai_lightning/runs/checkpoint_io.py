@@ -11,6 +11,7 @@ a load or a removal waits for it), so memory holds at most one extra copy of the
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Iterator
@@ -30,10 +31,6 @@ def _is_local(path: Any) -> bool:
     return "://" not in str(path) or str(path).startswith("file://")
 
 
-def _to_cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu", copy=True)
-
-
 class BackgroundCheckpointIO(CheckpointIO):
     """Atomic checkpoint writes; in the background inside :meth:`in_background`.
 
@@ -46,6 +43,7 @@ class BackgroundCheckpointIO(CheckpointIO):
         self._background = False
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
+        self._buffers: list[torch.Tensor] = []  # the previous copy's tensors, reused by the next copy
         self.saves = 0  # every save that came through this IO (a strategy that saves its own way makes none)
         self.blocked_s: list[float] = []
         self.written_s: list[float] = []
@@ -68,11 +66,32 @@ class BackgroundCheckpointIO(CheckpointIO):
             self._write(checkpoint, path, storage_options)
             return
         started = time.perf_counter()
-        copy = apply_to_collection(checkpoint, torch.Tensor, _to_cpu_copy)
+        copy = self._copy(checkpoint)
         self.blocked_s.append(time.perf_counter() - started)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itwinai-checkpoint-writer")
         self._pending = self._executor.submit(self._timed_write, copy, path, storage_options)
+
+    def _copy(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint with every tensor copied to CPU memory, into the buffers of the previous copy
+        where the tensor has the same shape and type (no new allocation, no page faults: the write of the
+        previous copy has finished, :meth:`wait`)."""
+        buffers: list[torch.Tensor] = self._buffers
+        used: list[torch.Tensor] = []
+
+        def copy(tensor: torch.Tensor) -> torch.Tensor:
+            index = len(used)
+            source = tensor.detach()
+            reuse = buffers[index] if index < len(buffers) else None
+            if reuse is None or reuse.shape != source.shape or reuse.dtype != source.dtype:
+                reuse = torch.empty_like(source, device="cpu")
+            reuse.copy_(source)
+            used.append(reuse)
+            return reuse
+
+        out = apply_to_collection(checkpoint, torch.Tensor, copy)
+        self._buffers = used
+        return out  # type: ignore[no-any-return]
 
     def _timed_write(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None) -> None:
         started = time.perf_counter()
@@ -86,8 +105,10 @@ class BackgroundCheckpointIO(CheckpointIO):
         final = Path(str(path).removeprefix("file://"))
         final.parent.mkdir(parents=True, exist_ok=True)
         partial = final.with_name(final.name + PARTIAL_SUFFIX)
-        with open(partial, "wb") as handle:
-            torch.save(checkpoint, handle)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # in memory: the interpreter lock is held only this long
+        with open(partial, "wb") as handle:  # writing and syncing release it: training runs meanwhile
+            handle.write(buffer.getbuffer())
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, final)
