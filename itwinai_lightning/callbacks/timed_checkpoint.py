@@ -122,6 +122,11 @@ class TimedCheckpoint(Callback):
         while len(self._files) > self.keep:
             trainer.strategy.remove_checkpoint(self._files.pop(0))  # rank 0 removes; waits for the writer
 
+    @property
+    def kept_files(self) -> list[Path]:
+        """The timed checkpoints of this run still on disk, oldest first (the run's summary lists them)."""
+        return list(self._files)
+
     def _directory(self, trainer: pl.Trainer) -> Path:
         return Path(records.run_dir_of(trainer)) / "checkpoints"
 

@@ -51,7 +51,7 @@ class HangWatchdog(Callback):
         self.poll_s = float(poll_s) if poll_s else min(10.0, self.hang_timeout_s / 10)
         self.grace_s = float(grace_s)
         self._beat: float | None = None
-        self._stop = threading.Event()
+        self._stop: threading.Event | None = None  # made in setup: the callback stays picklable until then
         self._thread: threading.Thread | None = None
         self._trainer: pl.Trainer | None = None
         self._training_thread = threading.get_ident()
@@ -69,19 +69,28 @@ class HangWatchdog(Callback):
         self._trainer = trainer
         self._training_thread = threading.get_ident()  # the main thread, or a Tune trial's thread
         self._beat = None
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="itwinai-hang-watchdog", daemon=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._watch, args=(self._stop,), name="itwinai-hang-watchdog", daemon=True
+        )
         self._thread.start()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._stop.set()
+        if self._stop is not None:
+            self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.poll_s + 1)
         self._thread = None
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_s):
+    def __getstate__(self) -> dict[str, Any]:
+        """Shipped to other processes (spawn, Ray) without its thread, event and Trainer."""
+        state = dict(self.__dict__)
+        state.update(_stop=None, _thread=None, _trainer=None)
+        return state
+
+    def _watch(self, stop: threading.Event) -> None:
+        while not stop.wait(self.poll_s):
             beat = self._beat
             if beat is not None and time.monotonic() - beat > self.hang_timeout_s:
                 self._fire(time.monotonic() - beat)

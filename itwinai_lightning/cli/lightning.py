@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from itwinai_lightning import compat
 from itwinai_lightning.cli.messages import condense, trainer_error
 from itwinai_lightning.errors import UserError, collecting
 from itwinai_lightning.inference.model_source import is_registry_uri
@@ -123,6 +124,13 @@ class ItwinaiCLI(LightningCLI):
             "[TimingMonitor], so every record has its wall time and samples/s; [] for none)",
         )
         parser.add_argument(
+            "--resume",
+            type=str | None,
+            default=None,
+            help="fit: continue the run in this directory from its newest complete checkpoint (its model, "
+            "data, optimizer, seed, precision and strategy must be the same; none yet: start in it)",
+        )
+        parser.add_argument(
             "--run_dir",
             type=str | None,
             default=None,
@@ -145,11 +153,32 @@ class ItwinaiCLI(LightningCLI):
             return
         root = run_dir.root_of(trainer.get("default_root_dir"))
         stage = str(subcommand or "fit")
+        resume = section.get("resume") if stage == "fit" else None
+        if resume:
+            self._take_resume(section, subcommand, Path(resume))
         if "ckpt_path" in section:
             self._resolve_ckpt(section, stage, root)
         self._place(section, trainer, root, stage)
         if stage == "fit" and self.run_dir is not None and not section.get("ckpt_path"):
             self._resume_a_restart(section)
+
+    def _take_resume(self, section: Any, subcommand: str | None, directory: Path) -> None:
+        """``--resume DIR``: DIR is the run directory; its newest checkpoint, if the training is the same."""
+        import yaml
+
+        from itwinai_lightning.runs.resume import resume_point
+
+        if section.get("ckpt_path") or section.get("run_dir"):
+            raise UserError(
+                "--resume names the run and its checkpoint: give it without --ckpt_path and --run_dir"
+            )
+        parser = compat.cli_parser(self, subcommand)
+        new_config = yaml.safe_load(parser.dump(section, skip_none=False, skip_check=True)) or {}
+        checkpoint, note = resume_point(directory, new_config)
+        _say(note)
+        section["run_dir"] = str(directory)
+        if checkpoint is not None:
+            section["ckpt_path"] = str(checkpoint)
 
     def _resume_a_restart(self, section: Any) -> None:
         """A torchrun restart of this run resumes from the run's newest complete checkpoint."""

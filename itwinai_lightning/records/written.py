@@ -1,4 +1,5 @@
-"""Which checkpoints a fit wrote: read from its ModelCheckpoint callbacks, never from the directory.
+"""Which checkpoints a fit wrote: read from its ModelCheckpoint callbacks (and any callback that lists the
+files it keeps as ``kept_files``, e.g. ``TimedCheckpoint``), never from the directory.
 
 A run directory can hold other runs' files (an earlier fit into the same ``default_root_dir``, Lightning's
 ``version_N`` folders, ``last-v1.ckpt`` beside ``last.ckpt``); globbing it would count and name them as
@@ -40,6 +41,10 @@ def written_checkpoints(trainer: Any) -> dict[str, Any]:
             best, monitor = top, watched
         if last is None:
             last = newest or (top if not watched else None)
+    for callback in getattr(trainer, "callbacks", []) or []:  # e.g. TimedCheckpoint: ``kept_files``
+        for path in map(str, getattr(callback, "kept_files", None) or []):
+            if path not in files and os.path.exists(path):
+                files.append(path)
     if not files:
         return {}
     files.sort(key=lambda p: (os.path.getmtime(p), p))

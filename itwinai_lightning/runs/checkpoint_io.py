@@ -48,6 +48,13 @@ class BackgroundCheckpointIO(CheckpointIO):
         self.blocked_s: list[float] = []
         self.written_s: list[float] = []
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Shipped to another process (spawn, Ray) without its writer thread, write in flight or buffers."""
+        self.wait()
+        state = dict(self.__dict__)
+        state.update(_executor=None, _pending=None, _buffers=[])
+        return state
+
     @contextmanager
     def in_background(self, on: bool = True) -> Iterator[None]:
         """Saves inside the block return once the state is copied; the writer thread writes the file."""
