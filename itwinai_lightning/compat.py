@@ -81,6 +81,12 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
         TORCH_RANGE,
     ),
     TouchPoint(
+        "sys",
+        "_current_frames",
+        "the stack of a hung training thread, read by the hang watchdog's thread",
+        "CPython 3.11-3.13 (documented in the sys module)",
+    ),
+    TouchPoint(
         "yprov4ml.functs",
         "_requirements_lookup",
         "keep yProv4ML from walking and writing the user's working directory for requirements.txt",
@@ -163,6 +169,14 @@ def activation_checkpointing() -> tuple[Any, Any, Any]:
     )
 
     return CheckpointImpl, apply_activation_checkpointing, checkpoint_wrapper
+
+
+# -- CPython ----------------------------------------------------------------------------------------------
+def current_frames() -> dict[int, Any]:
+    """Every thread's current frame by thread id (``sys._current_frames``: documented, underscore-named)."""
+    import sys
+
+    return sys._current_frames()
 
 
 # -- yProv4ML ---------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
+from itwinai_lightning import compat
+
 HANG_DIR = "hang"
 REPORTED = "reported"
 #: exit status of every rank of a hung run (as timeout(1) uses)
@@ -138,4 +140,4 @@ def silence() -> int:
 
 def thread_frame(ident: int) -> FrameType | None:
     """The current frame of thread ``ident`` (read from another thread), or None when it has ended."""
-    return sys._current_frames().get(ident)
+    return compat.current_frames().get(ident)

@@ -133,10 +133,9 @@ class LaunchAware:
             return
         limit = timeout or timedelta(seconds=DEFAULT_INIT_TIMEOUT_S)
         store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=limit)
-        strategy: Any = self
         own_keys = dist.PrefixStore(f"itwinai/attempt_{restart}", store)
         dist.init_process_group(
-            strategy._get_process_group_backend(), store=own_keys, rank=int(env["RANK"]),
+            self._get_process_group_backend(), store=own_keys, rank=int(env["RANK"]),
             world_size=int(env["WORLD_SIZE"]), timeout=limit,
         )  # fmt: skip
 

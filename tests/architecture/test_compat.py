@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import platform
 from importlib import metadata
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def test_each_private_name_still_exists(point: compat.TouchPoint) -> None:
     top = point.module.split(".")[0]
     if top == "yprov4ml":
         require_module("yprov4ml", 'pip install "itwinai-lightning[prov]"')
-    installed = metadata.version(DISTRIBUTION[top])
+    installed = metadata.version(DISTRIBUTION[top]) if top in DISTRIBUTION else platform.python_version()
     try:
         _resolve(point.module, point.name)
     except (ImportError, AttributeError) as err:

@@ -132,5 +132,17 @@ def test_a_torchrun_restart_resumes_from_the_newest_checkpoint(
     step = int(resumed_from.stem.split("=")[1])
     assert 2 <= step <= 12 and 12 - step <= 8  # steps lost: at most a few checks of the clock
     assert f"torchrun restart 1: resuming from {resumed_from}" in run.stdout
-    assert "torchrun restarts the group (restart 1 of 1)" in run.stderr  # the lost-peer line says what comes
     assert len(list(tmp_path.glob("version_*"))) == 1  # one run, one directory, across the restart
+
+
+def test_the_lost_peer_line_says_a_restart_follows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Under a loaded machine torchrun may stop rank 0 before it says the line: checked here directly.)"""
+    from itwinai_lightning.strategies import launch_aware
+
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert launch_aware._restart_note() == (
+        " torchrun restarts the group (restart 2 of 3); it resumes from the run's newest complete checkpoint."
+    )
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "3")
+    assert launch_aware._restart_note() == ""  # no restart left
