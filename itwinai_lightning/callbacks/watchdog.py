@@ -77,9 +77,20 @@ class HangWatchdog(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stand_down()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning calls no teardown hook after an exception: a process that lives on (a notebook, a warm
+        # Ray actor) must not keep a watchdog whose last heartbeat only grows older
+        self._stand_down()
+
+    def _stand_down(self) -> None:
         if self._stop is not None:
             self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.poll_s + 1)
         self._thread = None
 

@@ -77,3 +77,38 @@ def test_a_non_positive_hang_timeout_is_one_line_before_the_run(tmp_path: Path) 
     assert ours == ["itwinai-lightning: error: HangWatchdog.hang_timeout_s must be > 0 seconds, got 0.0"]
     assert "Traceback" not in run.stderr
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing started, nothing written
+
+
+def test_a_fit_that_raised_leaves_no_watchdog_behind(tmp_path: Path) -> None:
+    """A process that lives on after a failed fit (a notebook, a warm Ray actor) is not ended later."""
+    import subprocess
+    import sys
+    import textwrap
+
+    child = textwrap.dedent(
+        f"""
+        import threading, time
+        import lightning.pytorch as pl
+        from itwinai_lightning.callbacks import HangWatchdog
+        from itwinai_lightning.demo import SpectrogramDataModule, SpectrogramDenoiser
+
+        class Fails(SpectrogramDenoiser):
+            def training_step(self, batch, batch_idx):
+                if batch_idx == 3:
+                    raise ValueError("boom")
+                return super().training_step(batch, batch_idx)
+
+        trainer = pl.Trainer(default_root_dir={str(tmp_path)!r}, max_epochs=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False,
+                             callbacks=[HangWatchdog(hang_timeout_s=0.5, poll_s=0.05)])
+        try:
+            trainer.fit(Fails(width=8, depth=2), SpectrogramDataModule(num_samples=64, batch_size=8))
+        except ValueError:
+            pass
+        time.sleep(2)  # four timeouts: a watchdog left running would have ended this process (124)
+        print("alive", [t.name for t in threading.enumerate() if t.name.startswith("itwinai-hang")])
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "alive []"
