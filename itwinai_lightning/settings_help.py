@@ -8,10 +8,12 @@ from typing import Any
 
 
 def defaults_of(section: type) -> dict[str, Any]:
-    """The section's defaults, read from its dataclass fields."""
+    """The section's defaults, read from its dataclass fields (the keys a user may set: fields a section
+    derives itself, ``init=False``, are not among them)."""
     return {
         f.name: f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
         for f in fields(section)
+        if f.init
     }
 
 
