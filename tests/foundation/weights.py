@@ -49,15 +49,26 @@ class SaveFinalWeights(pl.Callback):
         (self.out_dir / f"launch_rank{rank}.json").write_text(json.dumps(info, indent=1))
 
 
-class SignalRank(pl.Callback):
+class AtRankStep(pl.Callback):
+    """Something done in the process of ``rank`` as it starts training step ``at_step`` (:meth:`due`), in
+    the subclass's own ``on_train_batch_start``: the frame a hang test names."""
+
+    def __init__(self, rank: int, at_step: int) -> None:
+        self.rank = rank
+        self.at_step = at_step
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        return trainer.global_rank == self.rank and trainer.global_step == self.at_step
+
+
+class SignalRank(AtRankStep):
     """Sends ``signal_name`` to its own process on ``rank`` at training step ``at_step`` (a dying/hung rank).
 
     Writes ``<marker>`` with the wall-clock time just before, so a test can measure how long the others take.
     """
 
     def __init__(self, rank: int, at_step: int, signal_name: str, marker: str) -> None:
-        self.rank = rank
-        self.at_step = at_step
+        super().__init__(rank, at_step)
         self.signal_name = signal_name
         self.marker = Path(marker)
 
@@ -65,51 +76,49 @@ class SignalRank(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, idx: int
     ) -> None:
-        if trainer.global_rank == self.rank and trainer.global_step == self.at_step:
-            import os
-            import signal
-            import time
+        if not self.due(trainer):
+            return
+        import os
+        import signal
+        import time
 
-            self.marker.write_text(f"{time.time()}\n{os.getpid()}\n")
-            os.kill(os.getpid(), getattr(signal, self.signal_name))
+        self.marker.write_text(f"{time.time()}\n{os.getpid()}\n")
+        os.kill(os.getpid(), getattr(signal, self.signal_name))
 
 
-class HangRank(pl.Callback):
+class HangRank(AtRankStep):
     """Makes ``rank`` hang (sleep for an hour) at training step ``at_step``; writes ``<marker>`` with the
     wall-clock time the hang began."""
 
     def __init__(self, rank: int, at_step: int, marker: str) -> None:
-        self.rank = rank
-        self.at_step = at_step
+        super().__init__(rank, at_step)
         self.marker = Path(marker)
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, idx: int
     ) -> None:
-        if trainer.global_rank == self.rank and trainer.global_step == self.at_step:
-            import time
+        if not self.due(trainer):
+            return
+        import time
 
-            self.marker.write_text(f"{time.time()}\n")
-            time.sleep(3600)
+        self.marker.write_text(f"{time.time()}\n")
+        time.sleep(3600)
 
 
-class KillOnFirstAttempt(pl.Callback):
+class KillOnFirstAttempt(AtRankStep):
     """SIGKILLs ``rank`` at training step ``at_step``, on torchrun's first attempt only (a crashed worker)."""
-
-    def __init__(self, rank: int, at_step: int) -> None:
-        self.rank = rank
-        self.at_step = at_step
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, idx: int
     ) -> None:
+        if not self.due(trainer):
+            return
         import os
         import signal
 
-        first = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-        if first and trainer.global_rank == self.rank and trainer.global_step == self.at_step:
+        if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -57,9 +57,8 @@ def test_a_write_killed_midway_is_never_resumed_from(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "timed-step=1.ckpt"
 
 
-@pytest.mark.parametrize("launcher", ["torchrun"])
 def test_timed_checkpoints_under_torchrun_keep_the_newest_and_resume(
-    launcher: str, tmp_path: Path, python_env: dict[str, str]
+    tmp_path: Path, python_env: dict[str, str]
 ) -> None:
     require_executable("torchrun", "pip install torch")
     prefix = ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port())]
