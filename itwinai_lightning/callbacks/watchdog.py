@@ -30,6 +30,7 @@ from typing_extensions import override
 
 from itwinai_lightning import compat, per_trainer, records
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.launch import failure_note
 from itwinai_lightning.monitoring import hang
 
 
@@ -145,6 +146,10 @@ class HangWatchdog(Callback):
             time.sleep(0.2)
             stacks = hang.read_rank_stacks(directory)
         line = hang.report_line(stacks, world, self.hang_timeout_s, directory)
+        stuck_hosts = [s.host for s in stacks.values() if s.state == "stuck"]
+        failure_note.write(
+            "hang", stuck_hosts, trainer.global_rank, int(trainer.global_step), str(directory.parent)
+        )
         ranks = {str(r): {k: v for k, v in vars(s).items() if k != "rank"} for r, s in sorted(stacks.items())}
         try:
             records.contribute(

@@ -72,14 +72,14 @@ class Placement:
         }
 
 
-def lost_peer(error: str, placed: Placement | None, own_rank: int) -> str:
-    """Which rank(s) a collective error points at: the ranks on the host of the peer address in ``error``
-    (gloo names it, e.g. ``[10.0.0.12]:4321``), else every other rank with its host."""
+def lost_places(error: str, placed: Placement | None, own_rank: int) -> tuple[RankPlace, ...] | None:
+    """The ranks a collective error points at: those on the host of the peer address in ``error`` (gloo
+    names it, e.g. ``[10.0.0.12]:4321``), else every other rank; None when the placement is unknown."""
     import re
     import socket
 
     if placed is None:
-        return "another rank"
+        return None
     others = [p for p in placed.ranks if p.rank != own_rank]
     addresses = set(re.findall(r"\[([0-9a-fA-F.:]+)\]:\d+", error))
     if addresses:
@@ -91,8 +91,14 @@ def lost_peer(error: str, placed: Placement | None, own_rank: int) -> str:
             except OSError:
                 continue
         if hit:
-            others = hit
-    return ", ".join(f"rank {p.rank} on {p.hostname}" for p in others) or "another rank"
+            return tuple(hit)
+    return tuple(others)
+
+
+def lost_peer(error: str, placed: Placement | None, own_rank: int) -> str:
+    """:func:`lost_places` in words: ``rank 1 on node2, ...`` (``another rank`` when unknown)."""
+    places = lost_places(error, placed, own_rank)
+    return ", ".join(f"rank {p.rank} on {p.hostname}" for p in places or ()) or "another rank"
 
 
 def own_place(rank: int, info: ClusterInfo | None = None) -> RankPlace:

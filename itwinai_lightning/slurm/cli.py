@@ -5,6 +5,7 @@
     python -m itwinai_lightning slurm --config run.yaml --slurm.preset juwels --slurm.nodes 2 \
         [--slurm.submit true]
     python -m itwinai_lightning slurm latest-checkpoint RUN_DIR --since MARKER  # the job script's resume
+    python -m itwinai_lightning slurm recover RUN_DIR --job ID ...  # the job script's recovery decision
 
 Writes ``<job_dir>/config.yaml`` (the fully resolved LightningCLI config the job runs) and
 ``<job_dir>/job.sbatch``; prints the script path, and with ``slurm.submit`` the job id.
@@ -236,6 +237,10 @@ def main(argv: list[str]) -> int:
         return 0
     if argv and argv[0] == "latest-checkpoint":
         return _latest_checkpoint(argv[1:])
+    if argv and argv[0] == "recover":
+        from itwinai_lightning.slurm import recovery
+
+        return recovery.main(argv[1:])
     if not argv:
         raise UserError(
             "slurm needs a config: itwinai-lightning slurm --config run.yaml [--slurm.preset NAME]"

@@ -81,6 +81,8 @@ class SlurmOptions:
         signal: the signal SLURM sends before the time limit.
         signal_seconds: how many seconds before the limit.
         requeue: checkpoint, requeue and resume on the signal (default: on for srun).
+        max_restarts: how often a fit job whose launch failed (a lost node, a hung or lost rank) is
+            requeued without the failed nodes (0: never; needs requeue). See docs/failures.md.
         check_every_n_steps: how often the ranks vote on stopping.
         time_limit_margin_s: also stop this close to the time limit (from squeue).
         checkpoint_every_min: a TimedCheckpoint every this many minutes of training, written in the
@@ -120,6 +122,7 @@ class SlurmOptions:
     signal: str = "USR1"
     signal_seconds: int = 300
     requeue: bool | None = None  # default: on for the srun launcher
+    max_restarts: int = 3
     check_every_n_steps: int = 1
     time_limit_margin_s: float | None = None
     checkpoint_every_min: float = 30.0
@@ -176,6 +179,8 @@ class SlurmOptions:
                 f"slurm.checkpoint_every_min must be >= 0 minutes (0: no timed checkpoints), "
                 f"got {self.checkpoint_every_min!r}"
             )
+        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise UserError(f"slurm.max_restarts must be a whole number >= 0, got {self.max_restarts!r}")
         for key in ("ntasks_per_node", "cpus_per_task", "signal_seconds"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):

@@ -26,6 +26,8 @@ from typing_extensions import override
 
 from itwinai_lightning import compat, records
 from itwinai_lightning.runs.newest import PARTIAL_SUFFIX
+from itwinai_lightning.slurm import recovery
+from itwinai_lightning.slurm.recovery import RECOVERY_LOG_ENV
 from itwinai_lightning.slurm.script import REQUEUE_FLAG_ENV
 from itwinai_lightning.slurm.vote import StopVote
 
@@ -71,7 +73,11 @@ class SlurmRequeue(Callback):
                                   job id, restart count, reason, epoch, global step, every rank's
                                   global step at the stop (``rank_steps``), checkpoint path
     RunRecord section ``slurm``   ``requeues``: list of those requests; ``resumes``: list of
-                                  ``{restart, checkpoint, epoch, global_step}`` (epoch/step at resume)
+                                  ``{restart, checkpoint, epoch, global_step}`` (epoch/step at resume);
+                                  ``restarts``: each requeue after a failure (:mod:`.recovery`):
+                                  ``{restart, job_id, cause, hosts, excluded, error, failed_step,
+                                  checkpoint, resumed_step, steps_lost, time_lost_s}`` (seconds from
+                                  the failure to training again)
     ============================  =====================================================================
 
     Args:
@@ -138,6 +144,7 @@ class SlurmRequeue(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record_recovery(trainer)
         if trainer.ckpt_path:  # the training state is restored by now: record where we resume
             self._append(
                 trainer,
@@ -150,6 +157,31 @@ class SlurmRequeue(Callback):
                     "global_step": int(trainer.global_step),
                 },
             )
+
+    def _record_recovery(self, trainer: pl.Trainer) -> None:
+        """A job the batch shell requeued after a failure (:mod:`.recovery`): its RunRecord entry, now that
+        it trains again (cause, failed hosts, the checkpoint resumed from, steps and seconds lost)."""
+        log = os.environ.get(RECOVERY_LOG_ENV)
+        restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        if trainer.global_rank != 0 or not log or restart == 0:
+            return
+        job_id = os.environ.get("SLURM_JOB_ID")
+        found = [
+            e
+            for e in recovery.read_log(Path(log))
+            if e.get("job_id") == job_id and e.get("restart") == restart
+        ]
+        if not found:
+            return
+        checkpoint = str(trainer.ckpt_path) if trainer.ckpt_path else None
+        entry = recovery.restart_entry(found[-1], checkpoint, int(trainer.global_step), time.time())
+        self._append(trainer, "restarts", entry)
+        lost, hosts = entry["steps_lost"], ", ".join(entry["hosts"]) or "?"
+        rank_zero_info(
+            f"itwinai-lightning: restart {restart} after {entry['cause']} on {hosts}: "
+            f"training again at step {entry['resumed_step']} from {checkpoint or 'the start'}, "
+            f"{entry['time_lost_s']:.0f} s" + (f" and {lost} step(s)" if lost is not None else "") + " lost"
+        )
 
     # ----------------------------------------------------------------- the safe point
     @override

@@ -16,8 +16,10 @@ The script has four parts, all from data (no site-specific shell functions):
 from __future__ import annotations
 
 from itwinai_lightning.launch import sbatch
+from itwinai_lightning.launch.failure_note import NOTE_ENV
 from itwinai_lightning.launch.sbatch import JobLayout, env_path, q
 from itwinai_lightning.slurm.options import SlurmOptions
+from itwinai_lightning.slurm.recovery import RECOVERY_LOG_ENV, RECOVERY_LOG_NAME
 
 #: Environment variable through which the script tells the requeue callback where to leave its request.
 REQUEUE_FLAG_ENV = "ITWINAI_REQUEUE_FLAG"
@@ -59,9 +61,19 @@ def _launch_fit(opts: SlurmOptions, job: JobLayout) -> list[str]:
         "",
         f"# --- launch ({opts.launcher})",
     ]
-    lines += sbatch.launch_lines(opts, job, '-m itwinai_lightning fit --config "$CONFIG" "${RESUME[@]}"')
+    launch = sbatch.launch_lines(opts, job, '-m itwinai_lightning fit --config "$CONFIG" "${RESUME[@]}"')
+    if not (opts.requeue and opts.max_restarts > 0):
+        lines += [*launch, "STATUS=$?"]
+    else:
+        lines += [
+            f'export {NOTE_ENV}="$RUN_DIR/.failure-$SLURM_JOB_ID-${{SLURM_RESTART_COUNT:-0}}.json"',
+            f'export {RECOVERY_LOG_ENV}="$RUN_DIR/{RECOVERY_LOG_NAME}"',
+            f'rm -f "${NOTE_ENV}"',
+            *launch[:-1],
+            f"{launch[-1]} &",
+            *_watch_lines(),
+        ]
     lines += [
-        "STATUS=$?",
         "",
         "# --- requeue: the run saved a checkpoint at a safe point and asked for it (preemption/time limit)",
         f'if [ -f "${REQUEUE_FLAG_ENV}" ]; then',
@@ -69,9 +81,67 @@ def _launch_fit(opts: SlurmOptions, job: JobLayout) -> list[str]:
         '  scontrol requeue "$SLURM_JOB_ID"',
         "  exit 0",
         "fi",
-        'exit "$STATUS"',
     ]
+    if opts.requeue and opts.max_restarts > 0:
+        lines += _recover_lines(opts)
+    lines.append('exit "$STATUS"')
     return lines
+
+
+#: Seconds srun may go on after a rank noted a failure: srun waits for a lost node's tasks until SLURM
+#: declares the node down (SlurmdTimeout, often minutes); the surviving ranks have ended by then.
+LAUNCH_GRACE_S = 15
+
+
+def _watch_lines() -> list[str]:
+    """Wait for the launch in the background; end a launch that outlives a rank's failure note."""
+    return [
+        "LAUNCH=$!",
+        'NOTED=""',
+        'while kill -0 "$LAUNCH" 2>/dev/null; do',
+        f'  if [ -z "$NOTED" ] && [ -f "${NOTE_ENV}" ]; then NOTED=$SECONDS; fi',
+        f'  if [ -n "$NOTED" ] && [ $((SECONDS - NOTED)) -ge {LAUNCH_GRACE_S} ]; then',
+        f'    echo "itwinai-lightning: a rank noted a failure {LAUNCH_GRACE_S} s ago and srun still waits'
+        ' (for a lost node); ending it" >&2',
+        '    kill -KILL "$LAUNCH" 2>/dev/null',
+        "  fi",
+        "  sleep 1",
+        "done",
+        'wait "$LAUNCH"',
+        "STATUS=$?",
+    ]
+
+
+def _recover_lines(opts: SlurmOptions) -> list[str]:
+    """After a failed launch: probe every node, ask ``slurm recover``, requeue without the lost nodes."""
+    return [
+        "",
+        "# --- recover: a failed launch is requeued without the nodes that no longer answer, up to",
+        f"# slurm.max_restarts ({opts.max_restarts}) times; the rules: itwinai_lightning/slurm/recovery.py",
+        'if [ "$STATUS" -ne 0 ]; then',
+        '  ALLOCATED="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | tr "\\n" " ")"',
+        '  HEALTHY="$(timeout -k 5 30 srun --overlap --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 '
+        '--kill-on-bad-exit=0 printenv SLURMD_NODENAME 2>/dev/null | tr "\\n" " ")"',
+        '  EXCLUDED="$(scontrol show job -o "$SLURM_JOB_ID" | grep -o "ExcNodeList=[^ ]*" | cut -d= -f2)"',
+        '  case "$EXCLUDED" in ""|"(null)") EXCLUDED="" ;; *) EXCLUDED="$(scontrol show hostnames "$EXCLUDED"'
+        ' | tr "\\n" " ")" ;; esac',
+        '  PARTITION_NODES="$(sinfo -h -N ${SLURM_JOB_PARTITION:+-p "$SLURM_JOB_PARTITION"} -o "%N %t")"',
+        '  PLAN="$("${PY[@]}" -m itwinai_lightning slurm recover "$RUN_DIR" --job "$SLURM_JOB_ID" '
+        '--restart "${SLURM_RESTART_COUNT:-0}" --status "$STATUS" --nodes "$ALLOCATED" --healthy "$HEALTHY" '
+        f'--excluded "$EXCLUDED" --partition "$PARTITION_NODES" --note "${NOTE_ENV}" '
+        f'--max-restarts {opts.max_restarts})"',
+        '  if [ "${PLAN%% *}" = requeue ]; then',
+        '    EXCLUDE="${PLAN#requeue}"',
+        '    EXCLUDE="${EXCLUDE# }"',
+        "    trap '' TERM  # requeuehold ends the job's processes: this shell makes its last two calls first",
+        '    if scontrol requeuehold "$SLURM_JOB_ID"; then',
+        '      [ -z "$EXCLUDE" ] || scontrol update JobId="$SLURM_JOB_ID" ExcNodeList="$EXCLUDE"',
+        '      scontrol release "$SLURM_JOB_ID"',
+        "      exit 0",
+        "    fi",
+        "  fi",
+        "fi",
+    ]
 
 
 def render(opts: SlurmOptions, job: JobLayout, job_name: str, source: str = "") -> str:

@@ -27,8 +27,9 @@ import torch
 
 from itwinai_lightning import compat, per_trainer
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.launch import failure_note
 from itwinai_lightning.launch.environment import check_strategy_launch, make_cluster_environment
-from itwinai_lightning.launch.placement import known, lost_peer
+from itwinai_lightning.launch.placement import known, lost_peer, lost_places
 from itwinai_lightning.launch.where import default_backend, detect, restart_number
 from itwinai_lightning.strategies import process_group
 
@@ -187,7 +188,13 @@ class LaunchAware:
         source = info.launcher if info is not None else detect().launcher
         limit = "torch's default" if self.timeout_s is None else f"{self.timeout_s:g} s"
         rank, world = strategy.global_rank, strategy.world_size
-        peer = lost_peer(str(exception), known(trainer), rank)
+        placed = known(trainer)
+        peer = lost_peer(str(exception), placed, rank)
+        places = lost_places(str(exception), placed, rank)
+        if places:
+            step = int(trainer.global_step) if trainer is not None else None
+            where = str(trainer.default_root_dir) if trainer is not None else None
+            failure_note.write("lost_peer", [p.hostname for p in places], rank, step, where)
         message = (
             f"{self.label}: rank {rank} of {world} ({source}) lost a peer in a collective: "
             f"{peer} died or stopped responding (collective timeout {limit}). "

@@ -75,11 +75,11 @@ SlurmdSpoolDir={d}/spool_%n
 SlurmdPidFile={d}/slurmd.%n.pid
 SlurmdLogFile={d}/slurmd.%n.log
 SlurmdParameters=config_overrides
-SlurmdTimeout=30
+SlurmdTimeout={slurmd_timeout}
 """
     + COMMON_CONF
     + """\
-{nodes}
+{extra}{nodes}
 PartitionName=debug Nodes={node_list} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """
 )
@@ -125,6 +125,15 @@ class Cluster:
             "nsenter", f"--net=/var/run/netns/{self.netns[index]}", "unshare", "--uts",
             "sh", "-c", script, "sh", *argv,
         ]  # fmt: skip
+
+    def kill_node(self, index: int) -> int:
+        """Node ``index`` dies: SIGKILL to everything on it (its slurmd, slurmstepd, the job's ranks), as a
+        power loss would; its address stays (peers see connections refused, not silence). How many died."""
+        pids = _pids_in(self.netns[index])
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(pids)
 
     def wait_idle(self, timeout: float = 60) -> None:
         deadline = time.time() + timeout
@@ -264,8 +273,12 @@ def _network(cluster: Cluster) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
-def start(directory: Path, nodes: int = 2, cpus: int = 2) -> Cluster:
-    """Start an ``nodes``-node cluster with state under ``directory``; wait until every node is idle."""
+def start(
+    directory: Path, nodes: int = 2, cpus: int = 2, slurmd_timeout: int = 30, extra_conf: Sequence[str] = ()
+) -> Cluster:
+    """Start an ``nodes``-node cluster with state under ``directory``; wait until every node is idle.
+    ``slurmd_timeout``: seconds until slurmctld declares a silent node down (sites use 300);
+    ``extra_conf``: further slurm.conf lines a test needs (a site's own settings)."""
     missing = missing_tools()
     if missing:
         raise FileNotFoundError(
@@ -305,6 +318,8 @@ def start(directory: Path, nodes: int = 2, cpus: int = 2) -> Cluster:
                 ctld_port=port,
                 d_port=port + 1,
                 d=directory,
+                slurmd_timeout=slurmd_timeout,
+                extra="".join(f"{line}\n" for line in extra_conf),
                 nodes="\n".join(node_lines),
                 node_list=",".join(cluster.nodes),
             )

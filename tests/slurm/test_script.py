@@ -64,7 +64,7 @@ def test_gpu_preset_renders_two_node_job(tmp_path: Path, preset: str) -> None:
         assert line in text, f"{line!r} missing from the {preset} script:\n{text}"
     srun = next(ln for ln in text.splitlines() if ln.startswith("srun "))
     assert f"--nodes=2 --ntasks-per-node={devices} --cpus-per-task={cpus}" in srun
-    assert srun.endswith('-m itwinai_lightning fit --config "$CONFIG" "${RESUME[@]}"')
+    assert srun.endswith('-m itwinai_lightning fit --config "$CONFIG" "${RESUME[@]}" &')  # watched
     assert f"CONFIG={job_dir / 'config.yaml'}" in text
     assert 'scontrol requeue "$SLURM_JOB_ID"' in text
     # the saved config is the full LightningCLI dump, adapted to the job

@@ -1,0 +1,119 @@
+"""A node lost mid-run: the job's batch shell requeues it without that node and the run completes.
+
+A 3-node cluster whose slurmctld declares a silent node down only after 60 s (sites use 300 s): the
+recovery must come from the job script (within ~20 s), not from SLURM's own node-failure requeue. The
+requeued job starts once slurmctld has declared the node down (until then the job is still completing
+there): time lost is bounded by SlurmdTimeout. Its requeue wait (``cred_expire``) is 10 s instead of 120 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from itwinai_lightning import records
+from tests.foundation.conftest import Run, max_abs_diff, run_cli
+from tests.helpers import cluster as mc
+from tests.helpers.childenv import child_env
+from tests.helpers.engines import require
+from tests.multinode.test_journeys import _submit, two_node_args
+
+pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
+EPOCHS, STEPS_PER_EPOCH = 6, 8  # 64 samples, global batch 8
+
+
+@pytest.fixture(scope="module")
+def three_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mc.Cluster]:
+    missing = mc.missing_tools()
+    require(
+        not missing, f"a 3-node test cluster ({', '.join(missing)})", "apt-get install iproute2 slurmd ..."
+    )
+    require(os.geteuid() == 0, "a 3-node test cluster", "needs root for network namespaces")
+    directory = tmp_path_factory.mktemp("cluster3")
+    try:
+        cluster = mc.start(
+            directory, nodes=3, cpus=1, slurmd_timeout=60, extra_conf=["AuthInfo=cred_expire=10"]
+        )
+    except (OSError, TimeoutError, RuntimeError, subprocess.SubprocessError) as err:
+        require(False, "a 3-node test cluster", f"start failed: {err}")
+        raise
+    try:
+        yield cluster
+    finally:
+        mc.stop(directory)
+
+
+def _nodes_of(cluster: mc.Cluster, job: str) -> str:
+    fields = dict(
+        item.split("=", 1)
+        for item in cluster.run("scontrol", "show", "job", job, "-o").stdout.split()
+        if "=" in item
+    )
+    return fields.get("NodeList", "")
+
+
+def test_a_lost_node_requeues_the_job_without_it(
+    three_nodes: mc.Cluster, python_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**python_env, "SLURM_CONF": str(three_nodes.conf)}
+    n1, n2, n3 = three_nodes.nodes
+    job = _submit(
+        three_nodes, env,
+        *two_node_args(tmp_path, "--trainer.max_epochs", str(EPOCHS),
+                       "--trainer.enable_checkpointing", "true", "--data.init_args.sleep_s", "0.1")[1:],
+        "--slurm.nodes", "2",
+    )  # fmt: skip
+    deadline = time.time() + 180
+    while not list(tmp_path.glob("version_0/checkpoints/*.ckpt")):  # an epoch finished on both nodes
+        assert time.time() < deadline, "no epoch finished"
+        assert three_nodes.job_state(job) in ("PENDING", "RUNNING", "CONFIGURING")
+        time.sleep(0.2)
+    assert three_nodes.run("scontrol", "show", "hostnames", _nodes_of(three_nodes, job)).stdout.split() == [
+        n1,
+        n2,
+    ]
+    killed_at = time.time()
+    assert three_nodes.kill_node(1) > 0  # node 2 dies: its slurmd, slurmstepd and rank 1
+
+    assert three_nodes.wait_job(job, timeout=240) == "COMPLETED", (tmp_path / "slurm").glob("*.err")
+    out = next((tmp_path / "slurm").glob("*.out")).read_text()
+    err = next((tmp_path / "slurm").glob("*.err")).read_text()
+    assert f"lost node on {n2}; requeued without {n2} (restart 1)" in err, err[-3000:]
+    assert "restart 1 on" in out and n2 not in out.split("restart 1 on", 1)[1].splitlines()[0]
+
+    record = records.load(tmp_path)
+    assert record["status"] == "completed", record.get("error")
+    assert record["hostnames"] == [n1, n3]  # the requeued job ran on nodes 1 and 3
+    (restart,) = record["sections"]["slurm"]["restarts"]
+    assert (restart["restart"], restart["job_id"], restart["cause"]) == (1, job, "lost node")
+    assert restart["hosts"] == [n2] and restart["excluded"] == [n2]
+    checkpoint = restart["checkpoint"]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert restart["resumed_step"] == state["global_step"] > 0
+    assert restart["failed_step"] >= restart["resumed_step"]
+    assert restart["steps_lost"] == restart["failed_step"] - restart["resumed_step"] <= STEPS_PER_EPOCH
+    assert 0 < restart["time_lost_s"] < time.time() - killed_at
+    # the requeued job continued the run's own record: the lost attempt's error is in the restart entry
+    assert "peer" in restart["error"] and not list(tmp_path.glob("version_0/run_record.*.json"))
+    assert sorted(p.name for p in tmp_path.glob("version_*")) == ["version_0"]
+    # the final step count of an uninterrupted run, on both ranks
+    steps = [json.loads((tmp_path / f"launch_rank{r}.json").read_text())["steps"] for r in (0, 1)]
+    assert steps == [EPOCHS * STEPS_PER_EPOCH] * 2
+
+    # the weights of a run resumed by hand from the same checkpoint (2 ranks on one host, global batch 8)
+    by_hand = tmp_path / "by_hand"
+    args = [
+        "fit", *two_node_args(by_hand, "--trainer.max_epochs", str(EPOCHS))[1:], "--trainer.num_nodes", "1",
+        "--trainer.devices", "2", "--ckpt_path", checkpoint,
+    ]  # fmt: skip
+    resumed = run_cli([], args, child_env(), by_hand)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    job_weights = Run(0, "", "", 0.0, tmp_path).weights(0)
+    assert max_abs_diff(job_weights, resumed.weights(0)) < 1e-6
