@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+#: Environment variable through which a job script tells the run where to leave (fit) or look for (tune)
+#: the request to be requeued.
+REQUEUE_FLAG_ENV = "ITWINAI_REQUEUE_FLAG"
+REQUEUE_FLAG_NAME = ".requeue"
 #: The job's Ray token file (mode 600) in the job directory.
 RAY_TOKEN_NAME = "ray-auth-token"
 
@@ -105,8 +109,9 @@ def directives(opts: SbatchOptions, job: JobLayout, job_name: str) -> list[str]:
     d["output"] = job.job_dir / "%x-%j.out"
     d["error"] = job.job_dir / "%x-%j.err"
     d["open-mode"] = "append"  # a requeued job appends to the same files
-    if opts.requeue:
-        d["signal"] = f"{opts.signal}@{opts.signal_seconds}"
+    if opts.requeue:  # to the job steps (the ranks); a tune driver runs in the batch shell (B:)
+        batch = "B:" if opts.launcher == "ray" else ""
+        d["signal"] = f"{batch}{opts.signal}@{opts.signal_seconds}"
         d["requeue"] = None
     for key, value in (opts.sbatch or {}).items():
         d[str(key).lstrip("-").replace("_", "-")] = value
@@ -228,13 +233,49 @@ def ray_cluster_lines(opts: SbatchOptions, job: JobLayout) -> list[str]:
         "sleep 5",
         "",
         "# --- launch (ray): the tune driver runs on the head node and uses the whole allocation",
-        '"${PY[@]}" -m itwinai_lightning tune --config "$CONFIG"',
-        "STATUS=$?",
+        *_tune_driver_lines(opts, job),
         "# --- end this job's Ray and nothing else: its srun steps pass SIGTERM to 'ray start --block',",
         "# which stops that node's Ray processes ('ray stop' would stop every Ray of the user on the node)",
         "kill $(jobs -p) 2>/dev/null",
         "wait",
+        *(_tune_requeue_lines() if opts.requeue else []),
         'exit "$STATUS"',
+    ]
+
+
+def _tune_driver_lines(opts: SbatchOptions, job: JobLayout) -> list[str]:
+    """The tune driver; with requeue: in the background, the preemption signal forwarded to it (Ray Tune
+    saves the sweep's state and ends on SIGUSR1), and a requeued job resumes the sweep."""
+    command = '"${PY[@]}" -m itwinai_lightning tune --config "$CONFIG"'
+    if not opts.requeue:
+        return [command, "STATUS=$?"]
+    flag = job.run_dir / REQUEUE_FLAG_NAME
+    signal = opts.signal.upper().removeprefix("SIG")
+    return [
+        f"export {REQUEUE_FLAG_ENV}={env_path(flag)}",
+        f'rm -f "${REQUEUE_FLAG_ENV}"',
+        "RESUME=()",
+        'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then RESUME=(--tune.resume true); fi',
+        'echo "itwinai-lightning: job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}'
+        ' on ${SLURM_JOB_NODELIST}${RESUME:+; resuming the sweep}"',
+        f'trap \'touch "${REQUEUE_FLAG_ENV}"; kill -USR1 "$DRIVER" 2>/dev/null\' {signal}',
+        f'{command} "${{RESUME[@]}}" &',
+        "DRIVER=$!",
+        'wait "$DRIVER"',
+        "STATUS=$?",
+        "# a trapped signal ends a wait early: wait until the driver has ended",
+        'while kill -0 "$DRIVER" 2>/dev/null; do wait "$DRIVER"; STATUS=$?; done',
+    ]
+
+
+def _tune_requeue_lines() -> list[str]:
+    return [
+        "# --- requeue: the sweep's state is saved; the requeued job resumes it",
+        f'if [ -f "${REQUEUE_FLAG_ENV}" ]; then',
+        '  echo "itwinai-lightning: sweep state saved; requeueing job ${SLURM_JOB_ID}"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "  exit 0",
+        "fi",
     ]
 
 

@@ -186,10 +186,12 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     job_dir = jobcfg.portable(Path(opts.job_dir).expanduser()) if opts.job_dir else run_dir / "slurm"
     config = jobcfg.adapt_for_job(
         config,
-        num_nodes=opts.nodes,
+        num_nodes=1
+        if opts.command == "tune"
+        else opts.nodes,  # a trial's layout is tune's (workers_per_trial)
         devices=devices,
         run_dir=run_dir,
-        requeue=bool(opts.requeue),
+        requeue=bool(opts.requeue) and opts.command == "fit",  # a sweep is stopped by its driver (Ray Tune)
         signal_name=opts.signal,
         check_every_n_steps=opts.check_every_n_steps,
         time_limit_margin_s=opts.time_limit_margin_s,

@@ -80,7 +80,7 @@ class SlurmOptions:
         sbatch: extra #SBATCH directives, e.g. {qos: normal, exclusive: null}.
         signal: the signal SLURM sends before the time limit.
         signal_seconds: how many seconds before the limit.
-        requeue: checkpoint, requeue and resume on the signal (default: on for srun).
+        requeue: checkpoint, requeue and resume on the signal (default: on for srun fit jobs and tune jobs).
         max_restarts: how often a fit job whose launch failed (a lost node, a hung or lost rank) is
             requeued without the failed nodes (0: never; needs requeue). See docs/failures.md.
         check_every_n_steps: how often the ranks vote on stopping.
@@ -163,11 +163,12 @@ class SlurmOptions:
             )
         if self.command == "predict" and self.launcher == "ray":
             raise UserError("slurm.command 'predict' runs under srun or torchrun, not ray")
+        can_requeue = (self.launcher, self.command) in (("srun", "fit"), ("ray", "tune"))
         if self.requeue is None:
-            self.requeue = self.launcher == "srun" and self.command == "fit"
+            self.requeue = can_requeue
         elif self.requeue and self.command == "predict":
             raise UserError("slurm.requeue resumes a fit from its checkpoint; set it false for predict")
-        elif self.requeue and self.launcher != "srun":
+        elif self.requeue and not can_requeue:
             raise UserError(
                 f"slurm.requeue needs slurm.launcher srun (the signal must reach the training ranks), "
                 f"not {self.launcher!r}; set slurm.requeue false or slurm.launcher srun"

@@ -25,10 +25,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from itwinai_lightning import compat, records
+from itwinai_lightning.launch.sbatch import REQUEUE_FLAG_ENV
 from itwinai_lightning.runs.newest import PARTIAL_SUFFIX
 from itwinai_lightning.slurm import recovery
 from itwinai_lightning.slurm.recovery import RECOVERY_LOG_ENV
-from itwinai_lightning.slurm.script import REQUEUE_FLAG_ENV
 from itwinai_lightning.slurm.vote import StopVote
 
 #: Exit status of ranks that stopped to be requeued (EX_TEMPFAIL: "try again later").

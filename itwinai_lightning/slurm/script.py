@@ -17,13 +17,10 @@ from __future__ import annotations
 
 from itwinai_lightning.launch import sbatch
 from itwinai_lightning.launch.failure_note import NOTE_ENV
-from itwinai_lightning.launch.sbatch import JobLayout, env_path, q
+from itwinai_lightning.launch.sbatch import REQUEUE_FLAG_ENV, REQUEUE_FLAG_NAME, JobLayout, env_path, q
 from itwinai_lightning.slurm.options import SlurmOptions
 from itwinai_lightning.slurm.recovery import RECOVERY_LOG_ENV, RECOVERY_LOG_NAME
 
-#: Environment variable through which the script tells the requeue callback where to leave its request.
-REQUEUE_FLAG_ENV = "ITWINAI_REQUEUE_FLAG"
-REQUEUE_FLAG_NAME = ".requeue"
 #: Marker a job leaves in its run dir on its first start (``<prefix><job id>``): it resumes only from
 #: checkpoints newer than it.
 JOB_MARKER_PREFIX = ".job-"

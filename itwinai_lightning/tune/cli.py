@@ -111,6 +111,16 @@ def _absolute_configs(argv: list[str]) -> list[str]:
     return out
 
 
+def stopped_for_requeue() -> bool:
+    """The job script forwarded the preemption signal (Ray Tune saved the sweep and ended): its flag."""
+    import os
+
+    from itwinai_lightning.launch.sbatch import REQUEUE_FLAG_ENV
+
+    flag = os.environ.get(REQUEUE_FLAG_ENV)
+    return bool(flag) and Path(flag).exists()
+
+
 def main(argv: list[str]) -> int:
     """Run the sweep; 0 when at least one trial finished, 1 when all failed, 2 on bad input."""
     if any(a in ("-h", "--help") for a in argv):
@@ -131,6 +141,13 @@ def main(argv: list[str]) -> int:
 
     tracking = start_parent(loggers, settings)
     grid = run_sweep(settings, lightning_argv, max_epochs, tracking)
+    if stopped_for_requeue():
+        print(
+            f"tune: the sweep stopped to be requeued; its state is saved in {settings.experiment_dir} and "
+            "the requeued job resumes it (finished trials kept, running ones from their last checkpoint)",
+            flush=True,
+        )
+        return 0
     rows = results.collect(grid, settings, max_epochs)
     results.write_csv(rows, settings, settings.experiment_dir / "results.csv")
     best = results.best_row(rows, settings)

@@ -36,7 +36,9 @@ def make_scheduler(settings: TuneSettings, max_epochs: int) -> Any:
     if name == "asha":
         options.setdefault("max_t", max_epochs)
         options.setdefault("grace_period", 1)
-        return schedulers.ASHAScheduler(time_attr="training_iteration", **options)
+        from itwinai_lightning.tune.kept_asha import KeptASHA
+
+        return KeptASHA(str(settings.experiment_dir), time_attr="training_iteration", **options)
     if name == "hyperband":
         options.setdefault("max_t", max_epochs)
         return schedulers.HyperBandScheduler(time_attr="training_iteration", **options)

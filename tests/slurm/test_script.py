@@ -115,6 +115,16 @@ def test_tune_runs_a_ray_cluster_in_the_allocation(tmp_path: Path) -> None:
     assert '"${PY[@]}" -m itwinai_lightning tune --config "$CONFIG"' in text
     assert config["tune"] == {"num_samples": 8, "metric": "val_loss", "search_space": SPACE}
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    # preemption-safe: the signal goes to the batch shell, which hands it to the driver (Ray Tune saves the
+    # sweep), requeues, and the requeued job resumes the sweep; a trial's layout is tune's, not the job's
+    assert "#SBATCH --signal=B:USR1@300" in text and "#SBATCH --requeue" in text
+    assert "trap 'touch \"$ITWINAI_REQUEUE_FLAG\"; kill -USR1 \"$DRIVER\" 2>/dev/null' USR1" in text
+    assert "RESUME=(--tune.resume true)" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
+    callbacks = config["trainer"].get("callbacks") or []
+    assert config["trainer"]["num_nodes"] == 1 and not any("SlurmRequeue" in c["class_path"] for c in callbacks)
+    text, _, _ = _render(tmp_path, *GPU, "--trainer.devices", "4", "--config", str(cfg), "--slurm.preset",
+                         "juwels", "--slurm.command", "tune", "--slurm.requeue", "false")  # fmt: skip
+    assert "--signal" not in text and "scontrol requeue" not in text
 
 
 def test_a_tune_job_into_a_used_sweep_directory_is_refused_before_it_queues(tmp_path: Path) -> None:
