@@ -185,7 +185,7 @@ class ItwinaiCLI(LightningCLI):
         from itwinai_lightning.launch.where import detect
         from itwinai_lightning.runs import restarts
 
-        restart = restarts.restart_number()
+        restart = restarts.attempt_number()
         if not restart or self.run_dir is None:
             return
         checkpoint, note = restarts.resume_point(self.run_dir, restart)

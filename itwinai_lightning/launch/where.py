@@ -70,6 +70,34 @@ RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
 
 
 def restart_number(env: Mapping[str, str] | None = None) -> int:
-    """Which restart of its worker group this process is (0: the first attempt, or no elastic launcher)."""
+    """How often this node's torchrun agent restarted its workers after a failure (0: never, or no elastic
+    launcher). Per node: an agent whose workers were stopped because another node's failed counts a
+    membership change, not a restart; :func:`attempt_number` is the same on every node."""
     value = (os.environ if env is None else env).get(RESTART_ENV, "0")
     return int(value) if value.isdigit() else 0
+
+
+_attempt: list[int] = []  # this process's attempt number, once asked
+
+
+def attempt_number() -> int:
+    """Which attempt of its torchrun worker group this process belongs to (0: the first), the same on every
+    node. Under torchrun with the agent's store (``TORCHELASTIC_USE_AGENT_STORE``, which lives as long as the
+    torchrun run), each rank counts its own starts in that store: the agents restart every worker of the
+    group together, so the k-th start of any rank belongs to attempt k-1. Without it: :func:`restart_number`.
+    Asked once per process (the count is a store increment)."""
+    if _attempt:
+        return _attempt[0]
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not env.get("MASTER_ADDR"):
+        _attempt.append(restart_number(env))
+        return _attempt[0]
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore(
+        env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timedelta(seconds=120)
+    )
+    _attempt.append(int(store.add(f"itwinai/starts/rank{env.get('RANK', '0')}", 1)) - 1)
+    return _attempt[0]

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from itwinai_lightning import records
-from itwinai_lightning.launch.where import restart_number
+from itwinai_lightning.launch.where import attempt_number
 from itwinai_lightning.runs.newest import latest_checkpoint
 
-__all__ = ["record_restart", "restart_number", "resume_point"]
+__all__ = ["attempt_number", "record_restart", "resume_point"]
 
 
 def resume_point(run_dir: Path, restart: int) -> tuple[Path | None, str]:

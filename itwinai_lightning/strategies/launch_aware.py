@@ -30,7 +30,7 @@ from itwinai_lightning.errors import UserError
 from itwinai_lightning.launch import failure_note
 from itwinai_lightning.launch.environment import check_strategy_launch, make_cluster_environment
 from itwinai_lightning.launch.placement import known, lost_peer, lost_places
-from itwinai_lightning.launch.where import default_backend, detect, restart_number
+from itwinai_lightning.launch.where import attempt_number, default_backend, detect, restart_number
 from itwinai_lightning.strategies import process_group
 
 DEFAULT_INIT_TIMEOUT_S = 300.0
@@ -126,8 +126,10 @@ class LaunchAware:
         attempt: torch's rendezvous store is shared across attempts (pytorch/pytorch#135712), and a rank
         reading the previous attempt's address of a peer would wait for a process that is gone."""
         env = os.environ
-        restart = restart_number(env)
-        if not restart or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+            return
+        restart = attempt_number()
+        if not restart:
             return
         dist = torch.distributed
         if dist.is_initialized():

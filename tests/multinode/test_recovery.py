@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from itwinai_lightning import records
-from tests.foundation.conftest import Run, max_abs_diff, run_cli
+from tests.foundation.conftest import Run, free_port, max_abs_diff, run_cli
 from tests.helpers import cluster as mc
 from tests.helpers.childenv import child_env
 from tests.helpers.engines import require
@@ -117,3 +118,45 @@ def test_a_lost_node_requeues_the_job_without_it(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     job_weights = Run(0, "", "", 0.0, tmp_path).weights(0)
     assert max_abs_diff(job_weights, resumed.weights(0)) < 1e-6
+
+
+def test_torchrun_restarts_a_group_across_nodes_from_the_newest_checkpoint(
+    two_nodes: mc.Cluster, node_env: dict[str, str], tmp_path: Path
+) -> None:
+    """torchrun --max-restarts 1 on each of 2 nodes (c10d rendezvous): rank 1 (node 2) is killed at step 12;
+    both agents restart their workers, which resume from the run's newest timed checkpoint. Node 1's agent
+    sees a membership change, not a failure (its TORCHELASTIC_RESTART_COUNT stays 0): the attempt number
+    must come from elsewhere (launch/where.attempt_number)."""
+    port = free_port()
+    args = two_node_args(
+        tmp_path, "--trainer.max_epochs=3",  # 24 optimizer steps
+        "--trainer.callbacks+=TimedCheckpoint", "--trainer.callbacks.every_min=0.001",
+        "--trainer.callbacks.check_every_n_steps=2",
+        "--trainer.callbacks+=tests.foundation.weights.KillOnFirstAttempt", "--trainer.callbacks.rank=1",
+        "--trainer.callbacks.at_step=12",
+    )  # fmt: skip
+    procs = []
+    for i in range(2):
+        argv = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+            "--max-restarts", "1", "--monitor-interval", "0.2", "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", f"{two_nodes.nodes[0]}:{port}", "--rdzv_id", "restart",
+            "-m", "itwinai_lightning", *args,
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(two_nodes.on_node(i, argv), env=node_env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        )  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+    run = Run(0, outs[0][0], outs[0][1], 0.0, tmp_path)
+    assert run.launch(0)["steps"] == 24 and run.launch(1)["steps"] == 24
+    record = records.load(tmp_path)
+    assert record["status"] == "completed" and record["hostnames"] == two_nodes.nodes
+    restarts = record["sections"]["restarts"]
+    assert restarts["count"] == 1 and restarts["attempts"][0]["restart"] == 1
+    resumed_from = Path(restarts["attempts"][0]["checkpoint"])
+    assert resumed_from.parent == Path(record["run_dir"]) / "checkpoints"
+    step = int(resumed_from.stem.split("=")[1])
+    assert 2 <= step <= 12 and 12 - step <= 8  # steps lost: at most a few checks of the clock
+    assert len(list(tmp_path.glob("version_*"))) == 1  # both nodes, both attempts: one run directory
