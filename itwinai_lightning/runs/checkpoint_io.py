@@ -43,6 +43,7 @@ class BackgroundCheckpointIO(CheckpointIO):
         self._background = False
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
+        self._pending_path: str | None = None  # the file the write in flight makes
         self._buffers: list[torch.Tensor] = []  # the previous copy's tensors, reused by the next copy
         self.saves = 0  # every save that came through this IO (a strategy that saves its own way makes none)
         self.blocked_s: list[float] = []
@@ -52,7 +53,7 @@ class BackgroundCheckpointIO(CheckpointIO):
         """Shipped to another process (spawn, Ray) without its writer thread, write in flight or buffers."""
         self.wait()
         state = dict(self.__dict__)
-        state.update(_executor=None, _pending=None, _buffers=[])
+        state.update(_executor=None, _pending=None, _pending_path=None, _buffers=[])
         return state
 
     @contextmanager
@@ -78,6 +79,7 @@ class BackgroundCheckpointIO(CheckpointIO):
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itwinai-checkpoint-writer")
         self._pending = self._executor.submit(self._timed_write, copy, path, storage_options)
+        self._pending_path = str(path)
 
     def _copy(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint with every tensor copied to CPU memory, into the buffers of the previous copy
@@ -136,7 +138,10 @@ class BackgroundCheckpointIO(CheckpointIO):
         return self.inner.load_checkpoint(path, **kwargs)
 
     def remove_checkpoint(self, path: Any) -> None:
-        self.wait()
+        """Remove an older checkpoint without waiting for the write in flight (it makes another file);
+        removing the file being written waits for it first."""
+        if self._pending is not None and str(path) == self._pending_path:
+            self.wait()
         self.inner.remove_checkpoint(path)
 
     def teardown(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,26 @@ def test_a_background_save_writes_the_state_as_it_was_when_saved(tmp_path: Path)
     assert saved["step"] == 3 and torch.equal(saved["w"], torch.arange(1_000_000, dtype=torch.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt"]  # no .partial left
     assert len(io.blocked_s) == 1 and len(io.written_s) == 1
+
+
+def test_removing_an_older_checkpoint_does_not_wait_for_the_write_in_flight(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    class SlowWriter(BackgroundCheckpointIO):
+        def _timed_write(self, checkpoint: dict, path: object, storage_options: object) -> None:
+            release.wait(30)  # the write in flight takes as long as the test says
+            super()._timed_write(checkpoint, path, storage_options)
+
+    io = SlowWriter()
+    io.save_checkpoint({"step": 1}, tmp_path / "timed-step=1.ckpt")
+    with io.in_background():
+        io.save_checkpoint({"step": 2}, tmp_path / "timed-step=2.ckpt")
+    io.remove_checkpoint(tmp_path / "timed-step=1.ckpt")  # returns although step 2 is still being written
+    assert sorted(p.name for p in tmp_path.iterdir()) == [] and io._pending is not None
+    release.set()
+    io.remove_checkpoint(tmp_path / "timed-step=2.ckpt")  # the file being written: waits for it, then removes
+    assert io._pending is None and sorted(p.name for p in tmp_path.iterdir()) == []
+    io.teardown()
 
 
 def test_a_write_killed_midway_is_never_resumed_from(tmp_path: Path) -> None:
