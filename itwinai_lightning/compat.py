@@ -69,6 +69,12 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
         LIGHTNING_RANGE,
     ),
     TouchPoint(
+        "lightning.pytorch.strategies.fsdp",
+        "_METADATA_FILENAME",
+        "the file of a sharded FSDP checkpoint Lightning reads its trainer state from (background saves)",
+        LIGHTNING_RANGE,
+    ),
+    TouchPoint(
         "torch.distributed.distributed_c10d",
         "_set_pg_timeout",
         "the collective timeout set after a longer rendezvous timeout",
@@ -158,6 +164,13 @@ def set_collective_timeout(timeout: timedelta) -> bool:
         return False
     setter(timeout)
     return True
+
+
+def fsdp_metadata_filename() -> str:
+    """The file in a sharded FSDP checkpoint directory that holds everything but the sharded tensors."""
+    from lightning.pytorch.strategies import fsdp
+
+    return str(fsdp._METADATA_FILENAME)
 
 
 def activation_checkpointing() -> tuple[Any, Any, Any]:

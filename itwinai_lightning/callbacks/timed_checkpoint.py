@@ -4,8 +4,9 @@ A failure then costs at most ``every_min`` of training (plus the restart) instea
 last epoch end. Saving blocks training only while the state is gathered and copied to CPU memory; a writer
 thread serialises it and writes ``<run dir>/checkpoints/timed-step=<global step>.ckpt`` atomically (via
 ``.partial`` and a rename: a killed write is never resumed from), keeping the newest ``keep`` of them.
-Strategies that write checkpoints their own way (DeepSpeed, FSDP's sharded state) save synchronously,
-and the run says so once.
+``hpc_fsdp``'s sharded state is copied by every rank and written by the same writer thread (torch's
+distributed checkpoint, :meth:`HPCFSDPStrategy.save_checkpoint`). Strategies that write checkpoints their
+own way otherwise (DeepSpeed) save synchronously, and the run says so once.
 
 When to save is decided without a collective on most steps: every ``check_every_n_steps`` optimizer steps
 the ranks take the max of "my clock says it is time" (one all-reduce of one number), so all ranks save at

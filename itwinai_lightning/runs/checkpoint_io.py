@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +42,7 @@ class BackgroundCheckpointIO(CheckpointIO):
         self.inner = inner if inner is not None else TorchCheckpointIO()
         self._background = False
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: Future[None] | None = None
+        self._pending: Future[Any] | None = None
         self._pending_path: str | None = None  # the file the write in flight makes
         self._buffers: list[torch.Tensor] = []  # the previous copy's tensors, reused by the next copy
         self.saves = 0  # every save that came through this IO (a strategy that saves its own way makes none)
@@ -55,6 +55,31 @@ class BackgroundCheckpointIO(CheckpointIO):
         state = dict(self.__dict__)
         state.update(_executor=None, _pending=None, _pending_path=None, _buffers=[])
         return state
+
+    @property
+    def background(self) -> bool:
+        """Whether a save now should return before its file is written (inside :meth:`in_background`)."""
+        return self._background
+
+    def write_in_background(self, write: Callable[[], Any], path: Any, blocked_s: float) -> None:
+        """A strategy's own write (a sharded state, written by torch's distributed checkpoint) run by the
+        writer thread: counted as a save, waited for like this IO's own writes. ``blocked_s``: the seconds
+        the strategy held training for it (its state copied)."""
+        self.wait()
+        self.saves += 1
+        self.blocked_s.append(blocked_s)
+
+        def timed() -> None:
+            started = time.perf_counter()
+            write()
+            self.written_s.append(time.perf_counter() - started)
+
+        self._pending, self._pending_path = self._writer().submit(timed), str(path)
+
+    def _writer(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itwinai-checkpoint-writer")
+        return self._executor
 
     @contextmanager
     def in_background(self, on: bool = True) -> Iterator[None]:
@@ -76,9 +101,7 @@ class BackgroundCheckpointIO(CheckpointIO):
         started = time.perf_counter()
         copy = self._copy(checkpoint)
         self.blocked_s.append(time.perf_counter() - started)
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itwinai-checkpoint-writer")
-        self._pending = self._executor.submit(self._timed_write, copy, path, storage_options)
+        self._pending = self._writer().submit(self._timed_write, copy, path, storage_options)
         self._pending_path = str(path)
 
     def _copy(self, checkpoint: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import time
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import timedelta
@@ -36,6 +37,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 from typing_extensions import override
 
+from itwinai_lightning import compat
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.strategies.launch_aware import LaunchAware
 
@@ -157,6 +159,7 @@ class HPCFSDPStrategy(LaunchAware, FSDPStrategy):
         self._min_num_params = min_num_params
         self._checkpoint_names = list(activation_checkpointing or [])
         self._hidden_example_input: Any = None
+        self._writer_group: Any = None  # the background checkpoint writes' own gloo group
 
     # ---------------------------------------------------------------- launch, devices, process group
     @property
@@ -280,6 +283,46 @@ class HPCFSDPStrategy(LaunchAware, FSDPStrategy):
             return state
 
     @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """A sharded state inside a background save (``TimedCheckpoint``): training waits while every
+        rank copies its shards; the checkpoint IO's writer thread writes them with torch's distributed
+        checkpoint (over a gloo group of its own), whose ``.metadata`` comes last: the mark of a complete
+        checkpoint (:func:`itwinai_lightning.runs.newest.latest_checkpoint`). Anything else: Lightning's."""
+        import torch.distributed.checkpoint as dcp
+
+        io: Any = self.checkpoint_io
+        if (
+            self._state_dict_type != "sharded"
+            or storage_options is not None
+            or not getattr(io, "background", 0)
+        ):
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        io.wait()  # one write in flight
+        started = time.perf_counter()
+        path = Path(self.broadcast(filepath))
+        if path.is_file():
+            path.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        shards = {"model": checkpoint.pop("state_dict")}
+        shards.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
+        shards = _copied(shards)
+        if self.global_rank == 0:  # the trainer state first: the shards' .metadata marks the end
+            torch.save(checkpoint, path / compat.fsdp_metadata_filename())
+        group = self._checkpoint_group()
+        io.write_in_background(
+            lambda: dcp.save(shards, checkpoint_id=path, process_group=group),
+            path,
+            time.perf_counter() - started,
+        )
+
+    def _checkpoint_group(self) -> Any:
+        """A gloo group of its own for the background writes' collectives (never beside training's)."""
+        if self._writer_group is None:
+            self._writer_group = torch.distributed.new_group(backend="gloo")
+        return self._writer_group
+
+    @override
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         try:
             return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
@@ -301,6 +344,20 @@ class HPCFSDPStrategy(LaunchAware, FSDPStrategy):
             for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=True):
                 group.update({k: v for k, v in saved_group.items() if k != "params"})
         return dict(checkpoint)
+
+
+def _copied(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every tensor copied (a sharded tensor: its local shards), so training may go on."""
+    from lightning_utilities.core.apply_func import apply_to_collection
+
+    def copy(tensor: torch.Tensor) -> torch.Tensor:
+        if hasattr(tensor, "local_shards"):  # a ShardedTensor: this rank's shards, copied in place
+            for shard in tensor.local_shards():
+                shard.tensor = shard.tensor.detach().clone()
+            return tensor
+        return tensor.detach().clone()
+
+    return apply_to_collection(state, torch.Tensor, copy)  # type: ignore[no-any-return]
 
 
 def _checkpoint_activations(model: nn.Module, classes: set[type[nn.Module]]) -> None:

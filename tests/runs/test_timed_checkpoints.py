@@ -166,3 +166,36 @@ def test_the_lost_peer_line_says_a_restart_follows(monkeypatch: pytest.MonkeyPat
     )
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "3")
     assert launch_aware._restart_note() == ""  # no restart left
+
+
+def test_fsdp_sharded_checkpoints_in_the_background_hold_the_state_of_their_step(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    """hpc_fsdp's sharded state written by the writer thread (torch's distributed checkpoint) while training
+    goes on: resuming from it ends with the weights of a resume from the synchronous save of that step."""
+    fsdp = ["--trainer.strategy=hpc_fsdp", "--model.init_args.optimizer=adam", "--trainer.max_epochs=3"]
+    timed = [
+        "--trainer.callbacks+=TimedCheckpoint", "--trainer.callbacks.every_min=1e-6",  # due at every check
+        "--trainer.callbacks.check_every_n_steps=5",
+    ]  # fmt: skip
+    finals = {}
+    for background in ("true", "false"):
+        out = tmp_path / background
+        run = run_cli(
+            [], fit_args(out, *fsdp, *timed, f"--trainer.callbacks.background={background}"), python_env, out
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        record = records.load(out)
+        section = record["sections"]["timed_checkpoints"]
+        assert section["saves"] == 4 and section["kept"] == ["timed-step=15.ckpt", "timed-step=20.ckpt"]
+        assert section["background"] is (background == "true"), section
+        newest = Path(record["run_dir"]) / "checkpoints" / "timed-step=20.ckpt"
+        assert (newest / ".metadata").is_file() and (newest / "meta.pt").is_file()
+        assert latest_checkpoint(Path(record["run_dir"])) == newest
+        resumed_out = tmp_path / f"resumed-{background}"
+        resumed = run_cli([], fit_args(resumed_out, *fsdp, f"--ckpt_path={newest}"), python_env, resumed_out)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert resumed.launch(0)["steps"] == 24
+        finals[background] = resumed.weights(0)
+    assert finals["true"].keys() == finals["false"].keys()
+    assert all(torch.equal(finals["true"][k], finals["false"][k]) for k in finals["true"])
