@@ -49,8 +49,18 @@ def first_difference(saved: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[
         else:
             before, now = get_dotted(saved, key), get_dotted(new, key)
         if before != now:
-            return key, before, now
+            return _deepest(key, before, now)
     return None
+
+
+def _deepest(key: str, before: Any, now: Any) -> tuple[str, Any, Any]:
+    """The innermost key where two values differ (``model.init_args.optimizer``, not ``model``)."""
+    while isinstance(before, Mapping) and isinstance(now, Mapping):
+        inner = next((k for k in [*before, *now] if before.get(k) != now.get(k)), None)
+        if inner is None:
+            break
+        key, before, now = f"{key}.{inner}", before.get(inner), now.get(inner)
+    return key, before, now
 
 
 def _short(value: Any, limit: int = 80) -> str:

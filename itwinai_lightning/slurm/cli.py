@@ -131,6 +131,28 @@ def _check_sweep_is_free(tune_section: dict[str, object], run_dir: Path) -> None
     refuse_to_overwrite(parse_settings({**DEFAULTS, **tune_section}, str(run_dir)))
 
 
+def _take_resume(config: dict[str, object]) -> Path | None:
+    """``--resume DIR`` for a job: the rule of ``fit --resume`` applied now, before anything is written or
+    submitted (a different training: one line, exit 2). The job then runs in ``DIR`` (its run directory)
+    from ``DIR``'s newest complete checkpoint, and its requeues from the checkpoints it writes there."""
+    from itwinai_lightning.runs.resume import resume_point
+    from itwinai_lightning.slurm.config import portable
+
+    resume = config.pop("resume", None)
+    if not resume:
+        return None
+    if config.get("ckpt_path") or config.get("run_dir"):
+        raise UserError(
+            "--resume names the run and its checkpoint: give it without --ckpt_path and --run_dir"
+        )
+    directory = portable(Path(str(resume)).expanduser().resolve())
+    checkpoint, note = resume_point(directory, config)
+    print(f"itwinai-lightning: {note}", file=sys.stderr)
+    config["run_dir"] = str(directory)
+    config["ckpt_path"] = str(checkpoint) if checkpoint is not None else None
+    return directory
+
+
 def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     """Render the job files; return ``(script_path, config_path, options_as_dict)``."""
     from dataclasses import asdict
@@ -146,6 +168,7 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     if opts.command == "tune":
         tune_section, rest = split_section(rest, "tune")
     config = jobcfg.resolve_lightning_config(rest, "predict" if opts.command == "predict" else "fit")
+    continued = _take_resume(config) if opts.command == "fit" else None
     jobcfg.check_nodes(config, opts.nodes, opts.command)
     if opts.submit or opts.test_only:  # before anything is written or submitted
         check_partition(opts.nodes, opts.partition)
@@ -182,7 +205,7 @@ def build(argv: list[str]) -> tuple[Path, Path, dict[str, object]]:
     gpus = (opts.gpus_per_node if opts.launcher == "ray" else devices) if uses_gpus else 0
     cpus = cpus_per_task(opts, tasks)
     job_name = opts.job_name or f"itwinai-{opts.command}"
-    run_dir = jobcfg.run_dir_of(config, job_name)
+    run_dir = continued if continued is not None else jobcfg.run_dir_of(config, job_name)
     job_dir = jobcfg.portable(Path(opts.job_dir).expanduser()) if opts.job_dir else run_dir / "slurm"
     config = jobcfg.adapt_for_job(
         config,

@@ -213,3 +213,33 @@ def test_preempted_job_requeues_and_resumes_exactly(
     assert state["global_step"] == total and state["epoch"] == epochs - 1
     steps = [s for s, _ in _val_losses(run_dir)]
     assert steps == [STEPS_PER_EPOCH * (e + 1) - 1 for e in range(epochs)], steps
+
+
+def test_a_resubmitted_run_continues_in_its_directory_and_a_changed_one_is_refused(
+    tmp_path: Path, slurm_env: dict[str, str], slurm_cluster: object
+) -> None:
+    """``slurm --resume DIR``: the rule of ``fit --resume`` before anything is submitted; the job continues
+    the run in DIR from its newest checkpoint to the new stopping point."""
+    root = tmp_path / "run"
+    first = _render_and_submit(root, slurm_env, "--trainer.max_epochs", "1")
+    assert _wait(slurm_cluster, first) == "COMPLETED"
+    run = root / "version_0"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == STEPS_PER_EPOCH
+
+    changed = subprocess.run(
+        [sys.executable, "-m", "itwinai_lightning", "slurm", *TINY, *python_flag(), "--model.width", "16",
+         "--resume", str(run), "--slurm.submit", "true"],
+        env=slurm_env, capture_output=True, text=True, timeout=180, cwd=REPO,
+    )  # fmt: skip
+    assert changed.returncode == 2 and changed.stdout == ""  # nothing rendered, nothing submitted
+    (line,) = changed.stderr.strip().splitlines()
+    assert "its run trained with another model.init_args.width (8, now 16)" in line
+
+    again = _render_and_submit(root, slurm_env, "--trainer.max_epochs", "3", "--resume", str(run))
+    assert _wait(slurm_cluster, again) == "COMPLETED", list((run / "slurm").glob("*.err"))
+    assert sorted(p.name for p in root.glob("version_*")) == ["version_0"]  # the same run, continued
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 3 * STEPS_PER_EPOCH and state["epoch"] == 2
+    out = (run / "slurm" / f"itwinai-fit-{again}.out").read_text()
+    assert f"job {again} restart 0" in out
+    assert records.load(run)["status"] == "completed"

@@ -121,7 +121,8 @@ def test_tune_runs_a_ray_cluster_in_the_allocation(tmp_path: Path) -> None:
     assert "trap 'touch \"$ITWINAI_REQUEUE_FLAG\"; kill -USR1 \"$DRIVER\" 2>/dev/null' USR1" in text
     assert "RESUME=(--tune.resume true)" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
     callbacks = config["trainer"].get("callbacks") or []
-    assert config["trainer"]["num_nodes"] == 1 and not any("SlurmRequeue" in c["class_path"] for c in callbacks)
+    assert config["trainer"]["num_nodes"] == 1
+    assert not any("SlurmRequeue" in c["class_path"] for c in callbacks)
     text, _, _ = _render(tmp_path, *GPU, "--trainer.devices", "4", "--config", str(cfg), "--slurm.preset",
                          "juwels", "--slurm.command", "tune", "--slurm.requeue", "false")  # fmt: skip
     assert "--signal" not in text and "scontrol requeue" not in text
