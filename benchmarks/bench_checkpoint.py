@@ -85,9 +85,11 @@ def main() -> None:
                         written.setdefault((strategy, background), []).append(section["written_s_median"])
                     if background:
                         own_way[strategy] = not section["background"]
+                    waited = section.get("waited_s_max")
                     print(
                         f"rep {rep + 1}: {strategy:<20} background={background!s:<5} "
-                        f"saves {section['saves']:>3} blocked {section['blocked_s_median'] * 1e3:7.1f} ms",
+                        f"saves {section['saves']:>3} blocked {section['blocked_s_median'] * 1e3:7.1f} ms"
+                        + (f" (longest wait for the previous write {waited * 1e3:.1f} ms)" if waited else ""),
                         flush=True,
                     )
     result: dict[str, Any] = {}

@@ -15,7 +15,9 @@ the same step.
 Logs nothing to the loggers. The RunRecord's ``timed_checkpoints`` section: ``every_min`` (min),
 ``saves``, ``background`` (bool), ``blocked_s_median`` / ``blocked_s_max`` (s training waited per save, on
 rank 0: gathering the state, the copy, the ranks' barrier), ``copy_s_median`` (s of that spent copying the
-state to CPU memory), ``written_s_median`` (s the writer took per file), ``kept`` (file names).
+state to CPU memory), ``written_s_median`` (s the writer took per file), ``waited_s_max`` (the longest a
+save waited for the previous file to be written, s: saves closer together than a write takes), ``kept``
+(file names).
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class TimedCheckpoint(Callback):
                 "blocked_s_max": max(self._blocked) if self._blocked else None,
                 "copy_s_median": statistics.median(copies) if copies else None,
                 "written_s_median": statistics.median(written) if written else None,
+                "waited_s_max": max(io.waited_s) if io is not None and io.waited_s else None,
                 "kept": [p.name for p in self._files],
             },
         )

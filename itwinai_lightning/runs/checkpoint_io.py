@@ -34,8 +34,9 @@ def _is_local(path: Any) -> bool:
 class BackgroundCheckpointIO(CheckpointIO):
     """Atomic checkpoint writes; in the background inside :meth:`in_background`.
 
-    ``blocked_s`` and ``written_s`` hold, per background save, the seconds training waited (the copy) and
-    the seconds the writer took (serialising and writing), for the RunRecord.
+    ``blocked_s``, ``written_s`` and ``waited_s`` hold, per background save, the seconds training waited
+    for the copy, the seconds the writer took (serialising and writing), and the seconds the save waited for
+    the previous write, for the RunRecord.
     """
 
     def __init__(self, inner: CheckpointIO | None = None) -> None:
@@ -48,6 +49,7 @@ class BackgroundCheckpointIO(CheckpointIO):
         self.saves = 0  # every save that came through this IO (a strategy that saves its own way makes none)
         self.blocked_s: list[float] = []
         self.written_s: list[float] = []
+        self.waited_s: list[float] = []  # per background save: waiting for the previous write to finish
 
     def __getstate__(self) -> dict[str, Any]:
         """Shipped to another process (spawn, Ray) without its writer thread, write in flight or buffers."""
@@ -65,7 +67,7 @@ class BackgroundCheckpointIO(CheckpointIO):
         """A strategy's own write (a sharded state, written by torch's distributed checkpoint) run by the
         writer thread: counted as a save, waited for like this IO's own writes. ``blocked_s``: the seconds
         the strategy held training for it (its state copied)."""
-        self.wait()
+        self.waited_s.append(self._wait_timed())
         self.saves += 1
         self.blocked_s.append(blocked_s)
 
@@ -93,11 +95,12 @@ class BackgroundCheckpointIO(CheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
-        self.wait()
+        waited = self._wait_timed()
         self.saves += 1
         if not self._background:
             self._write(checkpoint, path, storage_options)
             return
+        self.waited_s.append(waited)
         started = time.perf_counter()
         copy = self._copy(checkpoint)
         self.blocked_s.append(time.perf_counter() - started)
@@ -144,6 +147,11 @@ class BackgroundCheckpointIO(CheckpointIO):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, final)
+
+    def _wait_timed(self) -> float:
+        started = time.perf_counter()
+        self.wait()
+        return time.perf_counter() - started
 
     def wait(self) -> None:
         """Until the write in flight (if any) is on disk; its error, if it failed, is raised here."""

@@ -298,7 +298,6 @@ class HPCFSDPStrategy(LaunchAware, FSDPStrategy):
         ):
             super().save_checkpoint(checkpoint, filepath, storage_options)
             return
-        io.wait()  # one write in flight
         started = time.perf_counter()
         path = Path(self.broadcast(filepath))
         if path.is_file():
