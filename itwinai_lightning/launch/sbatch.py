@@ -193,12 +193,15 @@ def srun(opts: SbatchOptions, job: JobLayout, tasks_per_node: int) -> str:
     return " ".join(q(p) for p in parts)
 
 
-def launch_lines(opts: SbatchOptions, job: JobLayout, command: str) -> list[str]:
+def launch_lines(opts: SbatchOptions, job: JobLayout, command: str, restarts: int = 0) -> list[str]:
+    """The launch step; under torchrun, ``restarts`` > 0 lets torchrun restart a failed worker group that
+    many times inside the allocation (the restarted workers resume from the run's newest checkpoint)."""
     if opts.launcher == "torchrun":
+        again = f"--max-restarts={restarts} " if restarts > 0 else ""
         return [
             'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
             f'{srun(opts, job, 1)} "${{PY[@]}}" -m torch.distributed.run --nnodes="$SLURM_JOB_NUM_NODES" '
-            f"--nproc-per-node={job.devices_per_node} --rdzv-backend=c10d "
+            f"--nproc-per-node={job.devices_per_node} {again}--rdzv-backend=c10d "
             f'--rdzv-endpoint="$MASTER_ADDR:{opts.master_port}" --rdzv-id="$SLURM_JOB_ID" {command}',
         ]
     return [f'{srun(opts, job, job.tasks_per_node)} "${{PY[@]}}" {command}']

@@ -82,7 +82,9 @@ class SlurmOptions:
         signal_seconds: how many seconds before the limit.
         requeue: checkpoint, requeue and resume on the signal (default: on for srun fit jobs and tune jobs).
         max_restarts: how often a fit job whose launch failed (a lost node, a hung or lost rank) is
-            requeued without the failed nodes (0: never; needs requeue). See docs/failures.md.
+            requeued without the failed nodes (srun, with requeue), or how often torchrun restarts a
+            failed worker group inside the allocation (torchrun: --max-restarts); 0: never. See
+            docs/failures.md.
         check_every_n_steps: how often the ranks vote on stopping.
         time_limit_margin_s: also stop this close to the time limit (from squeue).
         checkpoint_every_min: a TimedCheckpoint every this many minutes of training, written in the

@@ -58,7 +58,8 @@ def _launch_fit(opts: SlurmOptions, job: JobLayout) -> list[str]:
         "",
         f"# --- launch ({opts.launcher})",
     ]
-    launch = sbatch.launch_lines(opts, job, '-m itwinai_lightning fit --config "$CONFIG" "${RESUME[@]}"')
+    command = '-m itwinai_lightning fit --config "$CONFIG" "${RESUME[@]}"'
+    launch = sbatch.launch_lines(opts, job, command, restarts=opts.max_restarts)
     if not (opts.requeue and opts.max_restarts > 0):
         lines += [*launch, "STATUS=$?"]
     else:

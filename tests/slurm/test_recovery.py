@@ -150,3 +150,10 @@ def test_the_recovery_block_is_in_requeue_jobs_only_and_valid_bash(tmp_path: Pat
     for off in (["--slurm.max_restarts", "0"], ["--slurm.requeue", "false"]):
         plain = render(*off)
         assert "slurm recover" not in plain and "ITWINAI_FAILURE_NOTE" not in plain
+    # torchrun restarts a failed worker group inside the allocation instead
+    torchrun = render("--slurm.launcher", "torchrun", "--slurm.max_restarts", "2")
+    assert (
+        '-m torch.distributed.run --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node=2 --max-restarts=2 '
+        in torchrun
+    )
+    assert "--max-restarts" not in render("--slurm.launcher", "torchrun", "--slurm.max_restarts", "0")
