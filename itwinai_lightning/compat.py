@@ -51,6 +51,12 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
         LIGHTNING_RANGE,
     ),
     TouchPoint(
+        "lightning.pytorch.trainer.trainer",
+        "Trainer()._checkpoint_connector",
+        "the checkpoint's content for a background save, without Trainer.save_checkpoint's barrier",
+        LIGHTNING_RANGE,
+    ),
+    TouchPoint(
         "lightning.pytorch.core.optimizer",
         "_init_optimizers_and_lr_schedulers",
         "a tune trial's fresh optimizer hyper-parameters over restored optimizer state (PBT)",
@@ -119,6 +125,12 @@ def cli_parser(cli: Any, subcommand: str | None) -> Any:
 def attached_trainer(module: Any) -> Any:
     """The Trainer ``module`` is attached to, or None."""
     return getattr(module, "_trainer", None)
+
+
+def dump_checkpoint(trainer: Any) -> dict[str, Any]:
+    """What ``Trainer.save_checkpoint`` writes (every callback's and the module's ``on_save_checkpoint``
+    included), without saving it."""
+    return trainer._checkpoint_connector.dump_checkpoint(False)  # type: ignore[no-any-return]
 
 
 def cluster_environment_of(trainer: Any) -> Any:

@@ -34,7 +34,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from itwinai_lightning import records
+from itwinai_lightning import compat, records
 from itwinai_lightning.callbacks.notice import notice
 from itwinai_lightning.errors import UserError
 from itwinai_lightning.runs.checkpoint_io import BackgroundCheckpointIO
@@ -110,9 +110,15 @@ class TimedCheckpoint(Callback):
         io = self._io
         saves_before = io.saves if io is not None else 0
         started = time.perf_counter()
-        background = io.in_background(self.background) if io is not None else contextlib.nullcontext()
-        with background:
-            trainer.save_checkpoint(path)
+        if io is not None and self.background:
+            # Trainer.save_checkpoint's closing barrier waits for the file; here no rank reads a file that is
+            # still being written, and the ranks already agreed on this step (the vote): the same content,
+            # without the barrier
+            with io.in_background(True):
+                trainer.strategy.save_checkpoint(compat.dump_checkpoint(trainer), path)
+        else:
+            with io.in_background(False) if io is not None else contextlib.nullcontext():
+                trainer.save_checkpoint(path)
         self._blocked.append(time.perf_counter() - started)
         self._last = time.monotonic()
         if trainer.is_global_zero and io is not None and io.saves == saves_before and not self._own_way:
