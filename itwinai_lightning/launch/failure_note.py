@@ -6,9 +6,11 @@ attempt): a rank that lost a peer in a collective names the peer's hosts, the ha
 stuck rank's host. The script reads it when the launch ends (:mod:`itwinai_lightning.slurm.recovery`): it
 knows a node failed before ``srun`` does, and which one to leave out of the requeued job.
 
-The note is JSON: ``cause`` (``lost_peer`` | ``hang``), ``hosts`` (list of host names), ``rank`` and ``host``
-of the writer, ``global_step`` (the writer's step when it noticed), ``time`` (UNIX seconds), ``run_dir``
-(the run's directory, whose RunRecord a requeued job continues).
+A rank whose own code raised writes ``<note>.error`` (cause ``error``, its own host).
+
+The note is JSON: ``cause`` (``lost_peer`` | ``hang`` | ``error``), ``hosts`` (list of host names),
+``rank`` and ``host`` of the writer, ``global_step`` (the writer's step when it noticed), ``time`` (UNIX
+seconds), ``run_dir`` (the run's directory, whose RunRecord a requeued job continues).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from typing import Any
 
 #: Environment variable that names the note's path (set by the job script; unset: no note is written).
 NOTE_ENV = "ITWINAI_FAILURE_NOTE"
-CAUSES = ("lost_peer", "hang")
+CAUSES = ("lost_peer", "hang", "error")
+#: A rank whose own code raised leaves its note beside the main one (its own file: the peers' lost-peer
+#: note may come first), so the script can tell a bug, which would fail again, from a lost rank.
+ERROR_SUFFIX = ".error"
 
 
 def write(
@@ -35,6 +40,8 @@ def write(
     path = os.environ.get(NOTE_ENV)
     if not path or cause not in CAUSES:
         return False
+    if cause == "error":
+        path += ERROR_SUFFIX
     note = {
         "cause": cause,
         "hosts": sorted(set(hosts)),

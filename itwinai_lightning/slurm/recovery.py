@@ -15,9 +15,9 @@ Rules, in order:
 1. exit status 2 is a mistake in the input: never restarted;
 2. a host that failed the probe is lost: it is excluded (cause ``lost node``); a hung rank's host is
    excluded too (cause ``hang``: a GPU or network fault hangs a rank more often than code does);
-3. a rank lost on a host that still answers, or a rank killed by a signal: restarted on the same nodes
-   (cause ``rank lost``);
-4. any other failure (an exception in the run on healthy nodes) is not restarted: it would fail again;
+3. a rank whose own code raised (its ``.error`` note) is not restarted: it would fail again;
+4. a rank lost on a host that still answers, or a rank killed by a signal: restarted on the same nodes
+   (cause ``rank lost``); any other failure on healthy nodes is not restarted;
 5. at most ``max_restarts`` recoveries per job; and when the partition has fewer usable nodes outside the
    excluded ones than the job needs, one line and no requeue.
 
@@ -61,6 +61,7 @@ class Facts:
     excluded: list[str] = field(default_factory=list)
     partition_nodes: dict[str, str] = field(default_factory=dict)  # host -> sinfo state
     note: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None  # a rank's own error (failure_note ERROR_SUFFIX)
     max_restarts: int = 3
 
 
@@ -92,6 +93,14 @@ def decide(facts: Facts, earlier: list[dict[str, Any]]) -> Decision:
     noted = _as_nodes([str(h) for h in note.get("hosts") or []], facts.nodes)
     if lost:
         cause, failed = "lost node", lost
+    elif facts.error is not None:
+        where = facts.error.get("host") or "?"
+        return Decision(
+            False,
+            facts.excluded,
+            f"{job}: not restarted: rank {facts.error.get('rank')} on {where} raised an error in the run "
+            "(it would fail again); see the job's .err file",
+        )
     elif note.get("cause") == "hang" or facts.exit_status == EXIT_HANG:
         cause, failed = "hang", noted
     elif note.get("cause") == "lost_peer" or facts.exit_status > 128:
@@ -240,6 +249,9 @@ def main(argv: list[str]) -> int:
             excluded=_words(given.get("--excluded", "")),
             partition_nodes=_partition(given.get("--partition", "")),
             note=failure_note.read(given["--note"]) if given.get("--note") else None,
+            error=failure_note.read(given["--note"] + failure_note.ERROR_SUFFIX)
+            if given.get("--note")
+            else None,
             max_restarts=int(given.get("--max-restarts") or 3),
         )
     except (KeyError, ValueError) as err:

@@ -16,7 +16,7 @@ The script has four parts, all from data (no site-specific shell functions):
 from __future__ import annotations
 
 from itwinai_lightning.launch import sbatch
-from itwinai_lightning.launch.failure_note import NOTE_ENV
+from itwinai_lightning.launch.failure_note import ERROR_SUFFIX, NOTE_ENV
 from itwinai_lightning.launch.sbatch import REQUEUE_FLAG_ENV, REQUEUE_FLAG_NAME, JobLayout, env_path, q
 from itwinai_lightning.slurm.options import SlurmOptions
 from itwinai_lightning.slurm.recovery import RECOVERY_LOG_ENV, RECOVERY_LOG_NAME
@@ -64,9 +64,9 @@ def _launch_fit(opts: SlurmOptions, job: JobLayout) -> list[str]:
         lines += [*launch, "STATUS=$?"]
     else:
         lines += [
-            f'export {NOTE_ENV}="$RUN_DIR/.failure-$SLURM_JOB_ID-${{SLURM_RESTART_COUNT:-0}}.json"',
-            f'export {RECOVERY_LOG_ENV}="$RUN_DIR/{RECOVERY_LOG_NAME}"',
-            f'rm -f "${NOTE_ENV}"',
+            f'export {NOTE_ENV}={env_path(job.run_dir)}"/{NOTE_NAME}"',
+            f"export {RECOVERY_LOG_ENV}={env_path(job.run_dir / RECOVERY_LOG_NAME)}",
+            f'rm -f "${NOTE_ENV}" "${NOTE_ENV}{ERROR_SUFFIX}"',
             *launch[:-1],
             f"{launch[-1]} &",
             *_watch_lines(),
@@ -86,6 +86,8 @@ def _launch_fit(opts: SlurmOptions, job: JobLayout) -> list[str]:
     return lines
 
 
+#: The ranks' failure note of one start of the job (see :mod:`itwinai_lightning.launch.failure_note`).
+NOTE_NAME = ".failure-$SLURM_JOB_ID-${SLURM_RESTART_COUNT:-0}.json"
 #: Seconds srun may go on after a rank noted a failure: srun waits for a lost node's tasks until SLURM
 #: declares the node down (SlurmdTimeout, often minutes); the surviving ranks have ended by then.
 LAUNCH_GRACE_S = 15

@@ -16,6 +16,7 @@ horovod and ray_ddp (through hpc_ddp).
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import sys
 from collections.abc import Iterator
@@ -176,6 +177,13 @@ class LaunchAware:
 
     def on_exception(self, exception: BaseException) -> None:
         super().on_exception(exception)  # type: ignore[misc]
+        if (
+            isinstance(exception, Exception)
+            and not is_peer_failure(exception)
+            and not isinstance(exception, UserError)
+        ):  # this rank's own code raised: a job script does not restart what would fail again
+            strategy: Any = self
+            failure_note.write("error", [platform.node()], strategy.global_rank, None)
         self.report_lost_peer(exception)
 
     def report_lost_peer(self, exception: BaseException) -> None:

@@ -126,3 +126,14 @@ class NoTestStep(SpectrogramDenoiser):
     """The demo model without a ``test_step`` (as many users' modules are)."""
 
     test_step = pl.LightningModule.test_step
+
+
+class RaiseOnRank(AtRankStep):
+    """``rank`` raises a RuntimeError (a bug in the run) at training step ``at_step``."""
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, idx: int
+    ) -> None:
+        if self.due(trainer):
+            raise RuntimeError(f"a bug on rank {self.rank}")

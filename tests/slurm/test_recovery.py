@@ -157,3 +157,35 @@ def test_the_recovery_block_is_in_requeue_jobs_only_and_valid_bash(tmp_path: Pat
         in torchrun
     )
     assert "--max-restarts" not in render("--slurm.launcher", "torchrun", "--slurm.max_restarts", "0")
+
+
+def test_a_rank_that_raised_is_not_restarted() -> None:
+    note = {"cause": "lost_peer", "hosts": ["n2"]}  # the peers saw it as a lost rank
+    error = {"cause": "error", "rank": 1, "host": "n2"}
+    got = recovery.decide(facts(note=note, error=error), [])
+    assert not got.requeue
+    assert got.line == (
+        "job 42: not restarted: rank 1 on n2 raised an error in the run (it would fail again); "
+        "see the job's .err file"
+    )
+    assert recovery.decide(facts(healthy=["n1"], note=note, error=error), []).requeue  # a lost node first
+
+
+def test_ranks_leave_notes_the_job_script_reads(tmp_path: Path) -> None:
+    """A real 2-rank fit (Lightning's launcher) where rank 1 raises: rank 1 leaves its error note, rank 0
+    its lost-peer note naming rank 1's host."""
+    from tests.foundation.conftest import fit_args, run_cli
+    from tests.helpers.childenv import child_env
+
+    note = tmp_path / ".failure-1-0.json"
+    env = {**child_env(), "ITWINAI_FAILURE_NOTE": str(note)}
+    args = fit_args(
+        tmp_path, "--trainer.callbacks+=tests.foundation.weights.RaiseOnRank", "--trainer.callbacks.rank=1",
+        "--trainer.callbacks.at_step=3",
+    )  # fmt: skip
+    run = run_cli([], args, env, tmp_path, timeout=240)
+    assert run.returncode != 0
+    error = json.loads((tmp_path / ".failure-1-0.json.error").read_text())
+    assert (error["cause"], error["rank"]) == ("error", 1) and error["host"]
+    lost = json.loads(note.read_text())  # rank 0 lost its peer at the next collective
+    assert lost["cause"] == "lost_peer" and lost["rank"] == 0 and lost["hosts"] == [error["host"]]

@@ -118,7 +118,7 @@ def test_tune_runs_a_ray_cluster_in_the_allocation(tmp_path: Path) -> None:
     # preemption-safe: the signal goes to the batch shell, which hands it to the driver (Ray Tune saves the
     # sweep), requeues, and the requeued job resumes the sweep; a trial's layout is tune's, not the job's
     assert "#SBATCH --signal=B:USR1@300" in text and "#SBATCH --requeue" in text
-    assert "trap 'touch \"$ITWINAI_REQUEUE_FLAG\"; kill -USR1 \"$DRIVER\" 2>/dev/null' USR1" in text
+    assert 'trap \'touch "$ITWINAI_REQUEUE_FLAG"; kill -USR1 "$DRIVER" 2>/dev/null\' USR1' in text
     assert "RESUME=(--tune.resume true)" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
     callbacks = config["trainer"].get("callbacks") or []
     assert config["trainer"]["num_nodes"] == 1
