@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -12,24 +13,31 @@ from tests.helpers import cluster as mc
 from tests.helpers.engines import require
 
 
-@pytest.fixture(scope="session")
-def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mc.Cluster]:
-    """Two nodes, one CPU each as SLURM sees them (so a 2-task job spans both nodes)."""
+def running_cluster(
+    tmp_path_factory: pytest.TempPathFactory, nodes: int, **options: Any
+) -> Iterator[mc.Cluster]:
+    """An ``nodes``-node cluster (``options``: :func:`tests.helpers.cluster.start`'s), stopped afterwards;
+    a missing tool or a failed start is a skip, and with CI=true a failure (:func:`require`)."""
+    what = f"a {nodes}-node test cluster"
     missing = mc.missing_tools()
-    require(
-        not missing, f"a 2-node test cluster ({', '.join(missing)})", "apt-get install iproute2 slurmd ..."
-    )
-    require(os.geteuid() == 0, "a 2-node test cluster", "needs root for network namespaces")
-    directory = tmp_path_factory.mktemp("cluster2")
+    require(not missing, f"{what} ({', '.join(missing)})", "apt-get install iproute2 slurmd ...")
+    require(os.geteuid() == 0, what, "needs root for network namespaces")
+    directory = tmp_path_factory.mktemp(f"cluster{nodes}")
     try:
-        cluster = mc.start(directory, nodes=2, cpus=1)
+        cluster = mc.start(directory, nodes=nodes, **options)
     except (OSError, TimeoutError, RuntimeError, subprocess.SubprocessError) as err:
-        require(False, "a 2-node test cluster", f"start failed: {err}")
+        require(False, what, f"start failed: {err}")
         raise
     try:
         yield cluster
     finally:
         mc.stop(directory)
+
+
+@pytest.fixture(scope="session")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mc.Cluster]:
+    """Two nodes, one CPU each as SLURM sees them (so a 2-task job spans both nodes)."""
+    yield from running_cluster(tmp_path_factory, 2, cpus=1)
 
 
 @pytest.fixture

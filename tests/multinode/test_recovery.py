@@ -9,7 +9,6 @@ there): time lost is bounded by SlurmdTimeout. Its requeue wait (``cred_expire``
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from itwinai_lightning import records
 from tests.foundation.conftest import Run, free_port, max_abs_diff, run_cli
 from tests.helpers import cluster as mc
 from tests.helpers.childenv import child_env
-from tests.helpers.engines import require
+from tests.multinode.conftest import running_cluster
 from tests.multinode.test_journeys import _submit, two_node_args
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
@@ -32,23 +31,9 @@ EPOCHS, STEPS_PER_EPOCH = 6, 8  # 64 samples, global batch 8
 
 @pytest.fixture(scope="module")
 def three_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mc.Cluster]:
-    missing = mc.missing_tools()
-    require(
-        not missing, f"a 3-node test cluster ({', '.join(missing)})", "apt-get install iproute2 slurmd ..."
+    yield from running_cluster(
+        tmp_path_factory, 3, cpus=1, slurmd_timeout=60, extra_conf=["AuthInfo=cred_expire=10"]
     )
-    require(os.geteuid() == 0, "a 3-node test cluster", "needs root for network namespaces")
-    directory = tmp_path_factory.mktemp("cluster3")
-    try:
-        cluster = mc.start(
-            directory, nodes=3, cpus=1, slurmd_timeout=60, extra_conf=["AuthInfo=cred_expire=10"]
-        )
-    except (OSError, TimeoutError, RuntimeError, subprocess.SubprocessError) as err:
-        require(False, "a 3-node test cluster", f"start failed: {err}")
-        raise
-    try:
-        yield cluster
-    finally:
-        mc.stop(directory)
 
 
 def _nodes_of(cluster: mc.Cluster, job: str) -> str:
