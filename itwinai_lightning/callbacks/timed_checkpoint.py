@@ -5,8 +5,9 @@ last epoch end. Saving blocks training only while the state is gathered and copi
 thread serialises it and writes ``<run dir>/checkpoints/timed-step=<global step>.ckpt`` atomically (via
 ``.partial`` and a rename: a killed write is never resumed from), keeping the newest ``keep`` of them.
 ``hpc_fsdp``'s sharded state is copied by every rank and written by the same writer thread (torch's
-distributed checkpoint, :meth:`HPCFSDPStrategy.save_checkpoint`). Strategies that write checkpoints their
-own way otherwise (DeepSpeed) save synchronously, and the run says so once.
+distributed checkpoint, :meth:`HPCFSDPStrategy.save_checkpoint`), as are ``hpc_deepspeed``'s files
+(:meth:`HPCDeepSpeedStrategy.save_checkpoint`). Strategies that write checkpoints their own way otherwise
+save synchronously, and the run says so once. Removing the oldest kept checkpoint is queued behind the write.
 
 When to save is decided without a collective on most steps: every ``check_every_n_steps`` optimizer steps
 the ranks take the max of "my clock says it is time" (one all-reduce of one number), so all ranks save at
@@ -14,10 +15,10 @@ the same step.
 
 Logs nothing to the loggers. The RunRecord's ``timed_checkpoints`` section: ``every_min`` (min),
 ``saves``, ``background`` (bool), ``blocked_s_median`` / ``blocked_s_max`` (s training waited per save, on
-rank 0: gathering the state, the copy, the ranks' barrier), ``copy_s_median`` (s of that spent copying the
-state to CPU memory), ``written_s_median`` (s the writer took per file), ``waited_s_max`` (the longest a
-save waited for the previous file to be written, s: saves closer together than a write takes), ``kept``
-(file names).
+rank 0: gathering the state, the copy, the removal of the oldest queued), ``copy_s_median`` (s of that
+spent copying the state to CPU memory), ``written_s_median`` (s the writer took per file), ``waited_s_max``
+(the longest a save waited for the previous file to be written, s: saves closer together than a write
+takes), ``kept`` (file names).
 """
 
 from __future__ import annotations
@@ -119,17 +120,18 @@ class TimedCheckpoint(Callback):
         else:
             with io.in_background(False) if io is not None else contextlib.nullcontext():
                 trainer.save_checkpoint(path)
+        self._files.append(path)
+        while len(self._files) > self.keep:
+            trainer.strategy.remove_checkpoint(self._files.pop(0))  # rank 0; queued behind the write
         self._blocked.append(time.perf_counter() - started)
         self._last = time.monotonic()
-        if trainer.is_global_zero and io is not None and io.saves == saves_before and not self._own_way:
+        own_way = io is not None and io.saves == saves_before
+        if self.background and own_way and trainer.is_global_zero and not self._own_way:
             self._own_way = True
             notice(
                 f"TimedCheckpoint: {type(trainer.strategy).__name__} writes its checkpoints its own way; "
                 "they are written synchronously (training waits for the write)"
             )
-        self._files.append(path)
-        while len(self._files) > self.keep:
-            trainer.strategy.remove_checkpoint(self._files.pop(0))  # rank 0 removes; waits for the writer
 
     @property
     def kept_files(self) -> list[Path]:

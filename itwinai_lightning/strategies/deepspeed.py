@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from typing_extensions import override
 
 from itwinai_lightning.errors import UserError, require
+from itwinai_lightning.runs.checkpoint_io import atomic_save, atomic_write, copied_to_cpu
 from itwinai_lightning.strategies.launch_aware import LaunchAware
 
 ZERO_STAGES = (0, 1, 2, 3)
@@ -74,7 +76,9 @@ class HPCDeepSpeedStrategy(LaunchAware, DeepSpeedStrategy):
     so any optimizer works (DeepSpeedCPUAdam is faster).
 
     The strategy logs nothing itself; checkpoints are DeepSpeed checkpoint *directories* (one shard per rank
-    with ZeRO 1-3) and resume with ``ckpt_path``.
+    with ZeRO 1-3) and resume with ``ckpt_path``. Inside a background save (``TimedCheckpoint``) every rank
+    copies the files DeepSpeed hands it to CPU memory and the checkpoint IO's writer thread writes them
+    (each atomically); the directory's ``latest`` tag is written once every rank's files are on disk.
     """
 
     label = "hpc_deepspeed"
@@ -118,6 +122,7 @@ class HPCDeepSpeedStrategy(LaunchAware, DeepSpeedStrategy):
         )
         if raw is None and offload_optimizer and self.config is not None:
             self.config.setdefault("zero_force_ds_cpu_optimizer", False)
+        self._writer_group: Any = None  # the background checkpoint writes' own gloo group
 
     @property
     def _on_cpu(self) -> bool:
@@ -153,3 +158,77 @@ class HPCDeepSpeedStrategy(LaunchAware, DeepSpeedStrategy):
             reset_seed()
             self.set_world_ranks()
             self._init_deepspeed_distributed()
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """Inside a background save: DeepSpeed gathers its files as always, this rank keeps a CPU copy of
+        each (training waits only for that), and the checkpoint IO's writer thread writes them, waits for
+        every rank's writer (a gloo group of its own) and lets rank 0 write ``latest``, the mark of a
+        complete checkpoint (:func:`itwinai_lightning.runs.newest.latest_checkpoint`). Otherwise:
+        Lightning's synchronous save."""
+        io: Any = self.checkpoint_io
+        if storage_options is not None or not getattr(io, "background", False):
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        started = time.perf_counter()
+        directory = Path(self.broadcast(filepath))
+        files: list[tuple[Any, str]] = []
+        engine = self.deepspeed_engine
+        own, engine.checkpoint_engine = engine.checkpoint_engine, _copying_engine(files)
+        try:
+            engine.save_checkpoint(
+                str(directory),
+                client_state={
+                    k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")
+                },
+                tag=_TAG,
+                save_latest=False,  # written by the writer thread once every rank's files are on disk
+                exclude_frozen_parameters=self.exclude_frozen_parameters,
+            )
+        finally:
+            engine.checkpoint_engine = own
+        group = self._checkpoint_group()
+        rank_zero = self.global_rank == 0
+
+        def write() -> None:
+            for state, path in files:
+                atomic_save(state, path)
+            torch.distributed.barrier(group=group)
+            if rank_zero:
+                atomic_write(directory / "latest", _TAG.encode())
+
+        io.write_in_background(write, directory, time.perf_counter() - started)
+
+    def _checkpoint_group(self) -> Any:
+        """A gloo group of its own for the background writes' barrier (never beside training's)."""
+        if self._writer_group is None:
+            self._writer_group = torch.distributed.new_group(backend="gloo")
+        return self._writer_group
+
+
+#: the tag (subdirectory) Lightning's DeepSpeed strategy saves under
+_TAG = "checkpoint"
+
+
+def _copying_engine(files: list[tuple[Any, str]]) -> Any:
+    """A DeepSpeed checkpoint engine that appends ``(CPU copy of the state, path)`` to ``files`` for each
+    file DeepSpeed saves, instead of writing it."""
+    from deepspeed.runtime.checkpoint_engine.checkpoint_engine import CheckpointEngine
+
+    class Copying(CheckpointEngine):  # type: ignore[misc]
+        def create(self, info: Any) -> None:
+            return None
+
+        def save(self, state_dict: Any, path: str) -> None:
+            files.append((copied_to_cpu(state_dict)[0], str(path)))
+
+        def load(self, path: str, map_location: Any = None) -> Any:
+            return torch.load(path, map_location=map_location, weights_only=False)
+
+        def commit(self, info: Any) -> bool:
+            return True
+
+        def preserves_storage_sharing(self) -> bool:
+            return False  # DeepSpeed need not clone: the copy above is compact
+
+    return Copying()

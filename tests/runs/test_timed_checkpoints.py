@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from itwinai_lightning import records
-from itwinai_lightning.runs.checkpoint_io import BackgroundCheckpointIO
+from itwinai_lightning.runs.checkpoint_io import BackgroundCheckpointIO, copied_to_cpu
 from itwinai_lightning.runs.newest import latest_checkpoint
 from tests.foundation.conftest import fit_args, free_port, run_cli
 from tests.helpers.engines import require_executable
@@ -32,7 +32,34 @@ def test_a_background_save_writes_the_state_as_it_was_when_saved(tmp_path: Path)
     assert len(io.blocked_s) == 1 and len(io.written_s) == 1
 
 
-def test_removing_an_older_checkpoint_does_not_wait_for_the_write_in_flight(tmp_path: Path) -> None:
+def test_the_copy_keeps_every_container_and_reuses_the_previous_buffers() -> None:
+    from collections import OrderedDict, namedtuple
+    from dataclasses import dataclass
+
+    Pair = namedtuple("Pair", "a b")
+
+    @dataclass
+    class Box:
+        t: torch.Tensor
+
+    weights = OrderedDict(w=torch.ones(3, 2))
+    weights._metadata = {"": {"version": 1}}  # type: ignore[attr-defined]  # as module.state_dict() has
+    view = torch.arange(10.0)[2:5]  # a view: the copy holds only its 3 values
+    state = {"sd": weights, "opt": [{"m": torch.zeros(4)}, Pair(view, 7)], "box": Box(torch.full((2,), 5.0))}
+    first, buffers = copied_to_cpu(state)
+    assert type(first["sd"]) is OrderedDict and first["sd"]._metadata == {"": {"version": 1}}
+    assert isinstance(first["opt"][1], Pair) and first["opt"][1].b == 7
+    assert first["opt"][1].a.untyped_storage().nbytes() == 3 * 4
+    assert isinstance(first["box"], Box) and torch.equal(first["box"].t, torch.full((2,), 5.0))
+    assert len(buffers) == 4
+    state["sd"]["w"].add_(1)  # training goes on: the copy does not change
+    assert torch.equal(first["sd"]["w"], torch.ones(3, 2))
+    second, again = copied_to_cpu(state, buffers)
+    assert [b.data_ptr() for b in again] == [b.data_ptr() for b in buffers]  # no new allocation
+    assert torch.equal(second["sd"]["w"], torch.full((3, 2), 2.0))
+
+
+def test_removing_an_older_checkpoint_is_queued_behind_the_write_in_flight(tmp_path: Path) -> None:
     release = threading.Event()
 
     class SlowWriter(BackgroundCheckpointIO):
@@ -45,10 +72,15 @@ def test_removing_an_older_checkpoint_does_not_wait_for_the_write_in_flight(tmp_
     with io.in_background():
         io.save_checkpoint({"step": 2}, tmp_path / "timed-step=2.ckpt")
     io.remove_checkpoint(tmp_path / "timed-step=1.ckpt")  # returns although step 2 is still being written
-    assert sorted(p.name for p in tmp_path.iterdir()) == [] and io._pending is not None
+    assert io._pending is not None and len(io._removals) == 1  # the removal waits its turn in the writer
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["timed-step=1.ckpt"]
     release.set()
-    io.remove_checkpoint(tmp_path / "timed-step=2.ckpt")  # the file being written: waits for it, then removes
-    assert io._pending is None and sorted(p.name for p in tmp_path.iterdir()) == []
+    io.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["timed-step=2.ckpt"]
+    with io.in_background():
+        io.save_checkpoint({"step": 3}, tmp_path / "timed-step=3.ckpt")
+    io.remove_checkpoint(tmp_path / "timed-step=3.ckpt")  # the file being written: waits for it, then removes
+    assert io._pending is None and sorted(p.name for p in tmp_path.iterdir()) == ["timed-step=2.ckpt"]
     io.teardown()
 
 
@@ -58,7 +90,7 @@ def test_a_write_killed_midway_is_never_resumed_from(tmp_path: Path) -> None:
         f"""
         import os, time, torch
         from pathlib import Path
-        from itwinai_lightning.runs.checkpoint_io import BackgroundCheckpointIO
+        from itwinai_lightning.runs.checkpoint_io import BackgroundCheckpointIO, copied_to_cpu
         run = Path({str(tmp_path)!r})
         io = BackgroundCheckpointIO()
         io.save_checkpoint({{"step": 1}}, run / "checkpoints" / "timed-step=1.ckpt")
@@ -194,6 +226,46 @@ def test_fsdp_sharded_checkpoints_in_the_background_hold_the_state_of_their_step
         assert latest_checkpoint(Path(record["run_dir"])) == newest
         resumed_out = tmp_path / f"resumed-{background}"
         resumed = run_cli([], fit_args(resumed_out, *fsdp, f"--ckpt_path={newest}"), python_env, resumed_out)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert resumed.launch(0)["steps"] == 24
+        finals[background] = resumed.weights(0)
+    assert finals["true"].keys() == finals["false"].keys()
+    assert all(torch.equal(finals["true"][k], finals["false"][k]) for k in finals["true"])
+
+
+def test_deepspeed_checkpoints_in_the_background_hold_the_state_of_their_step(
+    tmp_path: Path, python_env: dict[str, str]
+) -> None:
+    """hpc_deepspeed's files written by the writer thread while training goes on, ``latest`` last: resuming
+    from the newest ends with the weights of a resume from the synchronous save of that step."""
+    pytest.importorskip("deepspeed")
+    ds = ["--trainer.strategy=hpc_deepspeed", "--model.init_args.optimizer=adam", "--trainer.max_epochs=3"]
+    timed = [
+        "--trainer.callbacks+=TimedCheckpoint", "--trainer.callbacks.every_min=1e-6",  # due at every check
+        "--trainer.callbacks.check_every_n_steps=5",
+    ]  # fmt: skip
+    finals = {}
+    for background in ("true", "false"):
+        out = tmp_path / background
+        run = run_cli(
+            [], fit_args(out, *ds, *timed, f"--trainer.callbacks.background={background}"), python_env, out
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "writes its checkpoints its own way" not in run.stderr
+        record = records.load(out)
+        section = record["sections"]["timed_checkpoints"]
+        assert section["saves"] == 4 and section["kept"] == ["timed-step=15.ckpt", "timed-step=20.ckpt"]
+        assert section["background"] is (background == "true"), section
+        newest = Path(record["run_dir"]) / "checkpoints" / "timed-step=20.ckpt"
+        assert (newest / "latest").read_text() == "checkpoint"
+        assert not list(newest.rglob("*.partial"))
+        assert sorted(p.name for p in (newest / "checkpoint").iterdir()) == sorted(
+            p.name
+            for p in (Path(record["run_dir"]) / "checkpoints" / "timed-step=15.ckpt" / "checkpoint").iterdir()
+        )
+        assert latest_checkpoint(Path(record["run_dir"])) == newest
+        resumed_out = tmp_path / f"resumed-{background}"
+        resumed = run_cli([], fit_args(resumed_out, *ds, f"--ckpt_path={newest}"), python_env, resumed_out)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert resumed.launch(0)["steps"] == 24
         finals[background] = resumed.weights(0)
