@@ -13,8 +13,8 @@ RunRecord's ``timed_checkpoints`` section: the median seconds training waited pe
     python benchmarks/bench_checkpoint.py [--reps 3]
 
 Target: background blocked time <= 20 % of the synchronous one.
-All three write in the background: full states and DeepSpeed's files by the writer thread, FSDP's sharded state
-by torch's distributed checkpoint in that thread.
+All three write in the background: full states and DeepSpeed's files by the writer thread, FSDP's sharded
+state by torch's distributed checkpoint in that thread.
 """
 
 from __future__ import annotations
