@@ -1,8 +1,8 @@
-"""GPUMonitor: utilisation, memory, power, temperature, clock and energy of the GPU each rank uses."""
+"""GPUMonitor: utilisation, memory, power, temperature, clock and energy of the GPU each rank uses, and the
+CPU energy of the sockets the ranks run on (RAPL)."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,7 +12,9 @@ from typing_extensions import override
 
 from itwinai_lightning import records
 from itwinai_lightning.monitoring import aggregate as agg
-from itwinai_lightning.monitoring.backends import DeviceBackend, HostBackend, open_gpu_backend
+from itwinai_lightning.monitoring import rapl
+from itwinai_lightning.monitoring.backends import DeviceBackend, HostBackend, TorchDevice, open_gpu_backend
+from itwinai_lightning.monitoring.device import BackendUnavailable
 from itwinai_lightning.monitoring.sampler import Sampler
 
 #: Per-rank window figures gathered across ranks (one small all_gather per epoch and one at fit end).
@@ -23,6 +25,7 @@ GATHERED = (
     "gpu_power_max_w",
     "energy_wh",
     "integrated_energy_wh",
+    "cpu_energy_wh",
     "gpu_mem_used_max_gb",
     "gpu_temp_max_c",
     "gpu_sm_clock_mean_mhz",
@@ -58,6 +61,8 @@ class GPUMonitor(Callback):
     ``gpu_util_mean_pct``, ``gpu_util_max_pct``    %      GPU utilisation over the epoch, mean / peak
     ``gpu_power_mean_w``, ``gpu_power_max_w``      W      board power, mean / peak
     ``energy_wh``                                  Wh     energy of all ranks' GPUs over the epoch (sum)
+    ``cpu_energy_wh``                              Wh     RAPL energy (package + DRAM) of the sockets the
+                                                          ranks run on, each socket counted once (sum)
     ``gpu_mem_used_max_gb``                        GiB    device memory in use, peak
     ``gpu_temp_max_c``                             °C     temperature, peak
     ``gpu_sm_clock_mean_mhz``                      MHz    SM clock, mean
@@ -67,10 +72,15 @@ class GPUMonitor(Callback):
 
     Per-rank figures are recorded and logged as one number across ranks (the mean of means, the maximum
     of peaks), with ``/min`` and ``/max`` beside them in the logs and ``<key>_ranks`` in the record.
-    Energy comes from NVML's total-energy counter where the GPU has one, else from the trapezoidal
-    integral of power over the real sample times (see :mod:`itwinai_lightning.monitoring.energy`).
+    GPUs are read through NVML, amdsmi or the amdgpu sysfs files (the first that opens). GPU energy comes
+    from the device's energy counter where it has one, else from the trapezoidal integral of power over
+    the real sample times (see :mod:`itwinai_lightning.monitoring.energy`). CPU energy comes from RAPL
+    (:mod:`itwinai_lightning.monitoring.rapl`): at setup the ranks exchange their host and sockets (one
+    all_gather), and each socket of a node is read by the lowest rank running on it; where the counters
+    cannot be read the record gives the reason (``cpu_energy_unavailable_reason``), never a zero.
     The RunRecord gets the same figures per epoch and for the whole run (setup to fit end), plus a
-    ``device_monitor`` section (backend, device, energy source). Across a SLURM requeue ``state_dict``
+    ``device_monitor`` section (backend, device, energy source, which rank reads which socket). Across a
+    SLURM requeue ``state_dict``
     carries the energy of the finished epochs, so the run's ``energy_wh`` covers every job (an epoch cut
     by the requeue counts from the point it resumed).
 
@@ -79,6 +89,9 @@ class GPUMonitor(Callback):
         log_every_n_steps: also log rank 0's window every N training steps (None: per epoch only).
         prefix: prefix of logged metric names.
         record: write figures to the RunRecord.
+        cpu_energy: read the CPU sockets' RAPL energy counters.
+        sysfs_root: the directory ``/sys`` is under (``/``; another where a container mounts the host's
+            sysfs elsewhere).
     """
 
     def __init__(
@@ -87,6 +100,8 @@ class GPUMonitor(Callback):
         log_every_n_steps: int | None = None,
         prefix: str = "monitor/",
         record: bool = True,
+        cpu_energy: bool = True,
+        sysfs_root: str = "/",
     ) -> None:
         super().__init__()
         if interval_s <= 0:
@@ -97,12 +112,19 @@ class GPUMonitor(Callback):
         self.log_every_n_steps = log_every_n_steps
         self.prefix = prefix
         self.record = record
+        self.cpu_energy = cpu_energy
+        self.sysfs_root = sysfs_root
         self.sampler: Sampler | None = None
         self.gpu: DeviceBackend | None = None
         self.reason = ""
+        self.rapl: rapl.RaplBackend | None = None
+        self.rapl_reason = ""
+        self.rapl_readers: list[dict[str, Any]] = []
         self.run_values: dict[str, Any] = {}
         self._energy_before_wh = 0.0  # finished epochs of the jobs before a requeue (all ranks)
         self._energy_epochs_wh = 0.0  # finished epochs of this job (all ranks)
+        self._cpu_before_wh = 0.0
+        self._cpu_epochs_wh = 0.0
 
     # -- backends ----------------------------------------------------------------------------------
     def _open_gpu(self, trainer: pl.Trainer) -> None:
@@ -113,10 +135,25 @@ class GPUMonitor(Callback):
         import torch
 
         index = device.index if device.index is not None else torch.cuda.current_device()
-        uuid = None
-        with contextlib.suppress(AttributeError, RuntimeError):
-            uuid = str(torch.cuda.get_device_properties(index).uuid)
-        self.gpu, self.reason = open_gpu_backend(index, uuid)
+        self.gpu, self.reason = open_gpu_backend(TorchDevice.of(index))
+
+    def _open_rapl(self, trainer: pl.Trainer) -> None:
+        """This rank's RAPL reader for the sockets it owns (one all_gather of host and sockets)."""
+        import socket
+
+        packages = rapl.rank_packages(self.sysfs_root)
+        mask = float(sum(1 << p for p in packages if p < 52))
+        rows = agg.gather_rows(trainer, [float(rapl.host_key(socket.gethostname())), mask])
+        owned = rapl.owners([(int(h), {p for p in range(52) if int(m) >> p & 1}) for h, m in rows])
+        self.rapl_readers = [{"rank": r, "sockets": sorted(s)} for r, s in enumerate(owned) if s]
+        mine = owned[trainer.global_rank]
+        if not mine:
+            self.rapl_reason = "another rank on this node reads this rank's socket(s)"
+            return
+        try:
+            self.rapl = rapl.RaplBackend.open(mine, self.sysfs_root)
+        except BackendUnavailable as err:
+            self.rapl_reason = str(err)
 
     def _make_backends(self, trainer: pl.Trainer) -> list[DeviceBackend]:
         """The backends to sample; override to plug in another device (same interface)."""
@@ -124,6 +161,12 @@ class GPUMonitor(Callback):
         backends: list[DeviceBackend] = [HostBackend()]
         if self.gpu is not None:
             backends.insert(0, self.gpu)
+        if self.cpu_energy:
+            self._open_rapl(trainer)
+            if self.rapl is not None:
+                backends.append(self.rapl)
+        else:
+            self.rapl_reason = "GPUMonitor(cpu_energy=False)"
         return backends
 
     # -- hooks -------------------------------------------------------------------------------------
@@ -132,6 +175,7 @@ class GPUMonitor(Callback):
         if stage != "fit" or self.sampler is not None:
             return
         self._energy_before_wh = self._energy_epochs_wh = 0.0
+        self._cpu_before_wh = self._cpu_epochs_wh = 0.0
         backends = self._make_backends(trainer)
         if self.gpu is None:
             rank_zero_info(
@@ -164,6 +208,7 @@ class GPUMonitor(Callback):
             return
         values = self._aggregate(trainer, self.sampler.cut("epoch", reopen=False))
         self._energy_epochs_wh += values.get("energy_wh") or 0.0
+        self._cpu_epochs_wh += values.get("cpu_energy_wh") or 0.0
         agg.log_to_loggers(
             trainer, agg.flatten_for_logging(values, self.prefix), trainer.global_step, trainer.current_epoch
         )
@@ -178,9 +223,10 @@ class GPUMonitor(Callback):
         self.run_values = run
         if not self.record:
             return
-        energy = run.get("energy_wh")
+        energy, cpu = run.get("energy_wh"), run.get("cpu_energy_wh")
         summary = {
             "energy_wh": energy + self._energy_before_wh if energy is not None else None,
+            "cpu_energy_wh": cpu + self._cpu_before_wh if cpu is not None else None,
             "gpu_util_mean_pct": run.get("gpu_util_mean_pct"),
             "gpu_power_mean_w": run.get("gpu_power_mean_w"),
             "cpu_util_mean_pct": run.get("cpu_util_mean_pct"),
@@ -195,6 +241,11 @@ class GPUMonitor(Callback):
             "energy_source": self.sampler.energy.source,
             "counter_resets": self.sampler.energy.counter_resets,
             "read_errors": self.sampler.read_errors,
+            "cpu_energy_source": "rapl" if cpu is not None else None,
+            "cpu_energy_domains": self.rapl.domains if self.rapl else None,
+            "cpu_energy_wraps": self.rapl.wraps if self.rapl else None,
+            "cpu_energy_readers": self.rapl_readers or None,
+            "cpu_energy_unavailable_reason": None if cpu is not None else (self.rapl_reason or None),
             "run": run,
         }
         records.contribute(
@@ -206,11 +257,15 @@ class GPUMonitor(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"energy_wh": self._energy_before_wh + self._energy_epochs_wh}
+        return {
+            "energy_wh": self._energy_before_wh + self._energy_epochs_wh,
+            "cpu_energy_wh": self._cpu_before_wh + self._cpu_epochs_wh,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._energy_before_wh = float(state_dict.get("energy_wh") or 0.0)
+        self._cpu_before_wh = float(state_dict.get("cpu_energy_wh") or 0.0)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -239,12 +294,14 @@ class GPUMonitor(Callback):
             out[f"{name}_ranks"] = stats
         out["energy_wh"] = agg.total(cols["energy_wh"])
         out["integrated_energy_wh"] = agg.total(cols["integrated_energy_wh"])
+        out["cpu_energy_wh"] = agg.total(cols["cpu_energy_wh"])
         cpu = agg.min_mean_max(cols["cpu_util_mean_pct"])
         mem = agg.min_mean_max(cols["host_mem_max_gb"])
         out["cpu_util_mean_pct"] = cpu["mean"] if cpu else None
         out["host_mem_max_gb"] = mem["max"] if mem else None
         for name in (
             "energy_wh",
+            "cpu_energy_wh",
             "cpu_util_mean_pct",
             "host_mem_max_gb",
             "samples",

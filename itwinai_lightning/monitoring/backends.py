@@ -16,8 +16,10 @@ key                    unit   meaning
 ``host_mem_gb``        GiB    resident memory of this rank's process and its children
 =====================  =====  ==========================================================
 
-GPU backends are tried in the order of :data:`GPU_BACKENDS` (NVML today; an ``amdsmi`` opener with
-the same signature can be appended). Each opener returns a backend or raises
+``cpu_energy_j``       J      cumulative RAPL energy (package + DRAM) of the sockets this rank reads
+
+GPU backends are tried in the order of :data:`GPU_BACKENDS`: NVML, amdsmi, the amdgpu sysfs files. Each
+opener takes the :class:`TorchDevice` the rank trains on and returns a backend or raises
 :class:`BackendUnavailable` with a reason.
 """
 
@@ -27,7 +29,8 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from itwinai_lightning.monitoring.device import GIB, BackendUnavailable, DeviceBackend, Reading
+from itwinai_lightning.monitoring.amd import AMDSMIBackend, SysfsAMDBackend
+from itwinai_lightning.monitoring.device import GIB, BackendUnavailable, DeviceBackend, Reading, TorchDevice
 from itwinai_lightning.monitoring.nvml import NVMLBackend
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "GpuOpener",
     "HostBackend",
     "Reading",
+    "TorchDevice",
     "open_gpu_backend",
 ]
 
@@ -77,19 +81,25 @@ class HostBackend:
         pass
 
 
-#: ``opener(local_index, torch_uuid) -> DeviceBackend``; raises BackendUnavailable with a reason.
-GpuOpener = Callable[[int, "str | None"], DeviceBackend]
+#: ``opener(device) -> DeviceBackend``; raises BackendUnavailable with a reason.
+GpuOpener = Callable[[TorchDevice], DeviceBackend]
 
 
-GPU_BACKENDS: list[GpuOpener] = [NVMLBackend.open]
+def _nvml(device: TorchDevice) -> DeviceBackend:
+    return NVMLBackend.open(device.index, device.uuid)
 
 
-def open_gpu_backend(local_index: int, torch_uuid: str | None = None) -> tuple[DeviceBackend | None, str]:
-    """The first GPU backend that can monitor CUDA device ``local_index``; else ``(None, reasons)``."""
+GPU_BACKENDS: list[GpuOpener] = [_nvml, AMDSMIBackend.open, SysfsAMDBackend.open]
+
+
+def open_gpu_backend(device: TorchDevice | int) -> tuple[DeviceBackend | None, str]:
+    """The first GPU backend that can monitor ``device`` (or device index); else ``(None, reasons)``."""
+    if isinstance(device, int):
+        device = TorchDevice(device)
     reasons = []
     for opener in GPU_BACKENDS:
         try:
-            return opener(local_index, torch_uuid), ""
+            return opener(device), ""
         except BackendUnavailable as err:
             reasons.append(str(err))
     return None, "; ".join(reasons) or "no GPU backend configured"

@@ -46,6 +46,7 @@ class _Window:
     started_at: float
     energy_start_j: float
     integrated_start_j: float
+    cpu_energy_start_j: float = 0.0
     samples: int = 0
     stats: dict[str, _Stat] = field(default_factory=dict)
 
@@ -56,8 +57,9 @@ class Sampler:
     ``open(name)`` starts a named window (e.g. ``"run"``, ``"epoch"``, ``"steps"``); ``cut(name)``
     samples once more, returns the window's summary and opens it again. A summary maps ``<metric>_mean`` and
     ``<metric>_max`` for each reading in :data:`AVERAGED`, plus ``energy_wh`` (counter or trapezoid, see
-    :class:`EnergyAccumulator`), ``integrated_energy_wh``, ``samples`` and ``duration_s``. Metrics the
-    backends never reported are absent; ``energy_wh`` is absent when no backend reports power.
+    :class:`EnergyAccumulator`), ``integrated_energy_wh``, ``samples`` and ``duration_s``; with a RAPL
+    reader (``cpu_energy_j``) also ``cpu_energy_wh``. Metrics the backends never reported are absent;
+    ``energy_wh`` is absent when no backend reports GPU power.
     """
 
     def __init__(
@@ -71,7 +73,8 @@ class Sampler:
         self.backends = list(backends)
         self.interval_s = interval_s
         self.clock = clock
-        self.energy = EnergyAccumulator()
+        self.energy = EnergyAccumulator()  # the GPU's
+        self.cpu_energy = EnergyAccumulator()  # RAPL's (a counter only)
         self.read_errors = 0
         self._windows: dict[str, _Window] = {}
         self._lock = threading.Lock()
@@ -94,6 +97,7 @@ class Sampler:
             reading = self._read()
             now = self.clock()
             self.energy.add(now, reading.get("gpu_power_w"), reading.get("gpu_energy_j"))
+            self.cpu_energy.add(now, None, reading.get("cpu_energy_j"))
             for window in self._windows.values():
                 window.samples += 1
                 for key in AVERAGED:
@@ -105,7 +109,10 @@ class Sampler:
     # -- windows -----------------------------------------------------------------------------------
     def open(self, name: str) -> None:
         with self._lock:
-            self._windows[name] = _Window(self.clock(), self.energy.energy_j, self.energy.integrated_j)
+            self._windows[name] = self._new_window()
+
+    def _new_window(self) -> _Window:
+        return _Window(self.clock(), self.energy.energy_j, self.energy.integrated_j, self.cpu_energy.energy_j)
 
     def cut(self, name: str, reopen: bool = True) -> dict[str, float]:
         """Sample once, summarise window ``name`` (opening it now if it was not), and reopen it."""
@@ -116,7 +123,7 @@ class Sampler:
             window = self._windows.pop(name)
             summary = self._summarise(window)
             if reopen:
-                self._windows[name] = _Window(self.clock(), self.energy.energy_j, self.energy.integrated_j)
+                self._windows[name] = self._new_window()
         return summary
 
     def _summarise(self, window: _Window) -> dict[str, float]:
@@ -134,6 +141,8 @@ class Sampler:
             out["integrated_energy_wh"] = (
                 self.energy.integrated_j - window.integrated_start_j
             ) / JOULES_PER_WH
+        if self.cpu_energy.source != "none":
+            out["cpu_energy_wh"] = (self.cpu_energy.energy_j - window.cpu_energy_start_j) / JOULES_PER_WH
         return out
 
     # -- thread ------------------------------------------------------------------------------------

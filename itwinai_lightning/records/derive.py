@@ -4,7 +4,9 @@ call these and never redo the arithmetic.
 * :func:`rate`: samples/s (or any amount per second) = ``amount / seconds``; every samples/s figure of a
   record (an epoch's, the run's, a prediction pass's) is this.
 * :func:`run_figure`: a run's figure from its summary, else the mean of its epochs' values.
-* ``energy_per_sample_wh`` = ``energy_wh / total_samples``.
+* :func:`measured_energy`: the energy of a run or an epoch = GPU energy (``energy_wh``) + CPU energy
+  (``cpu_energy_wh``, RAPL), whichever were measured; every energy figure of the reports is this.
+* ``energy_per_sample_wh`` = measured energy / ``total_samples``.
 * ``flops_per_s`` = ``flops_per_sample x samples_per_s`` (model FLOPs, forward + backward, all ranks).
 * ``mfu_pct`` = ``100 x flops_per_s / peak_flops_per_s`` (model FLOPs utilisation; the peak of all the
   run's devices for its precision, see :mod:`itwinai_lightning.records.peaks`).
@@ -63,6 +65,14 @@ def run_figure(record: Mapping[str, Any], key: str) -> float | None:
     return mean(value(e.get(key)) for e in epochs)
 
 
+def measured_energy(values: Mapping[str, Any]) -> float | None:
+    """GPU (``energy_wh``) + CPU (``cpu_energy_wh``) energy of a summary or an epoch entry, in Wh; None when
+    neither was measured."""
+    parts = [number(values.get(key)) for key in ("energy_wh", "cpu_energy_wh")]
+    found = [p for p in parts if p is not None]
+    return sum(found) if found else None
+
+
 def throughput(
     flops_per_sample: float | None, samples_per_s: float | None, peak_flops_per_s: float | None
 ) -> dict[str, float]:
@@ -78,7 +88,7 @@ def throughput(
 def derive(record: RunRecord) -> RunRecord:
     """Fill in the derived summary figures (in place) and return the record."""
     summary = record.setdefault("summary", {})
-    energy, samples = number(summary.get("energy_wh")), number(summary.get("total_samples"))
+    energy, samples = measured_energy(summary), number(summary.get("total_samples"))
     if energy is not None and samples:
         summary["energy_per_sample_wh"] = energy / samples
     figures = throughput(
@@ -130,7 +140,7 @@ def accuracy_curve(record: Mapping[str, Any]) -> list[AccuracyPoint]:
     energy: float | None = 0.0
     elapsed = 0.0
     for entry in record.get("epochs") or []:
-        spent = number(entry.get("energy_wh"))
+        spent = measured_energy(entry)
         energy = None if energy is None or spent is None else energy + spent
         wall = number(entry.get("wall_time_s")) or 0.0
         elapsed = number(entry.get("elapsed_s")) or elapsed + wall
@@ -171,8 +181,8 @@ def training_epoch_time(record: Mapping[str, Any], warmup_epochs: int = DEFAULT_
 
 def energy_per_epoch(record: Mapping[str, Any]) -> float | None:
     epochs = [e for e in record.get("epochs") or [] if isinstance(e, Mapping)]
-    per_epoch = mean(number(e.get("energy_wh")) for e in epochs)
-    total = number((record.get("summary") or {}).get("energy_wh"))
+    per_epoch = mean(measured_energy(e) for e in epochs)
+    total = measured_energy(record.get("summary") or {})
     if per_epoch is None and total is not None and epochs:
         per_epoch = total / len(epochs)
     return per_epoch

@@ -42,7 +42,8 @@ class EpochEntry(TypedDict, total=False):
     across requeues) and ``metrics`` (the scalars the module logged for this epoch, e.g. ``val_loss``).
     GPUMonitor: ``energy_wh`` (sum over ranks), ``gpu_util_mean_pct``, ``gpu_util_max_pct``,
     ``gpu_power_mean_w`` (mean over ranks), ``cpu_util_mean_pct``, ``host_mem_max_gb``,
-    ``integrated_energy_wh`` (trapezoid only, for comparison with the counter).
+    ``integrated_energy_wh`` (trapezoid only, for comparison with the counter), ``cpu_energy_wh`` (RAPL
+    package + DRAM of the ranks' sockets, each counted once).
     Any figure may come with ``<figure>_ranks`` (:class:`RankStats`).
     """
 
@@ -69,6 +70,7 @@ class EpochEntry(TypedDict, total=False):
     cpu_util_mean_pct: float
     host_mem_max_gb: float
     integrated_energy_wh: float
+    cpu_energy_wh: float
 
 
 class Summary(TypedDict, total=False):
@@ -90,8 +92,9 @@ class Summary(TypedDict, total=False):
     monitor: str  # the metric time-to-accuracy follows (e.g. "val_loss") ...
     monitor_mode: str  # ... and whether lower ("min") or higher ("max") is better
     best_metric: float  # derived: the best value of ``monitor`` over the epochs
-    energy_wh: float
-    energy_per_sample_wh: float  # derived: energy_wh / total_samples
+    energy_wh: float  # the GPUs'
+    cpu_energy_wh: float  # the CPU sockets' (RAPL)
+    energy_per_sample_wh: float  # derived: (energy_wh + cpu_energy_wh) / total_samples
     gpu_util_mean_pct: float
     gpu_power_mean_w: float
     cpu_util_mean_pct: float

@@ -49,7 +49,9 @@ def _figures(rec: dict[str, Any]) -> list[str]:
     if summary.get("mfu_pct") is not None:
         figures.append(f"MFU {summary['mfu_pct']:.3g} %")
     if summary.get("energy_wh") is not None:
-        figures.append(f"{summary['energy_wh']:.3g} Wh")
+        figures.append(f"GPU {summary['energy_wh']:.3g} Wh")
+    if summary.get("cpu_energy_wh") is not None:
+        figures.append(f"CPU {summary['cpu_energy_wh']:.3g} Wh")
     monitor = summary.get("monitor")
     final = _final_metric(rec, monitor)
     if final is not None:

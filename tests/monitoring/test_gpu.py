@@ -12,7 +12,7 @@ import torch
 from itwinai_lightning import records
 from itwinai_lightning.callbacks import GPUMonitor, TimingMonitor
 from itwinai_lightning.demo import SpectrogramDataModule, SpectrogramDenoiser
-from itwinai_lightning.monitoring.backends import open_gpu_backend
+from itwinai_lightning.monitoring.backends import TorchDevice, open_gpu_backend
 from itwinai_lightning.monitoring.sampler import Sampler
 
 pytestmark = [
@@ -22,8 +22,7 @@ pytestmark = [
 
 
 def _backend():
-    uuid = str(torch.cuda.get_device_properties(0).uuid)
-    backend, reason = open_gpu_backend(0, uuid)
+    backend, reason = open_gpu_backend(TorchDevice.of(0))
     assert backend is not None, reason
     return backend
 
