@@ -38,6 +38,7 @@ PURPOSE: dict[str, str] = {
     "horovod": "horovod strategy (build tools; Horovod itself: itwinai-lightning build-horovod)",
     "mpi": "mpi4py, optional under mpirun",
     "report": "benchmark report plots",
+    "amd": "AMD GPU monitoring through amdsmi (without it: the amdgpu sysfs files)",
 }
 
 #: Horovod is not installable from PyPI against torch 2.x, so no extra can carry it; its own line

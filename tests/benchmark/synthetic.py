@@ -40,6 +40,7 @@ def make_record(
     noise: float = 0.0,
     rng: random.Random | None = None,
     profile: bool = True,
+    cpu_power_w_per_node: float | None = None,
 ) -> dict[str, Any]:
     """Build and save one completed RunRecord in ``run_dir``; returns the record."""
     rng = rng or random.Random(0)
@@ -71,6 +72,8 @@ def make_record(
                 "mean": power_w_per_worker,
                 "max": 260.0,
             }
+        if cpu_power_w_per_node is not None:  # RAPL: package + DRAM of each node's sockets
+            entry["cpu_energy_wh"] = cpu_power_w_per_node * max(1, workers // 4) * t / 3600.0
         entries.append(entry)
     total_t = sum(e["wall_time_s"] for e in entries)
     total_samples = samples_per_epoch * epochs
@@ -95,6 +98,8 @@ def make_record(
             "gpu_util_mean_pct": util,
             "gpu_power_mean_w": power_w_per_worker,
         }
+    if cpu_power_w_per_node is not None:
+        summary["cpu_energy_wh"] = sum(e["cpu_energy_wh"] for e in entries)
     sections: dict[str, Any] = {
         "benchmark": {
             "strategy": strategy,

@@ -8,6 +8,7 @@ the failure record.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -128,8 +129,13 @@ def test_report_table_matches_records(grids: dict[str, object]) -> None:
     assert done.returncode == 0, done.stderr
     for out in (root / "local", root / "torchrun", root / "merged"):  # auto-report at the end + merged one
         assert (out / "report.html").is_file()
+        left_out = json.loads((out / "report.json").read_text())["figures_left_out"]
+        # two worker counts: too few to fit a scaling model; every other figure has data or says why not
+        assert "scaling_model" in left_out and "epoch_time" not in left_out and "speedup" not in left_out
         for name in PLOTS:
-            assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+            png = out / "plots" / f"{name}.png"
+            assert (name in left_out) is not png.exists(), name
+            assert name in left_out or png.read_bytes()[:4] == b"\x89PNG"
     with (root / "merged" / "benchmark_summary.csv").open() as fh:
         table = {(r["strategy"], r["launcher"], int(r["workers"])): r for r in csv.DictReader(fh)}
     for launcher in ("local", "torchrun"):
@@ -147,7 +153,8 @@ def test_report_table_matches_records(grids: dict[str, object]) -> None:
             sps = recs[f"{strategy}-w2-r0"]["summary"]["samples_per_s"]  # type: ignore[index]
             assert float(row2["samples_per_s"]) == pytest.approx(sps, rel=1e-12)
     page = (root / "merged" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(PLOTS) and "Fastest:" in page
+    drawn = len(PLOTS) - len(json.loads((root / "merged" / "report.json").read_text())["figures_left_out"])
+    assert page.count("data:image/png;base64,") == drawn and "Fastest:" in page
 
 
 def test_failing_point_recorded_and_grid_goes_on(grids: dict[str, object]) -> None:

@@ -91,3 +91,42 @@ def test_findings_name_time_to_accuracy_and_mfu(tmp_path: Path) -> None:
         )
     lines = report.recommendation_lines(built.recommendation, built.rows)
     assert any(line.startswith("Fastest to val_loss 0.5: hpc_ddp with 4 workers") for line in lines), lines
+
+
+def test_a_cpu_report_with_rapl_energy_has_its_energy_figures_and_no_empty_box(tmp_path: Path) -> None:
+    """CPU-only runs with RAPL energy and no profiling: the energy figures are drawn from the CPU energy;
+    the breakdown (no profiling) is left out with one line saying why; every figure on the page has an
+    image that loads."""
+    import json
+
+    grid = tmp_path / "grid"
+    synthetic.make_grid(
+        grid, {"hpc_ddp": LAW_DDP}, [1, 2, 4, 8], power_w_per_worker=None, profile=False,
+        cpu_power_w_per_node=180.0,
+    )  # fmt: skip
+    built = report.build([grid])
+    rows = {r.workers: r for r in built.rows}
+    for n, row in rows.items():  # 180 W per node (one node up to 4 workers) times the epoch time
+        watts = 180.0 * max(1, n // 4)
+        assert row.energy_per_epoch_wh == pytest.approx(watts * synthetic.epoch_time(n, LAW_DDP) / 3600)
+        assert row.energy_per_sample_wh == pytest.approx(row.energy_per_epoch_wh / 4096)
+        assert row.energy_to_target_wh == pytest.approx(row.energy_per_epoch_wh * 2)  # reached at epoch 2
+    why = "no profiling data (run the benchmark with --benchmark.profile true)"
+    assert built.left_out == {"breakdown": why}
+    drawn = [name for name in plots.PLOTS if name != "breakdown"]
+    assert sorted(p.stem for p in (grid / "plots").glob("*.png")) == sorted(drawn)
+    assert json.loads(built.files["json"].read_text())["figures_left_out"] == built.left_out
+    page = built.files["html"].read_text()
+    assert "<b>Computation vs communication</b>: no profiling data" in page
+    assert "no energy recorded" not in page
+    assert "Least energy per sample: hpc_ddp" in page
+    probed = tmp_path / "probed.html"
+    figures = "document.querySelectorAll('figure').length"
+    probe = PROBE.replace("images: imgs.length,", f"images: imgs.length, figures: {figures},")
+    probed.write_text(page.replace("</body>", probe + "</body>"))
+    dom = _browser("--virtual-time-budget=5000", "--dump-dom", probed.as_uri())
+    match = re.search(r"data-probe=\"([^\"]+)\"", dom)
+    assert match, dom[:500]
+    seen = json.loads(match.group(1).replace("&quot;", '"'))
+    assert seen["figures"] == seen["images"] == seen["loaded"] == len(drawn)
+    assert seen["overflow"] <= 0

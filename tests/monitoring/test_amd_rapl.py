@@ -317,8 +317,8 @@ def test_a_two_rank_fit_reads_the_shared_socket_once_and_records_cpu_energy(
     tmp_path: Path, python_env: dict[str, str]
 ) -> None:
     """A real 2-process gloo fit whose cores all sit on socket 0 of a fake node drawing a steady 40 W on
-    its package (+ 5 W DRAM): rank 0 reads it, rank 1 does not, and every epoch's CPU energy is 45 W
-    times its duration (counted twice it would be 90 W)."""
+    its package (+ 5 W DRAM): rank 0 reads it, rank 1 does not, and the run's CPU energy is 45 W times its
+    duration (counted twice it would be 90 W)."""
     import os
     import threading
     import time
@@ -358,10 +358,12 @@ def test_a_two_rank_fit_reads_the_shared_socket_once_and_records_cpu_energy(
     assert section["cpu_energy_domains"] == ["package-0", "package-0/dram"]
     assert section["cpu_energy_source"] == "rapl" and section.get("cpu_energy_unavailable_reason") is None
     for epoch in record["epochs"]:
-        watts = epoch["cpu_energy_wh"] * 3600 / epoch["wall_time_s"]
-        assert 45 * 0.8 < watts < 45 * 1.2, (epoch["epoch"], watts)
+        assert epoch["cpu_energy_wh"] > 0
         assert epoch["cpu_energy_wh_ranks"]["min"] == epoch["cpu_energy_wh"]  # one rank reported it
     summary = record["summary"]
+    # over the whole run (setup to fit end: seconds, so a late write by the test's thread hardly matters)
+    watts = summary["cpu_energy_wh"] * 3600 / summary["fit_wall_time_s"]
+    assert 45 * 0.8 < watts < 45 * 1.2, watts
     assert summary["cpu_energy_wh"] >= sum(e["cpu_energy_wh"] for e in record["epochs"])
     per_sample = summary["cpu_energy_wh"] / summary["total_samples"]
     assert summary["energy_per_sample_wh"] == pytest.approx(per_sample)

@@ -76,13 +76,15 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(
     assert Path(module) == Path(site_packages) / "itwinai_lightning" / "__init__.py"
 
 
-def test_env_reports_every_extra_usable_but_horovod_which_it_says_how_to_build(
+def test_env_reports_every_extra_usable_but_horovod_and_amd_and_says_how_to_get_them(
     tmp_path: Path, outside: dict[str, str]
 ) -> None:
     report = json.loads(_itl(["env", "--json"], outside, tmp_path).stdout)
     states = {name: s["state"] for name, s in report["extras"].items()}
-    assert states == {**dict.fromkeys(EXTRAS_OK, "ok"), "horovod": "missing"}, report["extras"]
+    # [all] leaves out amdsmi: it needs ROCm's library, on AMD GPU nodes only
+    assert states == {**dict.fromkeys(EXTRAS_OK, "ok"), "horovod": "missing", "amd": "missing"}, states
     assert report["extras"]["horovod"]["fix"] == "itwinai-lightning build-horovod"
+    assert "amdsmi" in report["extras"]["amd"]["fix"]
     assert report["torch_companions"] == []  # pip chose a torchvision paired with its torch
     # the newest yProv4ML where it parses (3.12+), 3.2.3 on 3.11 (pyproject.toml says why)
     prov = Version(report["versions"]["yprov4ml"])

@@ -8,7 +8,8 @@ Outputs (in ``out``, default the first DIR)::
     benchmark_summary.csv   one row per configuration (see table.py for every column's definition)
     benchmark_runs.csv      one row per run, failed ones with their error text
     report.json             the table, the recommendation and the fitted scaling models
-    plots/<name>.png        one PNG per plot in plots.PLOTS
+    plots/<name>.png        one PNG per plot in plots.PLOTS the runs hold data for (the others are named,
+                            with the reason, in report.json's ``figures_left_out`` and on the page)
     report.html             everything above in one file (PNGs embedded as base64), no external assets
 """
 
@@ -100,7 +101,8 @@ def recommendation_lines(rec: Mapping[str, Any], rows: Sequence[Row]) -> list[st
     lines.append(
         f"Least energy per sample: {name(least)} ({least['energy_per_sample_wh'] * 1000:.3g} mWh per sample)."
         if least
-        else "Least energy per sample: no energy recorded (needs GPUMonitor and a GPU with a power sensor)."
+        else "Least energy per sample: no energy recorded (needs GPUMonitor, and a GPU power sensor or "
+        "readable RAPL counters)."
     )
     reached = rec.get("fastest_to_target")
     if reached:
@@ -174,7 +176,10 @@ def build(
         warnings,
         notes,
     )
-    images = plots.render_all(rows, models=models, threshold_pct=threshold_pct, runs=runs)
+    images, report.left_out = plots.render_all(rows, models=models, threshold_pct=threshold_pct, runs=runs)
+    for stale in (out_dir / "plots").glob("*.png"):  # a figure left out this time must not linger
+        if stale.stem not in images:
+            stale.unlink()
     for name, png in images.items():
         path = out_dir / "plots" / f"{name}.png"
         path.write_bytes(png)
@@ -195,6 +200,7 @@ def build(
         ],
         "warnings": warnings,
         "notes": notes,
+        "figures_left_out": report.left_out,
         "provenance": report_html.provenance_rows(runs),
         "flags": [{"strategy": r.strategy, "workers": r.workers, "flags": r.flags} for r in rows if r.flags],
     }

@@ -3,7 +3,7 @@ that renders it as HTML (:mod:`.report_html`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,3 +23,4 @@ class Report:
     files: dict[str, Path]
     warnings: list[str]
     notes: list[str]  # series without a scaling model, and why
+    left_out: dict[str, str] = field(default_factory=dict)  # figures the runs hold no data for, and why

@@ -196,6 +196,8 @@ def page(report: Report, findings: Sequence[str], images: Mapping[str, bytes], s
         "<h2>Figures</h2><div class='grid'>",
     ]
     for name, title in plots.PLOTS.items():
+        if name not in images:
+            continue
         data = base64.b64encode(images[name]).decode("ascii")
         wide = " class='full'" if name in FULL_WIDTH else ""
         parts.append(
@@ -213,6 +215,15 @@ def page(report: Report, findings: Sequence[str], images: Mapping[str, bytes], s
             parts.append(f"<div class='wide'>{_table_html(list(model_rows[0]), model_rows)}</div>")
         parts.append("</figure>")
     parts.append("</div>")
+    if report.left_out:
+        items = "".join(
+            f"<li><b>{html.escape(plots.PLOTS[name])}</b>: {html.escape(why)}</li>"
+            for name, why in report.left_out.items()
+        )
+        parts.append(f"<p>Figures left out (no data for them):</p><ul class='left-out'>{items}</ul>")
+        if "scaling_model" in report.left_out and report.notes:
+            notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.notes)
+            parts.append(f"<div class='warn'><ul>{notes}</ul></div>")
     parts += _provenance_html(report.runs)
     if failed:
         parts.append(f"<h2>Failed runs ({len(failed)})</h2>")

@@ -1,7 +1,8 @@
 """PNG plots of the benchmark table (matplotlib, Agg backend, no pyplot global state).
 
-Every plot is always produced: when the runs hold no data for it (no GPU, no power sensor, profiling
-off) the image says so instead of being missing, so a report always has the same sections.
+A figure the runs hold no data for (no energy counter, profiling off, too few worker counts to fit) is
+left out: :func:`render_all` returns the reason instead, and the page says it in one line. A two-panel
+figure with data for one panel only is drawn with that panel alone.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ PLOTS: dict[str, str] = {
     "scaling_model": "Fitted scaling model",
 }
 MARKERS = "osD^vP*X"
+#: why the energy figures can be empty
+NO_ENERGY = (
+    "no energy recorded in these runs (GPUMonitor records a GPU's power or energy counter and the CPUs' "
+    "RAPL counters where they are readable)"
+)
+
+
+class NoData(Exception):
+    """The runs hold nothing for this figure; the message says what would provide it."""
 
 
 def _figure(ncols: int = 1) -> tuple[Figure, list[Axes]]:
@@ -62,10 +72,12 @@ def _workers_axis(ax: Axes, workers: Sequence[int]) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def _no_data(ax: Axes, message: str) -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, wrap=True, transform=ax.transAxes)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _alone(fig: Figure, keep: Axes, drop: Axes) -> None:
+    """A two-panel figure as one panel: ``drop`` removed, ``keep`` across the width."""
+    fig.delaxes(drop)
+    fig.set_size_inches(7.5, fig.get_figheight())
+    fig.subplots_adjust(left=0.1, right=0.97)
+    keep.set_subplotspec(fig.add_gridspec(1, 1)[0])
 
 
 def _series(rows: Sequence[Row]) -> list[Series]:
@@ -94,12 +106,11 @@ def _line_plot(
     fig, (ax,) = _figure()
     drawn = _lines(ax, rows, value)
     ax.set_title(title)
-    if drawn:
-        _workers_axis(ax, drawn)
-        ax.set_ylabel(ylabel)
-        ax.legend(loc="best", fontsize=9)
-    else:
-        _no_data(ax, empty)
+    if not drawn:
+        raise NoData(empty)
+    _workers_axis(ax, drawn)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="best", fontsize=9)
     return fig, ax, drawn
 
 
@@ -171,7 +182,7 @@ def plot_throughput(rows: Sequence[Row], **_: Any) -> Figure:
         lambda r: r.samples_per_s,
         "Training throughput (all workers)",
         "throughput [samples/s]",
-        "no throughput recorded\n(TimingMonitor not in these runs)",
+        "no throughput recorded (TimingMonitor not in these runs)",
     )
     if drawn:
         ax.set_ylim(bottom=0)
@@ -189,7 +200,7 @@ def plot_utilisation(rows: Sequence[Row], **_: Any) -> Figure:
             lambda r: r.cpu_util_pct,
             "CPU utilisation (no GPU utilisation recorded: CPU-only runs)",
             "CPU utilisation [%]",
-            "no GPU or CPU utilisation recorded\n(GPUMonitor not in these runs)",
+            "no GPU or CPU utilisation recorded (GPUMonitor not in these runs)",
         )
     if _d:
         ax.set_ylim(bottom=0)
@@ -200,7 +211,9 @@ def plot_energy(rows: Sequence[Row], **_: Any) -> Figure:
     fig, (left, right) = _figure(2)
     drawn = _lines(left, rows, lambda r: r.energy_per_epoch_wh)
     drawn_s = _lines(right, rows, lambda r: r.energy_per_sample_wh, scale=1000.0)
-    left.set_title("Energy per epoch (all devices)")
+    if not drawn and not drawn_s:
+        raise NoData(NO_ENERGY)
+    left.set_title("Energy per epoch (GPUs + CPUs measured)")
     right.set_title("Energy per training sample")
     for ax, pts, label in ((left, drawn, "energy [Wh / epoch]"), (right, drawn_s, "energy [mWh / sample]")):
         if pts:
@@ -208,8 +221,8 @@ def plot_energy(rows: Sequence[Row], **_: Any) -> Figure:
             ax.set_ylabel(label)
             ax.set_ylim(bottom=0)
             ax.legend(loc="best", fontsize=9)
-        else:
-            _no_data(ax, "no energy recorded\n(no GPU power sensor in these runs)")
+    if not drawn or not drawn_s:
+        _alone(fig, left if drawn else right, right if drawn else left)
     return fig
 
 
@@ -218,8 +231,7 @@ def plot_breakdown(rows: Sequence[Row], **_: Any) -> Figure:
     prof = [r for r in rows if r.compute_s is not None or r.communication_s is not None]
     ax.set_title("Where an epoch goes (torch profiler)")
     if not prof:
-        _no_data(ax, "no profiling data\n(run the benchmark with --benchmark.profile true)")
-        return fig
+        raise NoData("no profiling data (run the benchmark with --benchmark.profile true)")
     all_series = _series(rows)
     labels = [f"{series_label(r.series, all_series)}, N={r.workers}" for r in prof]
     bottom = [0.0] * len(prof)
@@ -256,8 +268,7 @@ def plot_scaling_model(
     ax.set_title("Fitted scaling model  T(N) = a/N + b·log2(N) + c")
     models = models or {}
     if not models:
-        _no_data(ax, f"no series with {scaling.MIN_SIZES} or more worker counts to fit")
-        return fig
+        raise NoData(f"no series with {scaling.MIN_SIZES} or more worker counts to fit")
     all_series = _series(rows)
     top_measured = max(m.max_measured for m in models.values())
     sizes = scaling.extrapolation_sizes(top_measured)
@@ -299,7 +310,7 @@ def plot_mfu(rows: Sequence[Row], **_: Any) -> Figure:
             lambda r: r.flops_per_s / 1e12 if r.flops_per_s is not None else None,
             "Achieved model FLOP/s (no MFU: the devices' peak is unknown)",
             "model TFLOP/s (all workers)",
-            "no FLOPs counted\n(TimingMonitor(count_flops=True) not in these runs)",
+            "no FLOPs counted (TimingMonitor(count_flops=True) not in these runs)",
         )
     if drawn:
         ax.set_ylim(bottom=0)
@@ -309,14 +320,12 @@ def plot_mfu(rows: Sequence[Row], **_: Any) -> Figure:
 def plot_accuracy(rows: Sequence[Row], runs: Sequence[Run] = (), **_: Any) -> Figure:
     """The monitored metric against fit time (left) and energy (right): one line per configuration (its
     first completed repetition), the target every configuration reached as a dotted line."""
-    fig, (left, right) = _figure(2)
     done = [r for r in runs if r.ok and r.accuracy]
+    if not done:
+        raise NoData("no monitored metric recorded (TimingMonitor and a logged val_loss, or monitor=)")
+    fig, (left, right) = _figure(2)
     left.set_title("Metric vs fit time")
     right.set_title("Metric vs energy")
-    if not done:
-        for ax in (left, right):
-            _no_data(ax, "no monitored metric recorded\n(TimingMonitor and a logged val_loss, or monitor=)")
-        return fig
     all_series = _series(rows)
     seen: set[tuple[Series, int]] = set()
     energy = False
@@ -345,8 +354,8 @@ def plot_accuracy(rows: Sequence[Row], runs: Sequence[Run] = (), **_: Any) -> Fi
         right.set_xlabel("energy [Wh]")
         right.legend(loc="best", fontsize=8)
     else:
-        right.cla()
-        _no_data(right, "no energy recorded\n(no GPU power sensor in these runs)")
+        left.set_title("Metric vs fit time (no energy recorded in these runs)")
+        _alone(fig, left, right)
     return fig
 
 
@@ -364,6 +373,14 @@ RENDERERS: dict[str, Callable[..., Figure]] = {
 }
 
 
-def render_all(rows: Sequence[Row], **kwargs: Any) -> dict[str, bytes]:
-    """name -> PNG bytes for every plot in :data:`PLOTS`."""
-    return {name: _png(RENDERERS[name](rows, **kwargs)) for name in PLOTS}
+def render_all(rows: Sequence[Row], **kwargs: Any) -> tuple[dict[str, bytes], dict[str, str]]:
+    """name -> PNG bytes for every plot in :data:`PLOTS` the runs hold data for, and name -> why for the
+    ones left out."""
+    images: dict[str, bytes] = {}
+    left_out: dict[str, str] = {}
+    for name in PLOTS:
+        try:
+            images[name] = _png(RENDERERS[name](rows, **kwargs))
+        except NoData as why:
+            left_out[name] = str(why)
+    return images, left_out
