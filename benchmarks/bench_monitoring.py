@@ -6,6 +6,8 @@ Configurations (interleaved A, B, C, A, B, C ... so machine load drifts hit all 
 * ``timing``      -- ``TimingMonitor`` alone, as ``fit`` installs it by default (``--default_callbacks``)
 * ``lightning``   -- Lightning's ``DeviceStatsMonitor`` (the anchor)
 * ``itwinai``     -- this package's ``GPUMonitor`` + ``TimingMonitor``
+* ``itwinai_rapl`` -- the same with a RAPL reader on (package + DRAM zones of a sysfs tree made for the
+  benchmark: this machine has no readable RAPL counters; the reads are the same file reads)
 
 Each run trains the quickstart model/data (configs/quickstart.yaml) for ``--epochs`` epochs without
 validation; the step time is the last epoch's training wall time / steps, measured by a probe callback
@@ -16,7 +18,8 @@ sampler reading is printed too, as the noise floor of a side-by-side run on a bu
 
     python benchmarks/bench_monitoring.py [--reps 5] [--epochs 2] [--samples 2048]
 
-Target: ``itwinai`` adds <= 1 % to the step time of ``none``; ``timing`` (on in every fit) far below 1 %.
+Target: ``itwinai`` adds <= 1 % to the step time of ``none``; ``timing`` (on in every fit) far below 1 %;
+the RAPL reader leaves ``itwinai`` unchanged.
 """
 
 from __future__ import annotations
@@ -57,14 +60,33 @@ class StepProbe(Callback):
         self.cpu_step_s.append((time.process_time() - self._c0) / steps)
 
 
-def callbacks_for(name: str) -> list[Callback]:
+def rapl_tree(root: Path) -> Path:
+    """A sysfs tree with one socket's RAPL package and DRAM zones, every core on that socket."""
+    import os
+
+    for cpu in range(os.cpu_count() or 1):
+        topology = root / f"sys/devices/system/cpu/cpu{cpu}/topology"
+        topology.mkdir(parents=True, exist_ok=True)
+        (topology / "physical_package_id").write_text("0\n")
+    package = root / "sys/class/powercap/intel-rapl:0"
+    for zone, name in ((package, "package-0"), (package / "intel-rapl:0:0", "dram")):
+        zone.mkdir(parents=True, exist_ok=True)
+        (zone / "name").write_text(f"{name}\n")
+        (zone / "energy_uj").write_text("123456789\n")
+        (zone / "max_energy_range_uj").write_text("262143328850\n")
+    return root
+
+
+def callbacks_for(name: str, root: Path) -> list[Callback]:
     if name == "none":
         return []
     if name == "lightning":
         return [DeviceStatsMonitor()]
     if name == "timing":
         return [TimingMonitor()]
-    return [GPUMonitor(), TimingMonitor()]
+    if name == "itwinai_rapl":
+        return [GPUMonitor(sysfs_root=str(rapl_tree(root / "sysfs"))), TimingMonitor()]
+    return [GPUMonitor(cpu_energy=False), TimingMonitor()]
 
 
 def one_run(name: str, quick: dict[str, Any], epochs: int, samples: int, root: Path) -> tuple[float, float]:
@@ -79,7 +101,7 @@ def one_run(name: str, quick: dict[str, Any], epochs: int, samples: int, root: P
         num_sanity_val_steps=0,
         log_every_n_steps=quick["trainer"].get("log_every_n_steps", 10),
         logger=CSVLogger(run_dir),
-        callbacks=[probe, *callbacks_for(name)],
+        callbacks=[probe, *callbacks_for(name, root)],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -91,11 +113,13 @@ def one_run(name: str, quick: dict[str, Any], epochs: int, samples: int, root: P
     return probe.step_s[-1], probe.cpu_step_s[-1]
 
 
-def hook_cost_us(n: int = 20000) -> tuple[float, float]:
-    """Cost of our per-step hooks (µs per step) and of one sampler reading (µs), measured directly."""
+def hook_cost_us(root: Path, n: int = 20000) -> tuple[float, float, float]:
+    """Cost of our per-step hooks (µs per step) and of one sampler reading (µs) without and with the RAPL
+    reader, measured directly."""
     import torch
 
     from itwinai_lightning.monitoring.backends import HostBackend
+    from itwinai_lightning.monitoring.rapl import RaplBackend
     from itwinai_lightning.monitoring.sampler import Sampler
 
     timing, monitor = TimingMonitor(), GPUMonitor()
@@ -106,12 +130,15 @@ def hook_cost_us(n: int = 20000) -> tuple[float, float]:
         timing.on_train_batch_end(None, None, None, batch, i)  # type: ignore[arg-type]
         monitor.on_train_batch_end(None, None, None, batch, i)  # type: ignore[arg-type]
     hooks = (time.perf_counter() - t0) / n * 1e6
-    sampler = Sampler([HostBackend()], interval_s=1.0)
-    sampler.open("run")
-    t0 = time.perf_counter()
-    for _ in range(200):
-        sampler.sample_once()
-    return hooks, (time.perf_counter() - t0) / 200 * 1e6
+    reads = []
+    for backends in ([HostBackend()], [HostBackend(), RaplBackend.open({0}, rapl_tree(root / "direct"))]):
+        sampler = Sampler(backends, interval_s=1.0)
+        sampler.open("run")
+        t0 = time.perf_counter()
+        for _ in range(200):
+            sampler.sample_once()
+        reads.append((time.perf_counter() - t0) / 200 * 1e6)
+    return hooks, reads[0], reads[1]
 
 
 def main() -> None:
@@ -122,7 +149,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     quick = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
-    names = ["none", "timing", "lightning", "itwinai"]
+    names = ["none", "timing", "lightning", "itwinai", "itwinai_rapl"]
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,13 +183,25 @@ def main() -> None:
             f"{mc * 1e3:>7.2f} ms {r['added_cpu_pct']:>+7.2f}% "
             f"{min(wall[name]) * 1e3:>7.2f}-{max(wall[name]) * 1e3:.2f} ms"
         )
-    hooks_us, sample_us = hook_cost_us()
-    accounted = hooks_us / (base_w * 1e6) * 100 + sample_us / (GPUMonitor().interval_s * 1e6) * 100
-    result["accounting"] = {"hooks_us_per_step": hooks_us, "sample_us": sample_us, "added_pct": accounted}
+    with tempfile.TemporaryDirectory() as tmp:
+        hooks_us, sample_us, rapl_us = hook_cost_us(Path(tmp))
+    interval_us = GPUMonitor().interval_s * 1e6
+    accounted = hooks_us / (base_w * 1e6) * 100 + sample_us / interval_us * 100
+    accounted_rapl = hooks_us / (base_w * 1e6) * 100 + rapl_us / interval_us * 100
+    result["accounting"] = {
+        "hooks_us_per_step": hooks_us,
+        "sample_us": sample_us,
+        "sample_with_rapl_us": rapl_us,
+        "added_pct": accounted,
+        "added_with_rapl_pct": accounted_rapl,
+    }
     print(
-        f"accounting: our hooks {hooks_us:.1f} us/step + one sample {sample_us:.0f} us every "
-        f"{GPUMonitor().interval_s} s -> {accounted:.3f} % of a {base_w * 1e3:.1f} ms step"
+        f"accounting: our hooks {hooks_us:.1f} us/step + one sample {sample_us:.0f} us "
+        f"({rapl_us:.0f} us with the RAPL reader) every {GPUMonitor().interval_s} s -> {accounted:.3f} % "
+        f"({accounted_rapl:.3f} %) of a {base_w * 1e3:.1f} ms step"
     )
+    print(f"RAPL reader: {result['itwinai_rapl']['added_pct']:+.2f} % wall vs itwinai's "
+          f"{result['itwinai']['added_pct']:+.2f} %")  # fmt: skip
     print(
         f"anchor DeviceStatsMonitor: {result['lightning']['added_pct']:+.2f} % wall, "
         f"{result['lightning']['added_cpu_pct']:+.2f} % cpu; "

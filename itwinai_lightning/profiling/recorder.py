@@ -34,6 +34,15 @@ def explain_failure(stderr: str, returncode: int | None) -> str:
     return f"py-spy could not attach ({said}). Training continues without the py-spy profile."
 
 
+def _lowest_priority() -> None:
+    """In the py-spy child before exec: run only on a core nothing else wants (Linux SCHED_IDLE), so its
+    samples never preempt a training thread; where that is refused, the lowest nice level."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
+
+
 class PySpyRecorder:
     """One ``py-spy record --format raw`` process attached to ``pid``."""
 
@@ -47,8 +56,10 @@ class PySpyRecorder:
         nonblocking: bool = True,
         idle: bool = True,
         executable: str = "py-spy",
+        lowest_priority: bool = False,
     ) -> None:
         self.pid = pid
+        self.lowest_priority = lowest_priority
         self.output = Path(output)
         self.rate_hz = rate_hz
         self.subprocesses = subprocesses
@@ -98,6 +109,7 @@ class PySpyRecorder:
                 stderr=subprocess.STDOUT,
                 text=True,
                 start_new_session=True,  # Ctrl-C on the job must not reach py-spy before we stop it
+                preexec_fn=_lowest_priority if self.lowest_priority else None,
             )
         except OSError as err:
             return f"py-spy could not be started ({err}). Training continues without the py-spy profile."

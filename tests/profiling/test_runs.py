@@ -74,6 +74,9 @@ def test_two_rank_ddp_per_rank_outputs_summary_and_report(tmp_path: Path, python
     record = records.load(run_dir)
     pyspy = record["sections"]["pyspy"]
     assert pyspy["ranks"] == 2 and set(pyspy["per_rank"]) == {"0", "1"}
+    # the window stayed open past its 40 steps for min_samples (rank 0's clock): every rank closed it at once
+    closed = pyspy["window"]["closed_after_batch"]
+    assert closed["0"] == closed["1"] >= 42, closed
     assert pyspy["samples"] > 50 and sum(pyspy["categories"].values()) == pytest.approx(1.0)
     assert pyspy["categories"]["communication"] > 0  # Lightning's per-step broadcast, gloo collectives
     # Per rank, py-spy (Python frames only) can miss the short broadcast in a short window, and DDP's
@@ -183,6 +186,22 @@ def test_large_model_tiny_data_is_compute_bound(tmp_path: Path) -> None:
     assert any(r["category"] == "compute" for r in summary["remedies"])
     fractions = records.load(tmp_path)["sections"]["torch_profiler"]["fractions"]
     assert fractions["compute"] > 0.6 and fractions["communication"] == 0.0
+
+
+def test_a_step_window_stays_open_until_min_samples_at_the_rate(tmp_path: Path) -> None:
+    """Fast steps: 3 batches would hold a handful of samples; the window stays open until about
+    ``min_samples`` were taken (0.5 s at 100 Hz), and closes well before the end of training."""
+    require_executable("py-spy", PYSPY_HOW)
+    from itwinai_lightning.callbacks import PySpyProfiler
+
+    spy = PySpyProfiler(start_step=1, num_steps=3, rate_hz=100, min_samples=50)
+    trainer = _fit(tmp_path, [spy], width=8, num_samples=1600, sleep_s=0.002)  # 200 steps of ~16 ms
+    window = records.load(tmp_path)["sections"]["pyspy"]["window"]
+    assert window["seconds"] >= 0.5 and 3 < window["batches"] < trainer.global_step - 1, window
+    assert records.load(tmp_path)["sections"]["pyspy"]["samples"] >= 25  # py-spy kept up within 2x
+    short = PySpyProfiler(start_step=1, num_steps=3, rate_hz=100, min_samples=None)
+    _fit(tmp_path / "short", [short], width=8, num_samples=400, sleep_s=0.002)
+    assert records.load(tmp_path / "short")["sections"]["pyspy"]["window"]["batches"] == 3
 
 
 def test_no_ptrace_permission_warns_once_and_training_completes(tmp_path: Path) -> None:
