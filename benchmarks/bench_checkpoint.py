@@ -44,13 +44,14 @@ STRATEGIES = {
 }
 
 
-def one_run(strategy: str, background: bool, root: Path) -> dict[str, Any]:
+def one_run(strategy: str, background: bool, root: Path, width: int = 128, depth: int = 8) -> dict[str, Any]:
     out = root / f"{strategy.split()[0]}-{background}-{len(list(root.iterdir()))}"
     # (later flags win: the 1-rank case overrides devices and the batch, keeping the global batch of 8)
     args = [
         sys.executable, "-m", "itwinai_lightning", "fit", "--config", str(TINY),
         "--trainer.devices=2", "--data.init_args.batch_size=4", "--trainer.max_epochs=8",
-        "--model.init_args.width=128", "--model.init_args.depth=8", "--model.init_args.optimizer=adam",
+        f"--model.init_args.width={width}", f"--model.init_args.depth={depth}",
+        "--model.init_args.optimizer=adam",
         f"--trainer.default_root_dir={out}", *STRATEGIES[strategy],
         "--trainer.callbacks+=TimedCheckpoint", "--trainer.callbacks.every_min=0.005",
         "--trainer.callbacks.check_every_n_steps=1",
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES))
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--width", type=int, default=128, help="the demo model's width (the issue's: 128)")
+    parser.add_argument("--depth", type=int, default=8)
     args = parser.parse_args()
     blocked: dict[tuple[str, bool], list[float]] = {}
     written: dict[tuple[str, bool], list[float]] = {}
@@ -78,7 +81,7 @@ def main() -> None:
         for rep in range(args.reps):
             for strategy in args.strategies:
                 for background in (True, False):
-                    section = one_run(strategy, background, Path(tmp))
+                    section = one_run(strategy, background, Path(tmp), args.width, args.depth)
                     blocked.setdefault((strategy, background), []).append(section["blocked_s_median"])
                     if background and section.get("copy_s_median") is not None:
                         copied.setdefault(strategy, []).append(section["copy_s_median"])

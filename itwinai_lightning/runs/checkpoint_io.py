@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def copied_to_cpu(state: Any, buffers: list[torch.Tensor] | None = None) -> tupl
     Where ``buffers`` (the previous call's copies) holds a tensor of the same shape and type at the same
     position, the copy goes into it (no allocation, no page faults). Dicts, lists and tuples (named ones
     too) are walked directly, which is several times faster than a generic collection walk on an optimizer
-    state of hundreds of small tensors; other containers (dataclasses) go through Lightning's walk.
+    state of hundreds of small tensors; dataclasses go through Lightning's walk; anything else is kept.
     """
     reuse = buffers or []
     used: list[torch.Tensor] = []
@@ -63,10 +64,12 @@ def copied_to_cpu(state: Any, buffers: list[torch.Tensor] | None = None) -> tupl
             return [walk(value) for value in item]
         if isinstance(item, tuple):
             values = [walk(value) for value in item]
-            return type(item)(*values) if hasattr(item, "_fields") else tuple(values)
-        if isinstance(item, (str, int, float, bool, type(None))):
-            return item
-        return apply_to_collection(item, torch.Tensor, tensor_copy)
+            if hasattr(item, "_fields"):
+                return type(item)(*values)
+            return tuple(values) if type(item) is tuple else type(item)(values)  # torch.Size stays one
+        if is_dataclass(item) and not isinstance(item, type):
+            return apply_to_collection(item, torch.Tensor, tensor_copy)
+        return item  # numbers, strings, enums, dtypes ...: nothing to copy
 
     return walk(state), used
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -200,12 +201,30 @@ def test_the_lost_peer_line_says_a_restart_follows(monkeypatch: pytest.MonkeyPat
     assert launch_aware._restart_note() == ""  # no restart left
 
 
-def test_fsdp_sharded_checkpoints_in_the_background_hold_the_state_of_their_step(
-    tmp_path: Path, python_env: dict[str, str]
+def _complete_fsdp(newest: Path) -> None:
+    assert (newest / ".metadata").is_file() and (newest / "meta.pt").is_file()
+
+
+def _complete_deepspeed(newest: Path) -> None:
+    assert (newest / "latest").read_text() == "checkpoint"  # DeepSpeed's tag: written after every file
+    assert not list(newest.rglob("*.partial"))
+    older = newest.with_name("timed-step=15.ckpt") / "checkpoint"
+    files = sorted(p.name for p in (newest / "checkpoint").iterdir())
+    assert files == sorted(p.name for p in older.iterdir())  # every rank's files, as in the previous save
+
+
+@pytest.mark.parametrize(
+    ("strategy", "complete"), [("hpc_fsdp", _complete_fsdp), ("hpc_deepspeed", _complete_deepspeed)]
+)
+def test_sharded_checkpoints_in_the_background_hold_the_state_of_their_step(
+    strategy: str, complete: Callable[[Path], None], tmp_path: Path, python_env: dict[str, str]
 ) -> None:
-    """hpc_fsdp's sharded state written by the writer thread (torch's distributed checkpoint) while training
-    goes on: resuming from it ends with the weights of a resume from the synchronous save of that step."""
-    fsdp = ["--trainer.strategy=hpc_fsdp", "--model.init_args.optimizer=adam", "--trainer.max_epochs=3"]
+    """hpc_fsdp's sharded state (torch's distributed checkpoint) and hpc_deepspeed's files written by the
+    writer thread while training goes on: resuming from the newest ends with the weights of a resume from
+    the synchronous save of that step."""
+    if strategy == "hpc_deepspeed":
+        pytest.importorskip("deepspeed")
+    args = [f"--trainer.strategy={strategy}", "--model.init_args.optimizer=adam", "--trainer.max_epochs=3"]
     timed = [
         "--trainer.callbacks+=TimedCheckpoint", "--trainer.callbacks.every_min=1e-6",  # due at every check
         "--trainer.callbacks.check_every_n_steps=5",
@@ -214,41 +233,7 @@ def test_fsdp_sharded_checkpoints_in_the_background_hold_the_state_of_their_step
     for background in ("true", "false"):
         out = tmp_path / background
         run = run_cli(
-            [], fit_args(out, *fsdp, *timed, f"--trainer.callbacks.background={background}"), python_env, out
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
-        record = records.load(out)
-        section = record["sections"]["timed_checkpoints"]
-        assert section["saves"] == 4 and section["kept"] == ["timed-step=15.ckpt", "timed-step=20.ckpt"]
-        assert section["background"] is (background == "true"), section
-        newest = Path(record["run_dir"]) / "checkpoints" / "timed-step=20.ckpt"
-        assert (newest / ".metadata").is_file() and (newest / "meta.pt").is_file()
-        assert latest_checkpoint(Path(record["run_dir"])) == newest
-        resumed_out = tmp_path / f"resumed-{background}"
-        resumed = run_cli([], fit_args(resumed_out, *fsdp, f"--ckpt_path={newest}"), python_env, resumed_out)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert resumed.launch(0)["steps"] == 24
-        finals[background] = resumed.weights(0)
-    assert finals["true"].keys() == finals["false"].keys()
-    assert all(torch.equal(finals["true"][k], finals["false"][k]) for k in finals["true"])
-
-
-def test_deepspeed_checkpoints_in_the_background_hold_the_state_of_their_step(
-    tmp_path: Path, python_env: dict[str, str]
-) -> None:
-    """hpc_deepspeed's files written by the writer thread while training goes on, ``latest`` last: resuming
-    from the newest ends with the weights of a resume from the synchronous save of that step."""
-    pytest.importorskip("deepspeed")
-    ds = ["--trainer.strategy=hpc_deepspeed", "--model.init_args.optimizer=adam", "--trainer.max_epochs=3"]
-    timed = [
-        "--trainer.callbacks+=TimedCheckpoint", "--trainer.callbacks.every_min=1e-6",  # due at every check
-        "--trainer.callbacks.check_every_n_steps=5",
-    ]  # fmt: skip
-    finals = {}
-    for background in ("true", "false"):
-        out = tmp_path / background
-        run = run_cli(
-            [], fit_args(out, *ds, *timed, f"--trainer.callbacks.background={background}"), python_env, out
+            [], fit_args(out, *args, *timed, f"--trainer.callbacks.background={background}"), python_env, out
         )
         assert run.returncode == 0, run.stderr[-3000:]
         assert "writes its checkpoints its own way" not in run.stderr
@@ -257,15 +242,10 @@ def test_deepspeed_checkpoints_in_the_background_hold_the_state_of_their_step(
         assert section["saves"] == 4 and section["kept"] == ["timed-step=15.ckpt", "timed-step=20.ckpt"]
         assert section["background"] is (background == "true"), section
         newest = Path(record["run_dir"]) / "checkpoints" / "timed-step=20.ckpt"
-        assert (newest / "latest").read_text() == "checkpoint"
-        assert not list(newest.rglob("*.partial"))
-        assert sorted(p.name for p in (newest / "checkpoint").iterdir()) == sorted(
-            p.name
-            for p in (Path(record["run_dir"]) / "checkpoints" / "timed-step=15.ckpt" / "checkpoint").iterdir()
-        )
+        complete(newest)
         assert latest_checkpoint(Path(record["run_dir"])) == newest
         resumed_out = tmp_path / f"resumed-{background}"
-        resumed = run_cli([], fit_args(resumed_out, *ds, f"--ckpt_path={newest}"), python_env, resumed_out)
+        resumed = run_cli([], fit_args(resumed_out, *args, f"--ckpt_path={newest}"), python_env, resumed_out)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert resumed.launch(0)["steps"] == 24
         finals[background] = resumed.weights(0)
