@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: Suffix of checkpoints being written; never resumed from.
-PARTIAL_SUFFIX = ".partial"
+from itwinai_lightning.state_files import PARTIAL_SUFFIX
+
 #: what a directory checkpoint holds once complete: torch's distributed checkpoint (FSDP's sharded state)
 #: writes ``.metadata`` after every shard, DeepSpeed writes ``latest`` after its files
 COMPLETE_MARKERS = (".metadata", "latest")

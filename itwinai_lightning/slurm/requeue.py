@@ -26,10 +26,10 @@ from typing_extensions import override
 
 from itwinai_lightning import compat, records
 from itwinai_lightning.launch.sbatch import REQUEUE_FLAG_ENV
-from itwinai_lightning.runs.newest import PARTIAL_SUFFIX
 from itwinai_lightning.slurm import recovery
 from itwinai_lightning.slurm.recovery import RECOVERY_LOG_ENV
 from itwinai_lightning.slurm.vote import StopVote
+from itwinai_lightning.state_files import PARTIAL_SUFFIX
 
 #: Exit status of ranks that stopped to be requeued (EX_TEMPFAIL: "try again later").
 EXIT_REQUEUE = 75

@@ -26,7 +26,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from typing_extensions import override
 
 from itwinai_lightning.errors import UserError, require
-from itwinai_lightning.runs.checkpoint_io import atomic_save, atomic_write, copied_to_cpu
+from itwinai_lightning.state_files import atomic_save, atomic_write, copied_to_cpu
 from itwinai_lightning.strategies.launch_aware import LaunchAware
 
 ZERO_STAGES = (0, 1, 2, 3)

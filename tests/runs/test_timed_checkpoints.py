@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from itwinai_lightning import records
-from itwinai_lightning.runs.checkpoint_io import BackgroundCheckpointIO, copied_to_cpu
+from itwinai_lightning.runs.checkpoint_io import BackgroundCheckpointIO
 from itwinai_lightning.runs.newest import latest_checkpoint
+from itwinai_lightning.state_files import copied_to_cpu
 from tests.foundation.conftest import fit_args, free_port, run_cli
 from tests.helpers.engines import require_executable
 
@@ -91,7 +92,7 @@ def test_a_write_killed_midway_is_never_resumed_from(tmp_path: Path) -> None:
         f"""
         import os, time, torch
         from pathlib import Path
-        from itwinai_lightning.runs.checkpoint_io import BackgroundCheckpointIO, copied_to_cpu
+        from itwinai_lightning.runs.checkpoint_io import BackgroundCheckpointIO
         run = Path({str(tmp_path)!r})
         io = BackgroundCheckpointIO()
         io.save_checkpoint({{"step": 1}}, run / "checkpoints" / "timed-step=1.ckpt")
