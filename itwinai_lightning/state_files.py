@@ -9,6 +9,7 @@ suffix) stays light.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 from dataclasses import is_dataclass
@@ -67,16 +68,15 @@ def copied_to_cpu(state: Any, buffers: list[torch.Tensor] | None = None) -> tupl
 
 
 def _same_type(original: dict[Any, Any], items: dict[Any, Any]) -> dict[Any, Any]:
-    """``items`` as a mapping of ``original``'s type (an OrderedDict stays one; a state dict keeps its
-    ``_metadata``)."""
+    """``items`` as a mapping of ``original``'s type and attributes (an OrderedDict stays one; a module's
+    state dict keeps the version information it carries beside its items)."""
     try:
-        out = type(original)(items)
-    except TypeError:
+        out = copy.copy(original)
+    except Exception:
         return items
-    metadata = getattr(original, "_metadata", None)
-    if metadata is not None:
-        out._metadata = metadata  # type: ignore[attr-defined]
-    return out  # type: ignore[no-any-return]
+    out.clear()
+    out.update(items)
+    return out
 
 
 def atomic_save(state: Any, path: str | os.PathLike[str]) -> None:

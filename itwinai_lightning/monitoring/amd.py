@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ AMD_VENDOR = "0x1002"
 KEYS = ("gpu_util_pct", "gpu_mem_used_gb", "gpu_power_w", "gpu_temp_c", "gpu_sm_clock_mhz", "gpu_energy_j")
 
 
-def visible_entry(index: int, env: dict[str, str] | os._Environ[str]) -> str:
+def visible_entry(index: int, env: Mapping[str, str]) -> str:
     """The physical device (an index or ``GPU-<id>``) behind HIP device ``index`` of this process."""
     entry = str(index)
     for name in ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"):  # HIP's list indexes into ROCR's
@@ -40,9 +40,7 @@ def visible_entry(index: int, env: dict[str, str] | os._Environ[str]) -> str:
     return entry
 
 
-def pick(
-    devices: list[tuple[str, str | None]], device: TorchDevice, env: dict[str, str] | os._Environ[str]
-) -> int:
+def pick(devices: list[tuple[str, str | None]], device: TorchDevice, env: Mapping[str, str]) -> int:
     """The position in ``devices`` (``(pci address, unique id)`` in PCI order) of the GPU ``device`` is."""
     if device.pci_bus_id:
         for i, (bdf, _) in enumerate(devices):
@@ -154,14 +152,14 @@ class SysfsAMDBackend:
 
     @classmethod
     def open(
-        cls, device: TorchDevice, root: str | os.PathLike[str] = "/", env: dict[str, str] | None = None
+        cls, device: TorchDevice, root: str | os.PathLike[str] = "/", env: Mapping[str, str] | None = None
     ) -> SysfsAMDBackend:
         devices = cls.devices(root)
         if not devices:
             raise BackendUnavailable(f"no amdgpu device under {Path(root, 'sys/class/drm')}")
         chosen = devices[pick([(bdf, unique) for _, bdf, unique in devices], device, env or os.environ)]
         backend = cls(chosen[0], f"AMD GPU {chosen[1]}")
-        if not backend._metrics.read():
+        if not backend.read():
             raise BackendUnavailable(f"{chosen[0]}: no readable amdgpu metric (permissions?)")
         return backend
 
@@ -229,7 +227,7 @@ class AMDSMIBackend:
         self.has_energy_counter = "gpu_energy_j" in self._metrics.read()
 
     @classmethod
-    def open(cls, device: TorchDevice, env: dict[str, str] | None = None) -> AMDSMIBackend:
+    def open(cls, device: TorchDevice, env: Mapping[str, str] | None = None) -> AMDSMIBackend:
         global _init_count
         smi = _amdsmi()
         with _init_lock:

@@ -54,8 +54,14 @@ def test_every_extra_is_reported_from_the_installed_metadata(
 ) -> None:
     report = _env_json(python_env, tmp_path)
     assert set(report["extras"]) == set(extras.PURPOSE)  # every extra but the bundles (all, dev)
-    # scripts/setup.sh and the wheel's [all] make every extra usable; Horovod only where it was built
+    # scripts/setup.sh and the wheel's [all] make every extra usable; Horovod only where it was built, amdsmi
+    # only where ROCm is (an AMD GPU node)
     horovod = report["extras"].pop("horovod")
+    amd = report["extras"].pop("amd")
+    if extras.installed_version("amdsmi") is None:
+        assert amd["state"] == "missing" and "amdsmi" in amd["fix"], amd
+    else:
+        assert amd["state"] == "ok", amd
     assert {name: s["state"] for name, s in report["extras"].items()} == dict.fromkeys(report["extras"], "ok")
     assert all(s["fix"] == "" and s["problems"] == [] for s in report["extras"].values())
     if report["versions"]["horovod"] is None:
