@@ -14,10 +14,11 @@ if [ "${SKIP_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/n
   apt-get update -qq
   # MPI (mpirun, mpi4py), a local SLURM (tests start slurmctld/slurmd on localhost), build tools,
   # iproute2 + util-linux (nsenter, unshare) for the 2-node test cluster in network namespaces,
-  # chromium (headless) to render the benchmark report in a real browser
+  # chromium (headless) to render the benchmark report in a real browser, podman + mmdebstrap to build and
+  # run the image (Containerfile) with a base image made here (no registry needed)
   apt-get install -y -qq --no-install-recommends \
     openmpi-bin libopenmpi-dev slurmd slurmctld slurm-client munge build-essential iproute2 util-linux \
-    chromium >/dev/null
+    chromium podman mmdebstrap runc uidmap fuse-overlayfs >/dev/null
 fi
 
 # torch first: a CPU-only machine should not pull a multi-GB CUDA build through another package

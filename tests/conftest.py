@@ -29,6 +29,15 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     sc.stop(directory)
 
 
+@pytest.fixture(scope="session")
+def image() -> object:
+    """The package's image from the Containerfile (:mod:`tests.helpers.image`): built once per machine and
+    code change, reused from podman's cache."""
+    from tests.helpers import image as images
+
+    return images.build()
+
+
 @pytest.fixture
 def python_env() -> dict[str, str]:
     """Environment for child processes: this interpreter's path first, the repo importable, quiet warnings."""
@@ -44,6 +53,7 @@ ENGINE_GROUPS = (
     ("ray", "ray_tmp"),
     ("multinode", "two_nodes"),
     ("slurm", "slurm_cluster"),
+    ("container", "image"),
     ("wheel", "venv_python"),
     ("grid", "grids"),
     ("documented", "checkout"),

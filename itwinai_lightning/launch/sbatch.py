@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from itwinai_lightning.launch import container
+
 #: Environment variable through which a job script tells the run where to leave (fit) or look for (tune)
 #: the request to be requeued.
 REQUEUE_FLAG_ENV = "ITWINAI_REQUEUE_FLAG"
@@ -168,20 +170,19 @@ def environment(opts: SbatchOptions) -> list[str]:
         lines.append(f'export {key}="{text}"')
     lines.append('export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"')
     lines.extend(str(line) for line in opts.setup or [])
-    container = opts.container or {}
-    if container.get("image"):
-        parts = [str(container.get("runtime") or "apptainer"), "exec"]
-        if container.get("gpu_flag") and opts.gpus_per_node > 0:
-            parts.append(str(container["gpu_flag"]))
-        for bind in container.get("binds") or []:
-            parts += ["--bind", str(bind)]
-        parts += [str(a) for a in container.get("args") or []]
-        parts.append(str(container["image"]))
-        lines.append("CONTAINER=(" + " ".join(q(p) for p in parts) + ")")
-    else:
-        lines.append("CONTAINER=()")
-    lines.append(f'PY=("${{CONTAINER[@]}}" {q(opts.python)})')
     return lines
+
+
+def container_lines(opts: SbatchOptions, job: JobLayout) -> list[str]:
+    """``CONTAINER=(...)`` (see :mod:`.container`) and ``PY``, the job's Python, inside it when there is one;
+    after the move to the submit directory, which the container binds."""
+    own = [env_path(job.run_dir), env_path(job.job_dir)]
+    prefix = container.prefix_lines(opts.container or {}, opts.gpus_per_node > 0, own, list(opts.env or {}))
+    return [
+        "# --- the container every Python command of the job runs in (slurm.container)",
+        *prefix,
+        f'PY=("${{CONTAINER[@]}}" {q(opts.python)})',
+    ]
 
 
 def srun(opts: SbatchOptions, job: JobLayout, tasks_per_node: int) -> str:
@@ -303,13 +304,15 @@ def script(
     opts: SbatchOptions, job: JobLayout, job_name: str, head: Sequence[str], body: Sequence[str]
 ) -> str:
     """A whole sbatch script: ``head``, directives, environment, the move to the submit dir, ``body``."""
-    parts = [*head, *directives(opts, job, job_name), "", *environment(opts), "", *SUBMIT_DIR, "", *body]
+    parts = [*head, *directives(opts, job, job_name), "", *environment(opts), "", *SUBMIT_DIR, ""]
+    parts += [*container_lines(opts, job), "", *body]
     return "\n".join(parts) + "\n"
 
 
 __all__ = [
     "JobLayout",
     "SbatchOptions",
+    "container_lines",
     "cpus_per_task",
     "directives",
     "environment",

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.launch import container as containers
 from itwinai_lightning.launch.table import SLURM_LAUNCHERS as LAUNCHERS
 from itwinai_lightning.sections import check_known_keys, deep_merge, load_yaml_file, parse_section
 
@@ -192,5 +193,6 @@ class SlurmOptions:
             raise UserError(f"slurm.gpus_per_node must be a whole number >= 0, got {self.gpus_per_node!r}")
         if self.container and not isinstance(self.container, dict):
             raise UserError("slurm.container must be a mapping (image, runtime, gpu_flag, binds, args)")
+        containers.check(self.container)
         if self.container.get("image") and not self.container.get("runtime"):
-            self.container["runtime"] = "apptainer"
+            self.container["runtime"] = containers.DEFAULT_RUNTIME
