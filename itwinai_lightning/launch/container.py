@@ -83,9 +83,9 @@ def check(container: Mapping[str, Any]) -> None:
         value = container.get(key)
         if value is not None and not isinstance(value, list):
             raise UserError(f"slurm.container.{key} must be a list, got {value!r}")
-    if container.get("binds") or container.get("args") or container.get("gpu_flag"):
-        if not container.get("image"):
-            raise UserError("slurm.container has options but no image: set slurm.container.image")
+    options = container.get("binds") or container.get("args") or container.get("gpu_flag")
+    if options and not container.get("image"):
+        raise UserError("slurm.container has options but no image: set slurm.container.image")
 
 
 def prefix_lines(

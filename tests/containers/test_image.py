@@ -50,10 +50,10 @@ def test_the_quickstart_trains_onto_a_bind_mounted_directory_as_the_user(
     record = json.loads((run_dir / "run_record.json").read_text())
     assert record["status"] == "completed" and record["run_dir"] == str(run_dir)
     [last] = run_dir.rglob("last.ckpt")
+    code = "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['global_step'])"
     steps = subprocess.run(
-        [sys.executable, "-c", "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['global_step'])",
-         str(last)], capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        [sys.executable, "-c", code, str(last)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     batch = yaml.safe_load((tmp_path / "gallery" / "quickstart.yaml").read_text())["data"]["init_args"]
     assert steps == str(128 // batch["batch_size"])  # one epoch of the scaled-down data
     owners = {p.stat().st_uid for p in [run_dir, last, run_dir / "run_record.json"]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +59,14 @@ def build(tag: str = TAG) -> Image:
 
 
 def run(
-    image: str, argv: list[str], *, binds: list[Path] = (), user: str | None = None, workdir: Path | None = None,
-    env: dict[str, str] | None = None, timeout: float = 300,
+    image: str,
+    argv: list[str],
+    *,
+    binds: Sequence[Path] = (),
+    user: str | None = None,
+    workdir: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """``podman run --rm --network host [--user] [-v d:d ...] [-w] IMAGE argv``."""
     words = ["podman", "run", "--rm", "--network", "host", "--env", "HOME=/tmp"]
