@@ -21,7 +21,8 @@ workers and MPI) and PID namespace (signals reach the rank itself, py-spy can at
 submitting user (``--user uid:gid`` as root, ``--userns=keep-id`` rootless) so files on bound paths are the
 user's, and passes the launcher's environment through by name (:data:`PASS_ENV`; podman expands a
 trailing ``*``) plus the keys of ``slurm.env``. ``HOME`` is ``/tmp`` inside (the image's user's home is
-not the submitting user's).
+not the submitting user's); the host's ``/tmp`` is bound, as Apptainer does, where an MPI launched on the
+host keeps its session files (the hybrid model, docs/containers.md).
 """
 
 from __future__ import annotations
@@ -83,9 +84,6 @@ def check(container: Mapping[str, Any]) -> None:
         value = container.get(key)
         if value is not None and not isinstance(value, list):
             raise UserError(f"slurm.container.{key} must be a list, got {value!r}")
-    options = container.get("binds") or container.get("args") or container.get("gpu_flag")
-    if options and not container.get("image"):
-        raise UserError("slurm.container has options but no image: set slurm.container.image")
 
 
 def prefix_lines(
@@ -99,7 +97,10 @@ def prefix_lines(
     if not container.get("image"):
         return ["CONTAINER=()"]
     runtime = str(container.get("runtime") or DEFAULT_RUNTIME)
-    dirs = list(dict.fromkeys(['"$PWD"', *own_dirs]))
+    dirs: list[str] = []
+    for directory in dict.fromkeys(['"$PWD"', *own_dirs]):
+        if not any(directory.startswith(f"{d}/") for d in dirs):  # below a bound one: bound with it
+            dirs.append(directory)
     lines = [f"mkdir -p {' '.join(dirs)}"]
     gpu = [_word(container["gpu_flag"])] if container.get("gpu_flag") and gpus else []
     binds = [_word(b) for b in container.get("binds") or []]
@@ -115,7 +116,7 @@ def prefix_lines(
         words += ['"${CONTAINER_USER[@]}"', "--env", "HOME=/tmp"]
         for name in [*PASS_ENV, *env_keys]:
             words += ["--env", _word(name)]
-        for directory in dirs:
+        for directory in [*dirs, "/tmp"]:  # /tmp as Apptainer binds it: MPI's session directory is there
             words += ["-v", f"{directory}:{directory}"]
         for bind in binds:
             words += ["-v", bind if ":" in bind else f"{bind}:{bind}"]

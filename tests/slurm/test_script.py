@@ -90,7 +90,10 @@ def test_generic_variants_torchrun_horovod_container_venv(tmp_path: Path) -> Non
     assert "--gpus-per-node" not in text  # CPU run on the generic preset
     assert "source /opt/venv/bin/activate" in text and "ulimit -n 4096" in text
     assert 'export HF_HOME="/scratch/hf"' in text
-    assert "CONTAINER=(apptainer exec --bind /data /img/torch.sif)" in text  # no --nv without GPUs
+    # no --nv without GPUs; the submit directory and the run directory (its job directory in it) bound
+    bound = f'--bind "$PWD" --bind {tmp_path / "run"} --bind /data'
+    assert f"CONTAINER=(apptainer exec {bound} /img/torch.sif)" in text
+    assert f'mkdir -p "$PWD" {tmp_path / "run"}\n' in text  # a bind's source must exist
     assert '-m torch.distributed.run --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node=2' in text
     assert "--rdzv-backend=c10d" in text and "--signal" not in text  # requeue needs srun
     assert config["trainer"]["num_nodes"] == 3
