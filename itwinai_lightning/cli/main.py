@@ -158,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args[0] not in LIGHTNING_COMMANDS and not args[0].startswith("-"):
             known = ", ".join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])
             raise UserError(f"unknown command {args[0]!r}; choose one of: {known}")
+        from itwinai_lightning.launch import mpi_match
+
+        mpi_match.check()  # a rank in a container under an MPI launcher: the image's MPI is the host's
         configs = _precheck_configs(args)
         try:
             cli = run_lightning_cli(args, from_sys_argv=argv is None)

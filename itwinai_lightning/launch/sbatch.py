@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from itwinai_lightning.launch import container
+from itwinai_lightning.launch import container, mpi_match
 
 #: Environment variable through which a job script tells the run where to leave (fit) or look for (tune)
 #: the request to be requeued.
@@ -178,8 +178,14 @@ def container_lines(opts: SbatchOptions, job: JobLayout) -> list[str]:
     after the move to the submit directory, which the container binds."""
     own = [env_path(job.run_dir), env_path(job.job_dir)]
     prefix = container.prefix_lines(opts.container or {}, opts.gpus_per_node > 0, own, list(opts.env or {}))
+    mpi = []
+    if (opts.container or {}).get("image") and (job.horovod or opts.mpi):
+        mpi = [  # the ranks' MPI inside the image is checked against it (launch.mpi_match)
+            f'export {mpi_match.HOST_ENV}="$(mpirun --version 2>/dev/null | head -n 1)"'
+        ]
     return [
         "# --- the container every Python command of the job runs in (slurm.container)",
+        *mpi,
         *prefix,
         f'PY=("${{CONTAINER[@]}}" {q(opts.python)})',
     ]
