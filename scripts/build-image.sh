@@ -12,6 +12,7 @@
 #   MIRROR=1      no PyPI reachable: pass this machine's pip find-links, extra index, constraints and CA into
 #                 the build and mount the local folders they name (read-only)
 #   TORCH_SPEC, TORCH_INDEX (empty: no separate index), EXTRAS, HOROVOD: the Containerfile's build args
+#   BUILD_FLAGS   more flags for the engine's build (e.g. --no-cache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${1:-itwinai-lightning:cpu}
@@ -51,5 +52,6 @@ if [ "${MIRROR:-0}" = 1 ]; then
 fi
 
 started=$(date +%s)
-"$ENGINE" build --network host -f Containerfile -t "$TAG" "${ARGS[@]}" .
+# shellcheck disable=SC2086  # BUILD_FLAGS: more engine flags, word-split (e.g. "--no-cache")
+"$ENGINE" build --network host ${BUILD_FLAGS:-} -f Containerfile -t "$TAG" "${ARGS[@]}" .
 echo "built $TAG in $(( $(date +%s) - started )) s"

@@ -79,3 +79,8 @@ def run(
     return subprocess.run(
         [*words, image, *argv], env=podman_env(env), capture_output=True, text=True, timeout=timeout
     )
+
+
+if __name__ == "__main__":  # .ci/run starts the build beside the suite: python -m tests.helpers.image
+    built = build()
+    print(f"{built.tag}: built in {built.build_s:.0f} s")
