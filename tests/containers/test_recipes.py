@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from spython.main.parse.parsers import SingularityParser
 
 from itwinai_lightning.slurm.cli import build
@@ -79,3 +80,22 @@ def test_an_unknown_runtime_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "slurm.container.runtime must be one of apptainer, singularity, podman" in proc.stderr
     assert not list(tmp_path.rglob("job.sbatch"))  # nothing written
+
+
+def test_container_keys_are_checked_before_anything_is_rendered() -> None:
+    from itwinai_lightning.errors import UserError
+    from itwinai_lightning.launch import container
+
+    for bad, said in (
+        (
+            {"image": "x.sif", "bind": ["/data"]},
+            "slurm.container.bind: unknown key; the keys are image, runtime",
+        ),
+        ({"image": "x.sif", "binds": "/data"}, "slurm.container.binds must be a list, got '/data'"),
+        ({"image": "x", "runtime": "docker"}, "(docker: use podman, which takes the same images)"),
+    ):
+        with pytest.raises(UserError) as err:
+            container.check(bad)
+        assert said in str(err.value)
+    container.check({"runtime": "apptainer", "gpu_flag": "--nv", "binds": []})  # a preset without an image
+    assert container.prefix_lines({"runtime": "podman"}, True, [], []) == ["CONTAINER=()"]
