@@ -51,8 +51,9 @@ def test_a_two_task_job_in_the_container_trains_to_the_weights_of_one_outside(
     tmp_path: Path, slurm_env: dict[str, str], slurm_cluster: object, image: images.Image
 ) -> None:
     env = images.podman_env(slurm_env)
-    outside = _submit(Path("outside"), env, tmp_path, *python_flag(), "--trainer.max_epochs", "2")
-    inside = _submit(Path("inside"), env, tmp_path, *_in(image), "--trainer.max_epochs", "2")
+    same = ["--trainer.max_epochs", "2", "--trainer.strategy", "hpc_ddp"]
+    outside = _submit(Path("outside"), env, tmp_path, *python_flag(), *same)
+    inside = _submit(Path("inside"), env, tmp_path, *_in(image), *same)
     script = (tmp_path / "inside" / "slurm" / "job.sbatch").read_text()
     assert 'CONTAINER=(podman run --rm --network host --ipc host --pid host "${CONTAINER_USER[@]}"' in script
     assert '-v "$PWD":"$PWD" -w "$PWD"' in script and "--env 'SLURM_*'" in script  # run dir below it
@@ -63,6 +64,7 @@ def test_a_two_task_job_in_the_container_trains_to_the_weights_of_one_outside(
     assert fields["ExitCode"] == "0:0" and fields["NumTasks"] == "2"
     record = records.load(tmp_path / "inside")
     assert (record["status"], record["world_size"], record["launcher"]) == ("completed", 2, "srun")
+    assert record["strategy"] == "HPCDDPStrategy"  # what ran in the container
     ours, theirs = _weights(tmp_path / "inside"), _weights(tmp_path / "outside")
     assert ours.keys() == theirs.keys()
     for key in ours:
