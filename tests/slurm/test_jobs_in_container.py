@@ -56,7 +56,8 @@ def test_a_two_task_job_in_the_container_trains_to_the_weights_of_one_outside(
     inside = _submit(Path("inside"), env, tmp_path, *_in(image), *same)
     script = (tmp_path / "inside" / "slurm" / "job.sbatch").read_text()
     assert 'CONTAINER=(podman run --rm --network host --ipc host --pid host "${CONTAINER_USER[@]}"' in script
-    assert '-v "$PWD":"$PWD" -w "$PWD"' in script and "--env 'SLURM_*'" in script  # run dir below it
+    # the run directory is below the submit directory: bound with it
+    assert '-v "$PWD":"$PWD" -v /tmp:/tmp -w "$PWD"' in script and "--env 'SLURM_*'" in script
     assert 'scontrol requeue "$SLURM_JOB_ID"' in script.split("CONTAINER=(")[1]  # in the batch shell
     assert _wait(slurm_cluster, outside) == "COMPLETED"
     assert _wait(slurm_cluster, inside) == "COMPLETED", (tmp_path / "inside" / "slurm").read_text()
