@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from spython.main.parse.parsers import SingularityParser
 
 from itwinai_lightning.slurm.cli import build
 
@@ -24,6 +23,8 @@ def _containerfile_env() -> dict[str, str]:
 
 
 def test_the_apptainer_definition_parses_and_builds_on_the_containerfiles_image() -> None:
+    from spython.main.parse.parsers import SingularityParser  # [dev]: the installed-Python sessions lack it
+
     recipe = SingularityParser(str(DEFINITION)).recipe["spython-base"]
     default_tag = re.search(r"TAG=\$\{1:-([^}]+)\}", (REPO / "scripts" / "build-image.sh").read_text())
     assert default_tag and recipe.fromHeader == default_tag.group(1)  # what build-image.sh tags by default
