@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.helpers import image as images
+from tests.helpers.engines import require
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -33,6 +34,7 @@ def test_the_quickstart_trains_onto_a_bind_mounted_directory_as_the_user(
 ) -> None:
     """The gallery copied out of the image and the quickstart (scaled down) trained inside it, as a user
     who is neither root nor the image's user: checkpoint and record on the host, owned by that user."""
+    require(os.geteuid() == 0, "root", "the test hands a directory to another user (chown)")
     uid = 4242
     os.chown(tmp_path, uid, uid)
     user = f"{uid}:{uid}"
