@@ -27,11 +27,11 @@ host keeps its session files (the hybrid model, docs/containers.md).
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from itwinai_lightning.errors import UserError
+from itwinai_lightning.launch.shellwords import node_word
 
 RUNTIMES = ("apptainer", "singularity", "podman")
 #: What a runtime is called when ``slurm.container.runtime`` is not set.
@@ -102,10 +102,10 @@ def prefix_lines(
         if not any(directory.startswith(f"{d}/") for d in dirs):  # below a bound one: bound with it
             dirs.append(directory)
     lines = [f"mkdir -p {' '.join(dirs)}"]
-    gpu = [_word(container["gpu_flag"])] if container.get("gpu_flag") and gpus else []
-    binds = [_word(b) for b in container.get("binds") or []]
-    args = [_word(a) for a in container.get("args") or []]
-    image = _word(container["image"])
+    gpu = [node_word(container["gpu_flag"])] if container.get("gpu_flag") and gpus else []
+    binds = [node_word(b) for b in container.get("binds") or []]
+    args = [node_word(a) for a in container.get("args") or []]
+    image = node_word(container["image"])
     if runtime == "podman":
         lines += [
             "# podman: as the submitting user (root: --user; rootless: the user's own id via keep-id)",
@@ -115,7 +115,7 @@ def prefix_lines(
         words = ["podman", "run", "--rm", "--network", "host", "--ipc", "host", "--pid", "host"]
         words += ['"${CONTAINER_USER[@]}"', "--env", "HOME=/tmp"]
         for name in [*PASS_ENV, *env_keys]:
-            words += ["--env", _word(name)]
+            words += ["--env", node_word(name)]
         for directory in [*dirs, "/tmp"]:  # /tmp as Apptainer binds it: MPI's session directory is there
             words += ["-v", f"{directory}:{directory}"]
         for bind in binds:
@@ -127,17 +127,6 @@ def prefix_lines(
             words += ["--bind", directory]
         words += [*args, image]
     return [*lines, "CONTAINER=(" + " ".join(words) + ")"]
-
-
-def _word(value: object) -> str:
-    """A user's value as one shell word; ``$VAR``/``${VAR}`` and ``~`` stay for the compute node's shell."""
-    text = str(value)
-    if text == "~" or text.startswith("~/"):
-        text = "$HOME" + text[1:]
-    if "$" in text:
-        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
-        return f'"{escaped}"'
-    return shlex.quote(text)
 
 
 __all__ = ["DEFAULT_RUNTIME", "KEYS", "PASS_ENV", "RUNTIMES", "check", "prefix_lines"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from itwinai_lightning.launch import container, mpi_match
+from itwinai_lightning.launch.shellwords import node_text
 
 #: Environment variable through which a job script tells the run where to leave (fit) or look for (tune)
 #: the request to be requeued.
@@ -163,11 +164,8 @@ def environment(opts: SbatchOptions) -> list[str]:
             _or_stop(f"conda activate {q(opts.conda)}", f"'conda activate {opts.conda}'", "check slurm.conda")
         )
     for key, value in (opts.env or {}).items():
-        # values may use shell variables (${SLURM_JOB_ID}): double quotes keep them expanding
-        text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
-        if text == "~" or text.startswith("~/"):  # the compute node's home, not the render machine's
-            text = "$HOME" + text[1:]
-        lines.append(f'export {key}="{text}"')
+        # values may use shell variables (${SLURM_JOB_ID}) and ~ (the compute node's home): double quotes
+        lines.append(f'export {key}="{node_text(value)}"')
     lines.append('export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"')
     lines.extend(str(line) for line in opts.setup or [])
     return lines

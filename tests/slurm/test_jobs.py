@@ -27,10 +27,14 @@ def _job_fields(env: dict[str, str], job_id: str) -> dict[str, str]:
     return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
 
-def _render_and_submit(run_dir: Path, env: dict[str, str], *extra: str, cwd: Path = REPO) -> str:
-    """Render and submit from ``cwd`` (the submit directory); ``run_dir`` may be relative to it."""
+def _render_and_submit(
+    run_dir: Path, env: dict[str, str], *extra: str, cwd: Path = REPO, python: list[str] | None = None
+) -> str:
+    """Render and submit from ``cwd`` (the submit directory); ``run_dir`` may be relative to it. ``python``:
+    how the job finds its Python (default: this interpreter, :func:`python_flag`)."""
+    python = python_flag() if python is None else python
     proc = subprocess.run(
-        [sys.executable, "-m", "itwinai_lightning", "slurm", *TINY, *python_flag(),
+        [sys.executable, "-m", "itwinai_lightning", "slurm", *TINY, *python,
          "--trainer.default_root_dir", str(run_dir), "--slurm.time", "00:15:00", *extra,
          "--slurm.submit", "true"],
         env=env, capture_output=True, text=True, timeout=180, cwd=cwd,
@@ -39,6 +43,27 @@ def _render_and_submit(run_dir: Path, env: dict[str, str], *extra: str, cwd: Pat
     match = re.search(r"submitted job (\d+)", proc.stdout)
     assert match, proc.stdout
     return match.group(1)
+
+
+def _preempt_and_restart(env: dict[str, str], job_id: str, deadline: float) -> None:
+    """``scancel --signal=USR1`` (to the job's steps), wait for the requeue, then start the job again."""
+    _slurm(env, "scancel", "--signal=USR1", job_id)
+    while True:  # requeued: back to PENDING with one restart
+        fields = _job_fields(env, job_id)
+        if fields["Restarts"] == "1" and fields["JobState"] == "PENDING":
+            break
+        assert fields["JobState"] in ("RUNNING", "COMPLETING", "REQUEUED", "PENDING"), fields["JobState"]
+        assert time.time() < deadline, fields
+        time.sleep(0.5)
+    # Skip SLURM's requeue hold (BeginTime), but only once slurmd has released the previous instance:
+    # a credential issued within the same second as the requeue's revocation is refused ("Job credential
+    # revoked") and the job FAILS -- the race SLURM's own hold avoids.
+    released = time.time() + 60
+    while _slurm(env, "sinfo", "-h", "-o", "%T").strip() != "idle":
+        assert time.time() < released, "node never went idle after the requeue"
+        time.sleep(0.5)
+    time.sleep(2)
+    _slurm(env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
 
 def _val_losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -157,24 +182,7 @@ def test_preempted_job_requeues_and_resumes_exactly(
         assert time.time() < deadline, "no epoch finished"
         assert _job_fields(slurm_env, job_id)["JobState"] in ("PENDING", "RUNNING", "CONFIGURING")
         time.sleep(0.3)
-    _slurm(slurm_env, "scancel", "--signal=USR1", job_id)
-
-    while True:  # requeued: back to PENDING with one restart
-        fields = _job_fields(slurm_env, job_id)
-        if fields["Restarts"] == "1" and fields["JobState"] == "PENDING":
-            break
-        assert fields["JobState"] in ("RUNNING", "COMPLETING", "REQUEUED", "PENDING"), fields["JobState"]
-        assert time.time() < deadline, fields
-        time.sleep(0.5)
-    # Skip SLURM's requeue hold (BeginTime), but only once slurmd has released the previous instance:
-    # a credential issued within the same second as the requeue's revocation is refused ("Job credential
-    # revoked") and the job FAILS -- the race SLURM's own hold avoids.
-    released = time.time() + 60
-    while _slurm(slurm_env, "sinfo", "-h", "-o", "%T").strip() != "idle":
-        assert time.time() < released, "node never went idle after the requeue"
-        time.sleep(0.5)
-    time.sleep(2)
-    _slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    _preempt_and_restart(slurm_env, job_id, deadline)
     assert _wait(slurm_cluster, job_id) == "COMPLETED"
     fields = _job_fields(slurm_env, job_id)
     assert fields["ExitCode"] == "0:0" and fields["Restarts"] == "1"

@@ -4,9 +4,7 @@ training as outside it, preemption requeued from the batch shell, and the health
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,27 +14,16 @@ import torch
 from itwinai_lightning import records
 from itwinai_lightning.launch import container
 from tests.helpers import image as images
-from tests.slurm.conftest import STEPS_PER_EPOCH, TINY, python_flag
-from tests.slurm.test_jobs import _job_fields, _slurm, _wait
+from tests.slurm.conftest import STEPS_PER_EPOCH
+from tests.slurm.test_jobs import _job_fields, _preempt_and_restart, _render_and_submit, _wait
 
 pytestmark = [pytest.mark.slurm, pytest.mark.container, pytest.mark.slow]
 
 
 def _in(image: images.Image) -> list[str]:
+    """The job's Python: the image's, with podman (passed as ``python`` to :func:`_render_and_submit`)."""
     spec = json.dumps({"image": image.tag, "runtime": "podman"})
     return ["--slurm.container", spec, "--slurm.python", "python"]
-
-
-def _submit(root: Path, env: dict[str, str], cwd: Path, *extra: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "itwinai_lightning", "slurm", *TINY, "--trainer.default_root_dir", str(root),
-         "--slurm.time", "00:15:00", *extra, "--slurm.submit", "true"],
-        env=env, capture_output=True, text=True, timeout=180, cwd=cwd,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    match = re.search(r"submitted job (\d+)", proc.stdout)
-    assert match, proc.stdout
-    return match.group(1)
 
 
 def _weights(root: Path) -> dict[str, torch.Tensor]:
@@ -52,8 +39,8 @@ def test_a_two_task_job_in_the_container_trains_to_the_weights_of_one_outside(
 ) -> None:
     env = images.podman_env(slurm_env)
     same = ["--trainer.max_epochs", "2", "--trainer.strategy", "hpc_ddp"]
-    outside = _submit(Path("outside"), env, tmp_path, *python_flag(), *same)
-    inside = _submit(Path("inside"), env, tmp_path, *_in(image), *same)
+    outside = _render_and_submit(Path("outside"), env, *same, cwd=tmp_path)
+    inside = _render_and_submit(Path("inside"), env, *same, cwd=tmp_path, python=_in(image))
     script = (tmp_path / "inside" / "slurm" / "job.sbatch").read_text()
     assert 'CONTAINER=(podman run --rm --network host --ipc host --pid host "${CONTAINER_USER[@]}"' in script
     # the run directory is below the submit directory: bound with it
@@ -78,27 +65,14 @@ def test_a_preempted_job_in_the_container_is_requeued_by_the_batch_shell_and_res
     epochs = 4
     env = images.podman_env(slurm_env)
     slow = ["--trainer.max_epochs", str(epochs), "--data.sleep_s", "0.02"]
-    job_id = _submit(Path("run"), env, tmp_path, *_in(image), *slow)
+    job_id = _render_and_submit(Path("run"), env, *slow, cwd=tmp_path, python=_in(image))
     run_dir = tmp_path / "run"
     deadline = time.time() + 240
     while not list(run_dir.rglob("last.ckpt")):  # epoch 0 finished inside the container
         assert time.time() < deadline, "no epoch finished"
         assert _job_fields(slurm_env, job_id)["JobState"] in ("PENDING", "RUNNING", "CONFIGURING")
         time.sleep(0.3)
-    _slurm(slurm_env, "scancel", "--signal=USR1", job_id)  # to the job's steps: podman passes it on
-    while True:
-        fields = _job_fields(slurm_env, job_id)
-        if fields["Restarts"] == "1" and fields["JobState"] == "PENDING":
-            break
-        assert fields["JobState"] in ("RUNNING", "COMPLETING", "REQUEUED", "PENDING"), fields["JobState"]
-        assert time.time() < deadline, fields
-        time.sleep(0.5)
-    released = time.time() + 60  # as in test_jobs: wait for slurmd to release the previous instance
-    while _slurm(slurm_env, "sinfo", "-h", "-o", "%T").strip() != "idle":
-        assert time.time() < released, "node never went idle after the requeue"
-        time.sleep(0.5)
-    time.sleep(2)
-    _slurm(slurm_env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    _preempt_and_restart(slurm_env, job_id, deadline)  # USR1 to the job's steps: podman passes it on
     assert _wait(slurm_cluster, job_id) == "COMPLETED"
     out = next((run_dir / "slurm").glob(f"*-{job_id}.out")).read_text()
     assert f"requeueing job {job_id}" in out and f"job {job_id} restart 1" in out
